@@ -1,0 +1,181 @@
+"""Apply a ChannelMask: the masked model (the oracle) and the compacted model (fewer channels).
+
+Both work from the graph's sites, so every axis that carries a removed channel is treated alike.
+The masked model keeps all shapes and zeroes the removed channels' weights (producer rows,
+per-channel parameters and consumer columns); the compacted model removes them physically, as a
+copy of the traced GraphModule whose size-literal arguments (view/reshape sizes, split sizes,
+slice bounds) are rewritten to the new channel counts.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
+from hwprune.prune.masks import ChannelMask
+
+
+def keep_table(graph: ChannelGraph, mask: ChannelMask) -> np.ndarray:
+    """Keep flag per component root (indexable by any root id stored in the graph)."""
+    n = 1 + max((int(s.roots.max(initial=-1)) for s in graph.sites), default=-1)
+    for record in graph.rewrites.values():
+        arrays = [record[1]] if record[0] != "slice" else [v for _, v in record[1]]
+        n = max([n] + [1 + int(np.max(a, initial=-1)) for a in arrays])
+    keep = np.ones(n, dtype=bool)
+    for gid, k in mask.keep.items():
+        roots = np.asarray(graph.groups[gid].roots)
+        keep[roots[~k]] = False
+    return keep
+
+
+def kept(roots: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Keep flag per position of a root array (fixed positions, -1, are always kept)."""
+    return np.where(roots >= 0, keep[np.maximum(roots, 0)], True)
+
+
+def _changed_sites(graph: ChannelGraph, keep: np.ndarray) -> list[tuple[Site, np.ndarray]]:
+    out = []
+    for site in graph.sites:
+        k = kept(site.roots, keep)
+        if not k.all():
+            out.append((site, k))
+    return out
+
+
+def masked_model(model: nn.Module, graph: ChannelGraph, mask: ChannelMask) -> nn.Module:
+    """A copy of ``model`` with the removed channels' weights zeroed; shapes unchanged."""
+    mask.validate(graph)
+    masked = copy.deepcopy(model)
+    params = dict(masked.named_parameters())
+    with torch.no_grad():
+        for site, k in _changed_sites(graph, keep_table(graph, mask)):
+            w = params.get(site.tensor)
+            if w is None:  # buffers (running statistics) are left alone
+                continue
+            drop = torch.as_tensor(np.flatnonzero(~k))
+            if site.kind == GROUPED_IN:
+                cin_g = w.shape[1]
+                cout_g = w.shape[0] // site.conv_groups
+                for i in drop.tolist():
+                    block = i // cin_g
+                    w[block * cout_g:(block + 1) * cout_g, i % cin_g] = 0
+            else:
+                w.index_fill_(site.axis, drop, 0.0)
+    return masked
+
+
+def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
+    """A new, smaller GraphModule computing what the masked model computes on exact groups."""
+    mask.validate(graph)
+    keep = keep_table(graph, mask)
+    gm = copy.deepcopy(graph.gm)
+    by_tensor: dict[str, list[tuple[Site, np.ndarray]]] = defaultdict(list)
+    for site, k in _changed_sites(graph, keep):
+        by_tensor[site.tensor].append((site, k))
+    touched = set()
+    with torch.no_grad():
+        for name, entries in by_tensor.items():
+            owner_name, _, attr = name.rpartition(".")
+            owner = gm.get_submodule(owner_name)
+            old = getattr(owner, attr)
+            new = _shrink(old.detach(), entries)
+            if isinstance(old, nn.Parameter):
+                setattr(owner, attr, nn.Parameter(new.contiguous(), requires_grad=old.requires_grad))
+            else:
+                owner.register_buffer(attr, new.contiguous())
+            touched.add(owner_name)
+    for owner_name in touched:
+        _sync_attributes(gm.get_submodule(owner_name))
+    _rewrite_nodes(gm, graph, keep)
+    gm.recompile()
+    return gm
+
+
+def _shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Tensor:
+    plain = [(s, k) for s, k in entries if s.kind != GROUPED_IN]
+    grouped = [(s, k) for s, k in entries if s.kind == GROUPED_IN]
+    n_rows_old = t.shape[0]
+    rows = torch.arange(n_rows_old)  # original row of each current row
+    for site, k in plain:
+        idx = torch.as_tensor(np.flatnonzero(k))
+        t = t.index_select(site.axis, idx)
+        if site.axis == 0:
+            rows = rows[idx]
+    for site, k in grouped:
+        # grouped conv: each conv group keeps its own input columns (same count in every group)
+        cin_g = t.shape[1]
+        cout_g_old = n_rows_old // site.conv_groups
+        per_block = k.reshape(site.conv_groups, cin_g)
+        cols = torch.as_tensor(np.stack([np.flatnonzero(b) for b in per_block]))
+        block_of_row = rows // cout_g_old
+        t = torch.gather(t, 1, cols[block_of_row].reshape(t.shape[0], -1, *([1] * (t.dim() - 2)))
+                         .expand(-1, -1, *t.shape[2:]))
+    return t
+
+
+def _sync_attributes(m: nn.Module) -> None:
+    """Make a module's size attributes agree with its (new) parameter shapes."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        out_c = m.weight.shape[0]
+        if m.groups > 1 and m.in_channels == m.groups:  # depthwise: one input channel per group
+            mult = m.out_channels // m.groups
+            m.in_channels = m.groups = out_c // mult
+        else:
+            m.in_channels = m.weight.shape[1] * m.groups
+        m.out_channels = out_c
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, (nn.modules.batchnorm._NormBase,)):
+        m.num_features = (m.weight if m.weight is not None else m.running_mean).shape[0]
+    elif isinstance(m, nn.GroupNorm):
+        m.num_channels = m.weight.shape[0]
+    elif isinstance(m, nn.LayerNorm):
+        m.normalized_shape = (m.weight.shape[0],)
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = m.weight.shape[0]
+
+
+def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) -> None:
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for name, record in graph.rewrites.items():
+        node = nodes[name]
+        if record[0] == "shape":
+            _rewrite_sizes(node, kept(record[1], keep))
+        elif record[0] == "split":
+            _, roots, dim, sizes = record
+            k = kept(roots, keep)
+            bounds = np.cumsum([0] + list(sizes))
+            new_sizes = [int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+            node.op, node.target = "call_function", torch.split
+            node.args, node.kwargs = (node.args[0], new_sizes), {"dim": dim}
+        else:
+            idx = list(node.args[1]) if isinstance(node.args[1], tuple) else [node.args[1]]
+            for pos, roots in record[1]:
+                k = kept(roots, keep)
+                s = idx[pos]
+                start, stop, _ = s.indices(k.size)
+                idx[pos] = slice(int(k[:start].sum()), int(k[:stop].sum()), s.step)
+            node.args = (node.args[0], tuple(idx) if isinstance(node.args[1], tuple) else idx[0])
+
+
+def _rewrite_sizes(node: fx.Node, k: np.ndarray) -> None:
+    """New size along each axis where channels vary: the number of indices with a kept channel."""
+    new = {}
+    for d in range(k.ndim):
+        if k.shape[d] > 1:
+            new[d] = int(np.moveaxis(k, d, 0).reshape(k.shape[d], -1).any(1).sum())
+    if not new:
+        return
+    packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list))
+    sizes = list(node.args[1] if packed else node.args[1:])
+    offset = len(sizes) - k.ndim
+    for d, size in new.items():
+        i = d + offset
+        if 0 <= i < len(sizes) and isinstance(sizes[i], int) and sizes[i] != -1:
+            sizes[i] = size
+    node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)

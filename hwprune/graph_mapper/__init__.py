@@ -1,0 +1,6 @@
+"""Which tensors must lose the same channels: the ChannelGraph and its front-ends."""
+
+from hwprune.graph_mapper.fx_mapper import build_channel_graph
+from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup, ChannelSlice, Site
+
+__all__ = ["ChannelGraph", "ChannelGroup", "ChannelSlice", "Site", "build_channel_graph"]

@@ -1,0 +1,537 @@
+"""How channels pass through each op kind: the op registry of the fx front-end.
+
+A handler takes the mapping context and an fx node and returns the node's label (see
+:mod:`hwprune.graph_mapper.atoms`). It records the parameter axes it touches as sites and unions
+atoms that must be pruned together. An op with no handler freezes every group it touches, naming
+the op: the mapper never guesses.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from hwprune.graph_mapper.atoms import (
+    Frozen,
+    compact,
+    fixed_label,
+    labelled,
+    right_align,
+    varying_dims,
+)
+from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PRODUCER
+
+if TYPE_CHECKING:
+    from hwprune.graph_mapper.fx_mapper import MapContext
+
+Handler = Callable[["MapContext", fx.Node], Any]
+
+
+class OpRegistry:
+    """Handlers keyed by module type, function, or tensor-method name; duplicates are errors."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[object, Handler] = {}
+
+    def register(self, *keys: object) -> Callable[[Handler], Handler]:
+        def decorate(fn: Handler) -> Handler:
+            for key in keys:
+                if key in self._handlers:
+                    raise ValueError(f"op {key!r} already has a handler")
+                self._handlers[key] = fn
+            return fn
+
+        return decorate
+
+    def lookup(self, key: object) -> Handler | None:
+        return self._handlers.get(key)
+
+    def keys(self) -> list[object]:
+        return list(self._handlers)
+
+
+OPS = OpRegistry()
+
+
+def op_key(node: fx.Node, module: nn.Module | None) -> object:
+    if node.op == "call_module":
+        return type(module)
+    return node.target
+
+
+def op_name(node: fx.Node, module: nn.Module | None = None) -> str:
+    if node.op == "call_module":
+        return type(module).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return getattr(node.target, "__name__", str(node.target))
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+def _conv(ctx: MapContext, node: fx.Node) -> np.ndarray:
+    m = ctx.module(node)
+    name, out_shape = node.target, ctx.shape(node)
+    groups, c_in, c_out = m.groups, m.in_channels, m.out_channels
+    cin_g, cout_g = c_in // groups, c_out // groups  # cout_g: depthwise multiplier when cin_g == 1
+    macs = m.weight.numel() * math.prod(out_shape[2:])
+    vec = ctx.channel_labels(node, node.args[0], dim=1, size=c_in, what="conv input")
+    bias = m.bias is not None
+    if groups > 1 and cin_g == 1:
+        # depthwise (with multiplier cout_g): output channel o is input channel o // cout_g
+        in_vec = vec if vec is not None else ctx.new_frozen(c_in, f"input of {name} is frozen")
+        out = np.repeat(in_vec, cout_g)
+        ctx.site(f"{name}.weight", 0, out, PRODUCER, node, macs=macs)
+        if bias:
+            ctx.site(f"{name}.bias", 0, out, PRODUCER, node)
+    else:
+        if vec is not None:
+            kind = GROUPED_IN if groups > 1 else "plain"
+            ctx.site(f"{name}.weight", 1, vec, CONSUMER, node, kind=kind, conv_groups=groups, macs=macs)
+        out = ctx.atoms.new(c_out)
+        ctx.site(f"{name}.weight", 0, out, PRODUCER, node, conv_groups=groups, macs=macs)
+        if bias:
+            ctx.site(f"{name}.bias", 0, out, PRODUCER, node, conv_groups=groups)
+    return out.reshape((1, -1) + (1,) * (len(out_shape) - 2))
+
+
+def _linear(ctx: MapContext, node: fx.Node) -> np.ndarray:
+    m = ctx.module(node)
+    name, out_shape = node.target, ctx.shape(node)
+    macs = m.weight.numel() * math.prod(out_shape[1:-1])
+    vec = ctx.channel_labels(node, node.args[0], dim=-1, size=m.in_features, what="linear input")
+    if vec is not None:
+        ctx.site(f"{name}.weight", 1, vec, CONSUMER, node, macs=macs)
+    out = ctx.atoms.new(m.out_features)
+    ctx.site(f"{name}.weight", 0, out, PRODUCER, node, macs=macs)
+    if m.bias is not None:
+        ctx.site(f"{name}.bias", 0, out, PRODUCER, node)
+    return out.reshape((1,) * (len(out_shape) - 1) + (-1,))
+
+
+def _norm_params(ctx: MapContext, node: fx.Node, vec: np.ndarray, names: tuple[str, ...]) -> None:
+    m = ctx.module(node)
+    for attr in names:
+        if getattr(m, attr, None) is not None:
+            ctx.site(f"{node.target}.{attr}", 0, vec, PARAM, node)
+
+
+def _per_channel(ctx: MapContext, node: fx.Node, dim: int, params: tuple[str, ...], what: str):
+    """A norm or activation with one parameter entry per channel along ``dim``."""
+    size = ctx.shape(node.args[0])[dim]
+    vec = ctx.channel_labels(node, node.args[0], dim=dim, size=size, what=what)
+    if vec is None:
+        return Frozen(f"{what} {node.target} sees frozen channels")
+    _norm_params(ctx, node, vec, params)
+    return ctx.label(node.args[0]), vec
+
+
+@OPS.register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def conv(ctx: MapContext, node: fx.Node):
+    return _conv(ctx, node)
+
+
+@OPS.register(nn.Linear)
+def linear(ctx: MapContext, node: fx.Node):
+    return _linear(ctx, node)
+
+
+BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+@OPS.register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm2d)
+def batch_norm(ctx: MapContext, node: fx.Node):
+    out = _per_channel(ctx, node, 1, BN_PARAMS, "batch norm")
+    return out if isinstance(out, Frozen) else out[0]
+
+
+@OPS.register(nn.GroupNorm)
+def group_norm(ctx: MapContext, node: fx.Node):
+    out = _per_channel(ctx, node, 1, ("weight", "bias"), "group norm")
+    if isinstance(out, Frozen):
+        return out
+    m = ctx.module(node)
+    if m.num_groups != m.num_channels:
+        ctx.atoms.mark_inexact(out[1], f"GroupNorm {node.target} normalises across channels")
+    return out[0]
+
+
+@OPS.register(nn.LayerNorm)
+def layer_norm(ctx: MapContext, node: fx.Node):
+    m = ctx.module(node)
+    if len(m.normalized_shape) != 1:
+        return ctx.unknown(node, f"LayerNorm {node.target} over several axes")
+    out = _per_channel(ctx, node, -1, ("weight", "bias"), "layer norm")
+    if isinstance(out, Frozen):
+        return out
+    ctx.atoms.mark_inexact(out[1], f"LayerNorm {node.target} normalises across channels")
+    return out[0]
+
+
+@OPS.register(nn.PReLU)
+def prelu(ctx: MapContext, node: fx.Node):
+    if ctx.module(node).num_parameters == 1:
+        return ctx.label(node.args[0])
+    out = _per_channel(ctx, node, 1, ("weight",), "PReLU")
+    return out if isinstance(out, Frozen) else out[0]
+
+
+# ----------------------------------------------------------------------------- elementwise
+
+UNARY_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+UNARY_FUNCTIONS = (
+    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout2d, torch.relu, torch.sigmoid,
+    torch.tanh, torch.clamp, torch.clone, torch.neg, torch.exp, torch.abs, torch.sqrt, torch.square,
+    operator.neg,
+)
+UNARY_METHODS = (
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clamp_min", "clamp_max",
+    "contiguous", "clone", "detach", "float", "half", "to", "type_as", "neg", "exp", "abs", "sqrt",
+    "square", "hardtanh", "hardtanh_",
+)
+
+
+@OPS.register(*UNARY_MODULES, *UNARY_FUNCTIONS, *UNARY_METHODS)
+def unary(ctx: MapContext, node: fx.Node):
+    return ctx.label(node.args[0])
+
+
+BINARY = (
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
+    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+)
+
+
+@OPS.register(*BINARY)
+def binary(ctx: MapContext, node: fx.Node):
+    return align(ctx, node, list(node.args[:2]))
+
+
+def align(ctx: MapContext, node: fx.Node, args: list) -> np.ndarray | Frozen:
+    """Elementwise op over broadcast operands: positions that meet must be pruned together.
+
+    An operand that is full-size along the axes where channels vary ties its labels to the
+    others'; a fixed (unlabelled) full-size operand freezes the channels it meets, because its
+    size cannot shrink with them.
+    """
+    out_shape = ctx.shape(node)
+    nd = len(out_shape)
+    operands = []
+    for a in args:
+        shape = ctx.shape(a) if isinstance(a, fx.Node) else None
+        if shape is None:
+            continue
+        label = ctx.label(a)
+        if isinstance(label, Frozen):
+            ctx.freeze_inputs(node, label.reason)
+            return label
+        operands.append((right_align(label, nd), (1,) * (nd - len(shape)) + tuple(shape)))
+    if not operands:
+        return fixed_label(nd)
+    joint = tuple(max(lab.shape[d] for lab, _ in operands) for d in range(nd))
+    vary = [d for d in range(nd) if joint[d] > 1]
+    full = [lab for lab, shape in operands if all(shape[d] == out_shape[d] for d in vary)]
+    for lab, shape in operands:
+        if not all(shape[d] == out_shape[d] for d in vary) and labelled(lab):
+            reason = f"{op_name(node, ctx.module_or_none(node))} {node.name} broadcasts channels across axes"
+            ctx.freeze_inputs(node, reason)
+            return Frozen(reason)
+    stack = np.stack([np.broadcast_to(lab, joint) for lab in full])
+    clash = (stack < 0).any(0) & (stack >= 0).any(0)
+    if clash.any():
+        ctx.atoms.freeze(stack[:, clash], f"{node.name} combines channels with a fixed-size tensor")
+    for lab in stack[1:]:
+        ctx.atoms.union(stack[0], lab)
+    return compact(stack.max(0))
+
+
+# ----------------------------------------------------------------------------- structure
+
+
+@OPS.register(torch.cat, torch.concat, torch.concatenate)
+def cat(ctx: MapContext, node: fx.Node):
+    tensors = node.args[0]
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    nd = len(ctx.shape(node))
+    dim %= nd
+    labels = [ctx.label(t) for t in tensors]
+    if any(isinstance(lab, Frozen) for lab in labels):
+        ctx.freeze_inputs(node, "concatenated with a frozen tensor")
+        return Frozen("concatenated with a frozen tensor")
+    labels = [right_align(lab, nd) for lab in labels]
+    if not any(lab.shape[dim] > 1 for lab in labels) and not any(
+        labelled(lab) and ctx.shape(t)[dim] > 1 and varying_dims(lab) == [] for lab, t in zip(labels, tensors)
+    ):
+        # concatenation along an axis that carries no channels (e.g. a class token before the
+        # patch tokens): every operand carries the same channels along the other axes
+        return align(ctx, node, list(tensors))
+    pieces = []
+    for lab, t in zip(labels, tensors):
+        if [d for d in varying_dims(lab) if d != dim]:
+            reason = f"concat {node.name} along axis {dim} of tensors whose channels vary on another axis"
+            ctx.freeze_inputs(node, reason)
+            return Frozen(reason)
+        pieces.append(np.broadcast_to(lab.reshape(-1), (ctx.shape(t)[dim],)))
+    vec = np.concatenate(pieces)
+    return vec.reshape(tuple(-1 if d == dim else 1 for d in range(nd)))
+
+
+RESHAPES = (
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, nn.Flatten,
+    "view", "reshape", "flatten", "squeeze", "unsqueeze",
+)
+
+
+SIZED_RESHAPES = (torch.reshape, "view", "reshape")  # whose arguments are sizes, rewritten on compaction
+
+
+@OPS.register(*RESHAPES)
+def reshape(ctx: MapContext, node: fx.Node):
+    """Reshape the label with the tensor; a split channel axis keeps a product structure.
+
+    When the channels end up varying along several axes (a channel shuffle's [g, C/g] view, heads
+    x head-dim), only the innermost axis may shrink: atoms along the outer axes are tied together,
+    so that every outer index keeps the same inner channels and the view stays rectangular.
+    """
+    src = node.args[0]
+    label = ctx.label(src)
+    if isinstance(label, Frozen):
+        return label
+    in_shape, out_shape = ctx.shape(src), ctx.shape(node)
+    if not labelled(label):
+        return fixed_label(len(out_shape))
+    full = np.broadcast_to(right_align(label, len(in_shape)), in_shape).reshape(out_shape)
+    out = compact(full)
+    vary = varying_dims(out)
+    if len(vary) > 1:
+        inner = vary[-1]
+        moved = np.moveaxis(np.broadcast_to(out, out.shape), inner, -1).reshape(-1, out.shape[inner])
+        fixed = (moved < 0).any(0) & (moved >= 0).any(0)
+        if fixed.any():
+            ctx.atoms.freeze(moved[:, fixed], f"view {node.name} mixes fixed and prunable channels")
+        for row in moved[1:]:
+            ctx.atoms.union(moved[0], row)
+    if node.target in SIZED_RESHAPES:
+        ctx.record_shape_rewrite(node, out)
+    return out
+
+
+@OPS.register("expand", "expand_as")
+def expand(ctx: MapContext, node: fx.Node):
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen):
+        return label
+    out = right_align(label, len(ctx.shape(node)))
+    ctx.record_shape_rewrite(node, out)
+    return out
+
+
+@OPS.register("permute", torch.permute)
+def permute(ctx: MapContext, node: fx.Node):
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen):
+        return label
+    dims = node.args[1:] if not isinstance(node.args[1], (list, tuple)) else node.args[1]
+    dims = node.kwargs.get("dims", dims)
+    return np.transpose(label, [d % label.ndim for d in dims])
+
+
+@OPS.register("transpose", torch.transpose)
+def transpose(ctx: MapContext, node: fx.Node):
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen):
+        return label
+    return np.swapaxes(label, node.args[1], node.args[2])
+
+
+@OPS.register("chunk", torch.chunk, "split", torch.split)
+def split(ctx: MapContext, node: fx.Node):
+    """Split along an axis; along a channel axis the piece sizes are rewritten on compaction."""
+    label = ctx.label(node.args[0])
+    out_meta = ctx.shapes(node)
+    if isinstance(label, Frozen):
+        return tuple(label for _ in out_meta)
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+    in_shape = ctx.shape(node.args[0])
+    dim %= len(in_shape)
+    label = right_align(label, len(in_shape))
+    sizes = [s[dim] for s in out_meta]
+    if label.shape[dim] == 1:
+        return tuple(label for _ in sizes)
+    if [d for d in varying_dims(label) if d != dim]:
+        return ctx.unknown(node, f"split {node.name} of channels that vary along several axes")
+    vec = label.reshape(-1)
+    ctx.record_split_rewrite(node, vec, dim, sizes)
+    bounds = np.cumsum([0] + sizes)
+    shape = tuple(-1 if d == dim else 1 for d in range(len(in_shape)))
+    return tuple(compact(vec[a:b].reshape(shape)) for a, b in zip(bounds[:-1], bounds[1:]))
+
+
+@OPS.register(operator.getitem)
+def getitem(ctx: MapContext, node: fx.Node):
+    src, idx = node.args
+    label = ctx.label(src)
+    if isinstance(label, (tuple, list)):
+        return label[idx]
+    if label is None:
+        return None
+    if isinstance(label, Frozen):
+        return label
+    return _index_tensor(ctx, node, label, idx)
+
+
+def _index_tensor(ctx: MapContext, node: fx.Node, label: np.ndarray, idx):
+    in_shape = ctx.shape(node.args[0])
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in idx):
+        return ctx.unknown(node, f"advanced indexing {node.name}")
+    label = right_align(label, len(in_shape))
+    full = np.broadcast_to(label, in_shape)
+    # which input dim each index entry addresses (None adds an axis, Ellipsis fills the rest)
+    n_addr = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    dim, slices = 0, []
+    for pos, i in enumerate(idx):
+        if i is Ellipsis:
+            dim += len(in_shape) - n_addr
+            continue
+        if i is None:
+            continue
+        if label.shape[dim] > 1:
+            if isinstance(i, int) or (isinstance(i, slice) and i.step not in (None, 1)):
+                return ctx.unknown(node, f"indexing {node.name} picks single channels")
+            if any(isinstance(v, fx.Node) for v in (i.start, i.stop)):
+                return ctx.unknown(node, f"slicing {node.name} with computed bounds")
+            slices.append((pos, _vector_along(label, dim, in_shape[dim])))
+        dim += 1
+    if slices:
+        ctx.record_slice_rewrite(node, slices)
+    return compact(np.ascontiguousarray(full[idx]))
+
+
+def _vector_along(label: np.ndarray, dim: int, size: int) -> np.ndarray:
+    return np.broadcast_to(np.moveaxis(label, dim, -1).reshape(-1, label.shape[dim])[0], (size,))
+
+
+# ----------------------------------------------------------------------------- spatial, reductions
+
+SPATIAL_MODULES = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+)
+SPATIAL_FUNCTIONS = (
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
+    F.interpolate, torch.max_pool2d,
+)
+
+
+@OPS.register(*SPATIAL_MODULES, *SPATIAL_FUNCTIONS)
+def spatial(ctx: MapContext, node: fx.Node):
+    """Pooling, resizing and spatial padding act per channel (axis 1)."""
+    size = ctx.shape(node.args[0])[1]
+    vec = ctx.channel_labels(node, node.args[0], dim=1, size=size, what="pooling input")
+    if vec is None:
+        return Frozen(f"spatial op {node.name} sees channels varying along space")
+    return compact(vec.reshape((1, -1) + (1,) * (len(ctx.shape(node)) - 2)))
+
+
+@OPS.register(F.pad)
+def pad(ctx: MapContext, node: fx.Node):
+    padding = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+    if len(padding) > 2 * (len(ctx.shape(node)) - 2):
+        return ctx.unknown(node, f"padding {node.name} reaches the channel axis")
+    return spatial(ctx, node)
+
+
+REDUCTIONS = (torch.mean, torch.sum, torch.amax, "mean", "sum", "amax", "std", "var")
+
+
+@OPS.register(*REDUCTIONS)
+def reduction(ctx: MapContext, node: fx.Node):
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen):
+        return label
+    nd = len(ctx.shape(node.args[0]))
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+    if dims is None:
+        dims = list(range(nd))
+    dims = [d % nd for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+    label = right_align(label, nd)
+    if any(label.shape[d] > 1 for d in dims):
+        reason = f"{op_name(node)} {node.name} reduces over channels"
+        ctx.atoms.freeze(label, reason)
+        return fixed_label(len(ctx.shape(node)))
+    return label if keep else label.reshape([s for d, s in enumerate(label.shape) if d not in dims])
+
+
+@OPS.register(F.softmax, F.log_softmax, torch.softmax, "softmax", "log_softmax", nn.Softmax, nn.LogSoftmax)
+def softmax(ctx: MapContext, node: fx.Node):
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen):
+        return label
+    m = ctx.module_or_none(node)
+    dim = m.dim if m is not None else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    nd = len(ctx.shape(node))
+    label = right_align(label, nd)
+    if dim is None or label.shape[dim % nd] > 1:
+        ctx.atoms.freeze(label, f"softmax {node.name} normalises across channels")
+    return label
+
+
+NON_TENSOR = ("size", "dim", "numel", getattr, torch._assert, "__getattr__")
+
+
+@OPS.register(*NON_TENSOR)
+def non_tensor(ctx: MapContext, node: fx.Node):
+    return None
+
+
+
+@OPS.register(F.layer_norm)
+def functional_layer_norm(ctx: MapContext, node: fx.Node):
+    """F.layer_norm(x, shape, weight, bias) as torchvision's LayerNorm2d calls it."""
+    shape = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+    if len(shape) != 1:
+        return ctx.unknown(node, f"layer_norm {node.name} over several axes")
+    size = ctx.shape(node.args[0])[-1]
+    vec = ctx.channel_labels(node, node.args[0], dim=-1, size=size, what="layer norm")
+    if vec is None:
+        return Frozen(f"layer norm {node.name} sees frozen channels")
+    for i, key in ((2, "weight"), (3, "bias")):
+        param = node.args[i] if len(node.args) > i else node.kwargs.get(key)
+        if isinstance(param, fx.Node):
+            label = ctx.label(param)
+            if not isinstance(label, np.ndarray) or label.size != size:
+                return ctx.unknown(node, f"layer_norm {node.name}: {key} is not a per-channel parameter")
+            ctx.atoms.union(vec, label.reshape(-1))
+    ctx.atoms.mark_inexact(vec, f"layer_norm {node.name} normalises across channels")
+    return ctx.label(node.args[0])
+
+
+def _register_torchvision_ops() -> None:
+    """torchvision wraps stochastic depth for fx; in eval it is the identity, in training a per-sample scale."""
+    try:
+        from torchvision.ops.stochastic_depth import stochastic_depth
+    except ImportError:  # torchvision is optional for the mapper
+        return
+    OPS.register(stochastic_depth)(unary)
+
+
+_register_torchvision_ops()

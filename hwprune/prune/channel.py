@@ -1,0 +1,69 @@
+"""Scores -> channel masks, respecting each group's constraints (conv-group blocks, round_to, >= 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from hwprune.graph_mapper.types import PRODUCER, ChannelGraph, ChannelGroup
+from hwprune.prune.masks import ChannelMask
+
+
+def keep_count(group: ChannelGroup, ratio: float) -> int:
+    """Channels to keep when removing ``ratio`` of the group: a multiple of round_to and of the
+    number of conv-group blocks, at least one per block."""
+    unit = group.round_to * (len(group.blocks) if group.blocks else 1)
+    unit = unit if unit <= group.size else (len(group.blocks) if group.blocks else 1)
+    kept = int(round(group.size * (1.0 - ratio) / unit)) * unit
+    return int(min(group.size, max(unit, kept)))
+
+
+def top_k_mask(group: ChannelGroup, scores: np.ndarray, k: int) -> np.ndarray:
+    """Keep the ``k`` highest-scoring channels; with conv-group blocks, the best k/blocks of each."""
+    keep = np.zeros(group.size, dtype=bool)
+    if group.blocks:
+        per_block = k // len(group.blocks)
+        for block in group.blocks:
+            idx = np.asarray(block)
+            keep[idx[np.argsort(-scores[idx], kind="stable")[:per_block]]] = True
+    else:
+        keep[np.argsort(-scores, kind="stable")[:k]] = True
+    return keep
+
+
+def mask_from_scores(graph: ChannelGraph, scores: dict[int, np.ndarray], ratio: float,
+                     include_inexact: bool = False) -> ChannelMask:
+    """Remove ``ratio`` of every prunable group, lowest scores first (layer-uniform pruning)."""
+    mask = ChannelMask.full(graph)
+    for group in graph.prunable_groups:
+        if group.size < 2 or (not group.exact and not include_inexact) or group.id not in scores:
+            continue
+        mask.keep[group.id] = top_k_mask(group, scores[group.id], keep_count(group, ratio))
+    return mask
+
+
+def random_scores(graph: ChannelGraph, seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {g.id: rng.random(g.size) for g in graph.groups}
+
+
+def norm_scores(graph: ChannelGraph, model: nn.Module, p: int = 1) -> dict[int, np.ndarray]:
+    """L_p norm of each channel's producer weights, summed over every producer of the group."""
+    tensors = dict(model.named_parameters())
+    out = {}
+    for group in graph.groups:
+        total = np.zeros(group.size)
+        for sl in group.producers:
+            w = tensors.get(sl.tensor)
+            if w is None or not sl.tensor.endswith("weight"):
+                continue
+            rows = w.detach().movedim(sl.axis, 0).reshape(w.shape[sl.axis], -1)
+            per_pos = torch.linalg.vector_norm(rows.float(), ord=p, dim=1).numpy()
+            total += per_pos[np.asarray(sl.index)].reshape(group.size, sl.inner).sum(1)
+        out[group.id] = total
+    return out
+
+
+def is_producer(role: str) -> bool:
+    return role == PRODUCER

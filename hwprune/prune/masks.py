@@ -1,0 +1,163 @@
+"""What to keep: channel masks over groups, weight masks over tensors; saved, loaded, checked.
+
+A mask is data, so it can be computed on one machine and applied on another. Each carries the
+fingerprint of the structure it was made for and is checked against the graph or model it is
+applied to; a mismatch is refused with one line saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hwprune.errors import HwpruneError, MaskMismatchError
+from hwprune.graph_mapper.types import ChannelGraph
+
+CHANNEL_FORMAT = "hwprune.channel_mask/1"
+WEIGHT_FORMAT = "hwprune.weight_mask/1"
+
+
+def write_atomically(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise HwpruneError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+@dataclass
+class ChannelMask:
+    """Per channel group, which channels to keep (True = keep). Groups not listed keep everything."""
+
+    keep: dict[int, np.ndarray]
+    model: str = ""
+    fingerprint: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def full(cls, graph: ChannelGraph) -> ChannelMask:
+        return cls({}, graph.model_name, graph.fingerprint())
+
+    def removed(self, gid: int) -> int:
+        k = self.keep.get(gid)
+        return 0 if k is None else int((~k).sum())
+
+    def pruned_groups(self) -> list[int]:
+        return [g for g, k in self.keep.items() if not k.all()]
+
+    def channel_density(self, graph: ChannelGraph) -> float:
+        """Kept / total channels over the prunable groups."""
+        total = sum(g.size for g in graph.prunable_groups)
+        kept = sum(g.size - self.removed(g.id) for g in graph.prunable_groups)
+        return kept / total if total else 1.0
+
+    def validate(self, graph: ChannelGraph) -> None:
+        """Refuse a mask that does not fit ``graph``: wrong model, unknown group, broken constraint."""
+        if self.fingerprint and self.fingerprint != graph.fingerprint():
+            raise MaskMismatchError(
+                f"mask was made for {self.model or 'another model'} (structure {self.fingerprint}), not "
+                f"{graph.model_name} (structure {graph.fingerprint()}) at input {graph.input_shape}: "
+                "compute the mask for this model and input shape"
+            )
+        for gid, keep in self.keep.items():
+            if not 0 <= gid < len(graph.groups):
+                raise MaskMismatchError(f"mask names group {gid}, but {graph.model_name} has groups "
+                                        f"0..{len(graph.groups) - 1}: the mask was made for another model")
+            group = graph.groups[gid]
+            if keep.shape != (group.size,):
+                raise MaskMismatchError(f"mask for group {gid} ({group.name}) has {keep.size} entries, "
+                                        f"the group has {group.size} channels")
+            if keep.all():
+                continue
+            if not keep.any():
+                raise MaskMismatchError(f"mask keeps no channel of group {gid} ({group.name}): keep at least one")
+            if not group.prunable:
+                raise MaskMismatchError(f"mask removes channels of frozen group {gid} ({group.name}): {group.reason}")
+            if group.blocks:
+                counts = {int(keep[list(b)].sum()) for b in group.blocks}
+                if len(counts) != 1:
+                    raise MaskMismatchError(
+                        f"group {gid} ({group.name}) feeds a grouped conv: keep the same number of channels "
+                        f"in each of its {len(group.blocks)} conv groups (kept counts {sorted(counts)})"
+                    )
+
+    def to_json(self) -> dict:
+        return {
+            "format": CHANNEL_FORMAT, "model": self.model, "fingerprint": self.fingerprint, "meta": self.meta,
+            "groups": {str(g): {"size": int(k.size), "keep": np.flatnonzero(k).tolist()}
+                       for g, k in sorted(self.keep.items())},
+        }
+
+    def save(self, path: str | Path) -> None:
+        write_atomically(path, json.dumps(self.to_json(), indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ChannelMask:
+        data = _read_json(path, CHANNEL_FORMAT)
+        keep = {}
+        for gid, entry in data["groups"].items():
+            k = np.zeros(int(entry["size"]), dtype=bool)
+            k[np.asarray(entry["keep"], dtype=np.int64)] = True
+            keep[int(gid)] = k
+        return cls(keep, data.get("model", ""), data.get("fingerprint", ""), data.get("meta", {}))
+
+
+@dataclass
+class WeightMask:
+    """Per named tensor, which weights to keep (unstructured)."""
+
+    keep: dict[str, np.ndarray]
+    model: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def density(self) -> float:
+        total = sum(k.size for k in self.keep.values())
+        return sum(int(k.sum()) for k in self.keep.values()) / total if total else 1.0
+
+    def validate(self, named_shapes: dict[str, tuple[int, ...]]) -> None:
+        for name, keep in self.keep.items():
+            if name not in named_shapes:
+                raise MaskMismatchError(f"weight mask names {name!r}, which the model does not have: "
+                                        "the mask was made for another model")
+            if tuple(keep.shape) != tuple(named_shapes[name]):
+                raise MaskMismatchError(f"weight mask for {name} has shape {tuple(keep.shape)}, "
+                                        f"the tensor has {tuple(named_shapes[name])}")
+
+    def save(self, path: str | Path) -> None:
+        data = {"format": WEIGHT_FORMAT, "model": self.model, "meta": self.meta,
+                "tensors": {n: {"shape": list(k.shape), "bits": np.packbits(k.reshape(-1)).tobytes().hex()}
+                            for n, k in self.keep.items()}}
+        write_atomically(path, json.dumps(data).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> WeightMask:
+        data = _read_json(path, WEIGHT_FORMAT)
+        keep = {}
+        for name, entry in data["tensors"].items():
+            shape = tuple(entry["shape"])
+            bits = np.unpackbits(np.frombuffer(bytes.fromhex(entry["bits"]), dtype=np.uint8))
+            keep[name] = bits[: int(np.prod(shape))].astype(bool).reshape(shape)
+        return cls(keep, data.get("model", ""), data.get("meta", {}))
+
+
+def _read_json(path: str | Path, fmt: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HwpruneError(f"mask file {path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise HwpruneError(f"cannot read mask file {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise HwpruneError(f"{path} is not a {fmt} file (format {data.get('format') if isinstance(data, dict) else '?'})")
+    return data
