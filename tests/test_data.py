@@ -160,7 +160,7 @@ def test_imagefolder_from_disk(tmp_path):
     train = get_dataset("imagefolder", "train", data_dir=tmp_path, image_size=32)
     assert len(train) == 4 and train.num_classes == 2 and train[0][0].shape == (3, 32, 32)
     test = get_dataset("imagefolder", "test", data_dir=tmp_path, image_size=24, channels=1)
-    assert len(test) == 4 and test[3] [0].shape == (1, 24, 24) and test[3][1] == 1
+    assert len(test) == 4 and test[3][0].shape == (1, 24, 24) and test[3][1] == 1
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(DataNotFoundError) as info:
         get_dataset("imagefolder", data_dir=tmp_path / "empty")

@@ -32,3 +32,27 @@ def _flat(x):
             yield from _flat(v)
     else:
         yield x
+
+
+def randomize_for_check(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter and norm statistic random, well-scaled values (in place).
+
+    Fresh torchvision models are often degenerate for an equivalence check (ViT's zero-initialised
+    head outputs zeros whatever the body computes); this makes every channel matter.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel() if p.shape[0] else 1
+                p.copy_(torch.randn(p.shape, generator=gen) / max(fan_in, 1) ** 0.5)
+            elif name.endswith("weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+    return model

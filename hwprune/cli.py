@@ -1,0 +1,247 @@
+"""`hwprune <subcommand>`: one entry point over the library. Options may also come from a
+JSON/YAML file (`--config FILE`); options given on the command line override it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from hwprune.errors import HwpruneError
+
+DEMO_OUT = Path("out/demo")
+
+
+def _model_options(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model, required=default_model is None,
+                   help="zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate")
+    g.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: the model's)")
+    g.add_argument("--batch", type=int, default=1, help="batch of the example input (default 1)")
+    g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+    g.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's)")
+    g.add_argument("--seed", type=int, default=0, help="seed for the example input and random scores")
+
+
+def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
+    from hwprune.jobs import CHANNEL_SCORERS
+
+    p.add_argument("--method", default="l1", choices=CHANNEL_SCORERS.names(),
+                   help="channel importance: l1/l2 norm of each channel's producer weights, or random")
+    p.add_argument("--ratio", type=float, default=ratio,
+                   help=f"share of channels removed from every prunable group (default {ratio})")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hwprune",
+        description="Hardware-aware pruning: map channel groups, prune, compact, export verified ONNX, measure.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_: str, **kw) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, **kw)
+        p.add_argument("--config", default=None, help="JSON or YAML file of option values (CLI overrides)")
+        return p
+
+    p = add("demo", "The main job on an embedded default: map resnet18, remove half the channels of every "
+                    "prunable group by L1 norm, compact, export and verify ONNX, time it in onnxruntime.")
+    _model_options(p, "resnet18")
+    _mask_options(p)
+    p.add_argument("--out", type=Path, default=DEMO_OUT, help=f"output folder (default {DEMO_OUT})")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per model (default 30)")
+
+    p = add("models", "List model names.")
+    p.add_argument("--source", default="seed", choices=["seed", "torchvision", "timm", "all"])
+
+    add("datasets", "List datasets (none download; file-based ones read --data-dir).")
+
+    p = add("map", "Map a model's channel groups and print them.")
+    _model_options(p)
+    p.add_argument("--explain", action="store_true", help="print every group with its slices")
+    p.add_argument("--json", type=Path, default=None, help="also write the groups as JSON to this file")
+
+    p = add("mask", "Compute a channel mask and save it as JSON.")
+    _model_options(p)
+    _mask_options(p)
+    p.add_argument("--out", type=Path, required=True, help="mask file to write (.json)")
+
+    p = add("export", "Compact a model with a mask, export ONNX, verify it in onnxruntime, report.")
+    _model_options(p)
+    p.add_argument("--mask", type=Path, default=None, help="mask file from `hwprune mask` (default: compute one)")
+    _mask_options(p)
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
+    p.add_argument("--results", type=Path, default=None, help="append a results row to this CSV")
+    p.add_argument("--latency", action="store_true", help="also time dense vs pruned ONNX in onnxruntime")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for --latency (default 1)")
+
+    p = add("flops", "FLOPs and params per layer (fvcore; 1 multiply-add = 1 FLOP).")
+    _model_options(p)
+    p.add_argument("--top", type=int, default=20, help="layers to list (default 20)")
+
+    p = add("results", "Show the results store as a table.")
+    p.add_argument("--path", type=Path, default=Path("runs/results.csv"))
+    p.add_argument("--last", type=int, default=20)
+    return parser
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if not getattr(args, "config", None):
+        return args
+    path = Path(args.config)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise HwpruneError(f"cannot read config {path}: {exc.strerror}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise HwpruneError(f"config {path} must hold a mapping of option names to values")
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # the chosen subcommand
+    known = {a.dest: a for a in sub._actions}
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(known) - {"command", "config"})
+    if unknown:
+        raise HwpruneError(f"config {path}: unknown option(s) {', '.join(unknown)} for `hwprune {args.command}`")
+    for key, value in values.items():
+        action = known.get(key)
+        if action is not None and action.type is not None and value is not None:
+            value = action.type(value)
+        sub.set_defaults(**{key: value})
+    return parser.parse_args(argv)
+
+
+def _job(args):
+    from hwprune.jobs import ModelInput
+
+    return ModelInput.build(args.model, args.input_size, args.batch, args.num_classes, args.in_channels, args.seed)
+
+
+def cmd_demo(args) -> None:
+    from hwprune.jobs import make_mask, prune_export_measure
+
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    job = _job(args)
+    graph = job.graph()
+    print(graph.summary())
+    mask = make_mask(job, graph, args.method, args.ratio, args.seed)
+    mask.save(args.out / "mask.json")
+    outcome = prune_export_measure(job, mask, graph, args.out / f"{args.model}_pruned.onnx", args.method,
+                                   threads=args.threads, repeats=args.repeats, results=args.out / "results.csv")
+    print(outcome.table())
+    print(f"\nmask: {args.out / 'mask.json'}; results row: {args.out / 'results.csv'}; "
+          f"total {time.perf_counter() - start:.1f}s")
+
+
+def cmd_models(args) -> None:
+    from hwprune.models import list_models
+
+    print("\n".join(list_models(args.source)))
+
+
+def cmd_datasets(args) -> None:
+    from hwprune.data import dataset_info, list_datasets
+
+    for name in list_datasets():
+        info = dataset_info(name)
+        print(f"{name:14s} classes={info.num_classes} channels={info.channels} size={info.native_size}")
+
+
+def cmd_map(args) -> None:
+    graph = _job(args).graph()
+    print(graph.explain() if args.explain else graph.summary())
+    if not args.explain:
+        for g in graph.groups:
+            state = "prunable" if g.prunable else f"frozen: {g.reason}"
+            print(f"  {g.id:4d} {g.name:40s} {g.size:5d}  {state}{'' if g.exact else ' (inexact)'}")
+    if args.json:
+        from hwprune.prune.masks import write_atomically
+
+        data = [{"id": g.id, "name": g.name, "size": g.size, "prunable": g.prunable, "reason": g.reason,
+                 "exact": g.exact, "slices": [s.explain() for s in g.slices]} for g in graph.groups]
+        write_atomically(args.json, json.dumps(data, indent=1).encode())
+
+
+def cmd_mask(args) -> None:
+    from hwprune.export.pipeline import check_writable
+    from hwprune.jobs import make_mask
+
+    check_writable(args.out)
+    job = _job(args)
+    graph = job.graph()
+    mask = make_mask(job, graph, args.method, args.ratio, args.seed)
+    mask.save(args.out)
+    print(f"{args.out}: {len(mask.pruned_groups())} groups pruned, channel density "
+          f"{mask.channel_density(graph):.3f} ({args.method}, ratio {args.ratio})")
+
+
+def cmd_export(args) -> None:
+    from hwprune.jobs import make_mask, prune_export_measure
+    from hwprune.prune.masks import ChannelMask
+
+    job = _job(args)
+    graph = job.graph()
+    mask = ChannelMask.load(args.mask) if args.mask else make_mask(job, graph, args.method, args.ratio, args.seed)
+    method = mask.meta.get("method", args.method)
+    outcome = prune_export_measure(job, mask, graph, args.out, method, threads=args.threads,
+                                   results=args.results, measure_latency=args.latency)
+    print(outcome.table())
+
+
+def cmd_flops(args) -> None:
+    from hwprune.flops import count_flops
+
+    job = _job(args)
+    print(count_flops(job.model, job.example).table(top=args.top))
+
+
+def cmd_results(args) -> None:
+    from hwprune.results import ResultsStore
+
+    frame = ResultsStore(args.path).load()
+    if frame.empty:
+        print(f"no results in {args.path}")
+        return
+    cols = ["time", "model", "method", "density", "params", "flops", "latency_backend", "latency_ms_median",
+            "latency_before_ms", "accuracy_top1"]
+    print(frame[cols].tail(args.last).to_markdown(index=False) if _has_tabulate() else frame[cols].tail(args.last))
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+COMMANDS = {"demo": cmd_demo, "models": cmd_models, "datasets": cmd_datasets, "map": cmd_map, "mask": cmd_mask,
+            "export": cmd_export, "flops": cmd_flops, "results": cmd_results}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    try:
+        args = _apply_config(parser, sys.argv[1:] if argv is None else argv)
+        COMMANDS[args.command](args)
+    except HwpruneError as exc:
+        print(f"hwprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hwprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

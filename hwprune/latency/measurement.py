@@ -1,0 +1,72 @@
+"""A latency measurement and the protocol that takes it, shared by every backend."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency of one runner: robust statistics plus everything needed to reproduce it."""
+
+    backend: str
+    median_ms: float
+    iqr_ms: float
+    samples: int
+    rejected: int
+    threads: int
+    batch: int
+    input_shape: tuple[int, ...]
+    device: str
+    provider: str
+    versions: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def robust_stats(samples_s: list[float]) -> tuple[float, float, int]:
+    """Median and IQR in ms after dropping samples outside Tukey's fences (1.5 IQR)."""
+    ms = np.asarray(samples_s) * 1e3
+    q1, q3 = np.percentile(ms, [25, 75])
+    fence = 1.5 * (q3 - q1)
+    kept = ms[(ms >= q1 - fence) & (ms <= q3 + fence)]
+    q1, q3 = np.percentile(kept, [25, 75])
+    return float(np.median(kept)), float(q3 - q1), int(ms.size - kept.size)
+
+
+def warm_up(run: Callable[[], object], min_runs: int = 3, max_runs: int = 30, tol: float = 0.05) -> None:
+    """Run until the median of the last three timings moves by less than ``tol``."""
+    times: list[float] = []
+    last = None
+    for i in range(max_runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+        if i + 1 >= min_runs:
+            med = float(np.median(times[-3:]))
+            if last is not None and abs(med - last) <= tol * last:
+                return
+            last = med
+
+
+def time_interleaved(runs: list[Callable[[], object]], repeats: int) -> list[list[float]]:
+    """Time several runners in turn, ``repeats`` rounds, so drift hits them all alike."""
+    for run in runs:
+        warm_up(run)
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            samples[i].append(time.perf_counter() - start)
+    return samples
+
+
+def host_device() -> str:
+    return f"cpu:{platform.processor() or platform.machine()}"

@@ -1,0 +1,67 @@
+"""Every zoo model: a random 40 % channel mask compacts to a model equal to the masked model, and
+the ONNX export of the compacted model equals it in onnxruntime."""
+
+import numpy as np
+import pytest
+import torch
+
+from hwprune.export.pipeline import export_pruned
+from hwprune.export.verify import randomize_for_check
+from hwprune.graph_mapper import build_channel_graph
+from hwprune.models import get_model, model_spec
+from hwprune.prune.channel import mask_from_scores, random_scores
+from tests.zoo import SEED_MODELS, SLOW, TORCHVISION_MODELS
+
+CASES = [(f"seed:{n}", n, None) for n in SEED_MODELS] + [
+    (qualified, n, size) for n, (qualified, size) in TORCHVISION_MODELS.items()
+]
+
+
+def _param(qualified, name, size):
+    marks = [pytest.mark.onnx] + ([pytest.mark.slow] if name in SLOW else [])
+    return pytest.param(qualified, size, id=qualified, marks=marks)
+
+
+def _setup(qualified, size):
+    kwargs = {"input_size": size} if size else {}
+    model = randomize_for_check(get_model(qualified, num_classes=10, **kwargs)).eval()
+    size = size or model_spec(qualified).default_input_size
+    channels = model_spec(qualified).in_channels
+    x = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+    return model, x
+
+
+@pytest.mark.parametrize(("qualified", "size"), [_param(*c) for c in CASES])
+def test_random_mask_compacts_and_exports_exactly(qualified, size, tmp_path):
+    model, x = _setup(qualified, size)
+    graph = build_channel_graph(model, x, qualified)
+    assert graph.prunable_groups, "nothing prunable"
+    for g in graph.groups:
+        assert g.prunable or g.reason, f"group {g.id} frozen without a reason"
+    mask = mask_from_scores(graph, random_scores(graph, seed=1), ratio=0.4)
+    assert mask.pruned_groups(), "the mask removes nothing"
+    for gid in mask.pruned_groups():
+        group, keep = graph.groups[gid], mask.keep[gid]
+        assert 0 < keep.sum() < group.size
+        assert abs(keep.sum() / group.size - 0.6) <= 0.5 / group.size + (len(group.blocks or [1]) / group.size)
+    compacted, report = export_pruned(model, graph, mask, x, tmp_path / "model.onnx")
+    assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-4
+    assert report.onnx_max_rel_diff <= 1e-4
+    assert report.params_after < report.params_before
+    assert report.flops_after < report.flops_before
+    # the compacted model really lost the removed channels on every producer axis
+    removed = {}
+    for gid in mask.pruned_groups():
+        for sl in graph.groups[gid].producers:
+            key = (sl.tensor, sl.axis)
+            removed[key] = removed.get(key, 0) + mask.removed(gid) * sl.inner
+    before = dict(model.named_parameters())
+    after = dict(compacted.named_parameters())
+    assert removed
+    for (tensor, axis), n in removed.items():
+        assert after[tensor].shape[axis] == before[tensor].shape[axis] - n
+    # and the masked model is not trivially equal to the dense one
+    with torch.no_grad():
+        dense = model(x)
+        pruned = compacted(x)
+    assert not np.allclose(dense.numpy(), pruned.numpy(), rtol=1e-3, atol=1e-5)
