@@ -16,8 +16,8 @@ DEMO_OUT = Path("out/demo")
 
 def _model_options(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model, required=default_model is None,
-                   help="zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate")
+    g.add_argument("--model", default=default_model,
+                   help=("(required) " if default_model is None else "") + "zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate")
     g.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: the model's)")
     g.add_argument("--batch", type=int, default=1, help="batch of the example input (default 1)")
     g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
@@ -67,13 +67,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p = add("mask", "Compute a channel mask and save it as JSON.")
     _model_options(p)
     _mask_options(p)
-    p.add_argument("--out", type=Path, required=True, help="mask file to write (.json)")
+    p.add_argument("--out", type=Path, default=None, help="(required) mask file to write (.json)")
 
     p = add("export", "Compact a model with a mask, export ONNX, verify it in onnxruntime, report.")
     _model_options(p)
     p.add_argument("--mask", type=Path, default=None, help="mask file from `hwprune mask` (default: compute one)")
     _mask_options(p)
-    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--out", type=Path, default=None, help="(required) ONNX file to write")
     p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     p.add_argument("--results", type=Path, default=None, help="append a results row to this CSV")
     p.add_argument("--latency", action="store_true", help="also time dense vs pruned ONNX in onnxruntime")
@@ -87,6 +87,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", type=Path, default=Path("runs/results.csv"))
     p.add_argument("--last", type=int, default=20)
     return parser
+
+
+REQUIRED = {"map": ["model"], "mask": ["model", "out"], "export": ["model", "out"], "flops": ["model"]}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse, fold in --config, then check required options (which a config may supply)."""
+    args = _apply_config(parser, argv)
+    missing = [f"--{k.replace('_', '-')}" for k in REQUIRED.get(args.command, []) if getattr(args, k) is None]
+    if missing:
+        raise HwpruneError(f"`hwprune {args.command}` needs {', '.join(missing)} (on the command line or in --config)")
+    return args
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -194,7 +206,7 @@ def cmd_export(args) -> None:
     mask = ChannelMask.load(args.mask) if args.mask else make_mask(job, graph, args.method, args.ratio, args.seed)
     method = mask.meta.get("method", args.method)
     outcome = prune_export_measure(job, mask, graph, args.out, method, threads=args.threads,
-                                   results=args.results, measure_latency=args.latency)
+                                   results=args.results, measure_latency=args.latency, exporter=args.exporter)
     print(outcome.table())
 
 
@@ -232,7 +244,7 @@ COMMANDS = {"demo": cmd_demo, "models": cmd_models, "datasets": cmd_datasets, "m
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     try:
-        args = _apply_config(parser, sys.argv[1:] if argv is None else argv)
+        args = _parse(parser, sys.argv[1:] if argv is None else argv)
         COMMANDS[args.command](args)
     except HwpruneError as exc:
         print(f"hwprune: error: {exc}", file=sys.stderr)

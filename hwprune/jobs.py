@@ -86,12 +86,12 @@ class PruneOutcome:
 
 def prune_export_measure(job: ModelInput, mask: ChannelMask, graph: ChannelGraph, onnx_path: Path,
                          method: str, threads: int = 1, repeats: int = 30, results: Path | None = None,
-                         measure_latency: bool = True) -> PruneOutcome:
+                         measure_latency: bool = True, exporter: str = "dynamo") -> PruneOutcome:
     """Compact and export with verification, time dense vs pruned ONNX in onnxruntime, log a row."""
     check_writable(onnx_path)
     if results is not None:
         check_writable(results)
-    _, report = export_pruned(job.model, graph, mask, job.example, onnx_path)
+    _, report = export_pruned(job.model, graph, mask, job.example, onnx_path, exporter=exporter)
     base_ms = pruned_ms = iqr = None
     if measure_latency:
         with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:

@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from hwprune.export.pipeline import export_pruned
-from hwprune.export.verify import randomize_for_check
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.models import get_model, model_spec
 from hwprune.prune.channel import mask_from_scores, random_scores
-from tests.zoo import SEED_MODELS, SLOW, TORCHVISION_MODELS
+from hwprune.models.zoo import SEED_MODELS, SLOW, TORCHVISION_MODELS, zoo_case
 
 CASES = [(f"seed:{n}", n, None) for n in SEED_MODELS] + [
     (qualified, n, size) for n, (qualified, size) in TORCHVISION_MODELS.items()
@@ -22,18 +20,9 @@ def _param(qualified, name, size):
     return pytest.param(qualified, size, id=qualified, marks=marks)
 
 
-def _setup(qualified, size):
-    kwargs = {"input_size": size} if size else {}
-    model = randomize_for_check(get_model(qualified, num_classes=10, **kwargs)).eval()
-    size = size or model_spec(qualified).default_input_size
-    channels = model_spec(qualified).in_channels
-    x = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
-    return model, x
-
-
 @pytest.mark.parametrize(("qualified", "size"), [_param(*c) for c in CASES])
 def test_random_mask_compacts_and_exports_exactly(qualified, size, tmp_path):
-    model, x = _setup(qualified, size)
+    model, x = zoo_case(qualified, size)
     graph = build_channel_graph(model, x, qualified)
     assert graph.prunable_groups, "nothing prunable"
     for g in graph.groups:

@@ -158,8 +158,7 @@ def build_channel_graph(model: nn.Module, example_input: torch.Tensor, name: str
     model.eval()
     try:
         gm = trace(model)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+        _propagate_shapes(gm, example_input, name or type(model).__name__)
         ctx = MapContext(gm)
         for node in gm.graph.nodes:
             ctx.labels[node.name] = _visit(ctx, node)
@@ -168,6 +167,19 @@ def build_channel_graph(model: nn.Module, example_input: torch.Tensor, name: str
         model.train(was_training)
     graph.build_s = time.perf_counter() - start
     return graph
+
+
+def _propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor, name: str) -> None:
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input)
+    except Exception as exc:  # the model's own error, for this input shape
+        cause = exc.__cause__ or exc
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise HwpruneError(
+            f"{name} does not run on an input of shape {tuple(example_input.shape)} ({first}): "
+            "check --input-size and --in-channels"
+        ) from exc
 
 
 def _visit(ctx: MapContext, node: fx.Node):

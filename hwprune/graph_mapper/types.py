@@ -138,8 +138,12 @@ class ChannelGraph:
         spec = [(g.id, g.size, [(s.tensor, s.axis) for s in g.slices]) for g in self.groups]
         return hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:16]
 
-    def prunable_macs_share(self) -> float:
-        """Share of conv/linear multiply-adds in ops with at least one prunable channel axis."""
+    def prunable_macs_share(self, total_macs: float | None = None) -> float:
+        """Share of conv/linear multiply-adds in ops with at least one prunable channel axis.
+
+        The denominator defaults to the conv/linear ops the mapper saw; pass a counter's total
+        (e.g. fvcore's conv+linear+matmul) to include ops hidden inside modules it froze.
+        """
         prunable_roots = {r for g in self.groups if g.prunable and g.size > 1 for r in g.roots}
         seen: dict[str, tuple[int, bool]] = {}
         for site in self.sites:
@@ -148,7 +152,7 @@ class ChannelGraph:
             hit = bool(prunable_roots.intersection(np.unique(site.roots).tolist()))
             macs, before = seen.get(site.tensor, (site.macs, False))
             seen[site.tensor] = (macs, before or hit)
-        total = sum(m for m, _ in seen.values())
+        total = total_macs or sum(m for m, _ in seen.values())
         return sum(m for m, hit in seen.values() if hit) / total if total else 0.0
 
     def summary(self) -> str:

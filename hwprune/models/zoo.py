@@ -1,4 +1,4 @@
-"""The model zoo the foundation is tested on, with the small inputs that keep CI fast."""
+"""The zoo the mapper is tested and benchmarked on, with the small inputs that keep CI fast."""
 
 SEED_MODELS = [
     "lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56",
@@ -25,3 +25,22 @@ TORCHVISION_MODELS = {
 }
 
 SLOW = {"vgg16", "vgg19", "resnet56", "resnext50_32x4d", "densenet121", "convnext_tiny", "vit_b_16", "resnet50"}
+
+
+def zoo_case(qualified: str, size: int | None, batch: int = 2, seed: int = 0):
+    """A zoo model with random, well-scaled weights (for equivalence checks) and its example input."""
+    import torch
+
+    from hwprune.export.verify import randomize_for_check
+    from hwprune.models.api import get_model, model_spec
+
+    kwargs = {"input_size": size} if size else {}
+    model = randomize_for_check(get_model(qualified, num_classes=10, **kwargs), seed).eval()
+    spec = model_spec(qualified)
+    size = size or spec.default_input_size
+    x = torch.randn(batch, spec.in_channels, size, size, generator=torch.Generator().manual_seed(seed))
+    return model, x
+
+
+def zoo_cases() -> list[tuple[str, int | None]]:
+    return [(f"seed:{n}", None) for n in SEED_MODELS] + list(TORCHVISION_MODELS.values())
