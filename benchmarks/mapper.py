@@ -18,12 +18,12 @@ import pandas as pd
 import torch
 from fvcore.nn import FlopCountAnalysis
 
-from hwprune.export.pipeline import export_pruned
 from hwprune.export.compact import compact_model
+from hwprune.export.pipeline import export_pruned
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.models import get_model
-from hwprune.prune.channel import mask_from_scores, norm_scores, random_scores
 from hwprune.models.zoo import zoo_case, zoo_cases
+from hwprune.prune.channel import mask_from_scores, norm_scores, random_scores
 
 RESULTS = Path(__file__).parent / "results"
 MATMUL_OPS = {"conv", "linear", "addmm", "matmul", "bmm", "einsum", "mm", "_convolution"}
@@ -60,9 +60,18 @@ def coverage_row(qualified, size):
     graph = build_channel_graph(model, x, qualified)
     share = graph.prunable_macs_share(conv_linear_flops(model, x))
     mask = mask_from_scores(graph, random_scores(graph, 1), 0.4)
-    row = dict(model=qualified, input=f"{tuple(x.shape)}", groups=len(graph.groups),
-               prunable_groups=len(graph.prunable_groups), prunable_flops_share=round(share, 4),
-               build_s=round(build_s, 4), max_rel_diff=None, onnx_max_rel_diff=None, ok=False, error="")
+    row = dict(
+        model=qualified,
+        input=f"{tuple(x.shape)}",
+        groups=len(graph.groups),
+        prunable_groups=len(graph.prunable_groups),
+        prunable_flops_share=round(share, 4),
+        build_s=round(build_s, 4),
+        max_rel_diff=None,
+        onnx_max_rel_diff=None,
+        ok=False,
+        error="",
+    )
     try:
         with tempfile.TemporaryDirectory() as tmp:
             _, report = export_pruned(model, graph, mask, x, Path(tmp) / "m.onnx")
@@ -84,9 +93,13 @@ def speed_row(qualified, size, tp_build, tp_prune):
 
     full_s = min_time(map_mask_compact, 5)
     return dict(
-        model=qualified, input=size, build_s=round(build_s, 4), tp_build_s=tp_build,
+        model=qualified,
+        input=size,
+        build_s=round(build_s, 4),
+        tp_build_s=tp_build,
         build_goal_met=None if tp_build is None else build_s <= tp_build,
-        map_mask_compact_s=round(full_s, 4), tp_prune_s=tp_prune,
+        map_mask_compact_s=round(full_s, 4),
+        tp_prune_s=tp_prune,
         prune_goal_met=None if tp_prune is None else full_s <= tp_prune / 2,
     )
 
@@ -114,18 +127,24 @@ def main():
         print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     n_ok = int(frame.ok.sum())
-    write(frame, "mapper_coverage",
-          f"# Mapper coverage ({torch.__version__}, 2 threads)\n\n{n_ok}/{len(frame)} models pass. "
-          "Random 40 % channel mask on every prunable exact group; max_rel_diff: compacted vs masked model; "
-          "onnx_max_rel_diff: onnxruntime vs compacted. prunable_flops_share: FLOPs of conv/linear ops with "
-          "a prunable channel axis over fvcore's conv+linear+matmul total (1 multiply-add = 1 FLOP).")
+    write(
+        frame,
+        "mapper_coverage",
+        f"# Mapper coverage ({torch.__version__}, 2 threads)\n\n{n_ok}/{len(frame)} models pass. "
+        "Random 40 % channel mask on every prunable exact group; max_rel_diff: compacted vs masked model; "
+        "onnx_max_rel_diff: onnxruntime vs compacted. prunable_flops_share: FLOPs of conv/linear ops with "
+        "a prunable channel axis over fvcore's conv+linear+matmul total (1 multiply-add = 1 FLOP).",
+    )
     if not args.skip_speed:
         speed = pd.DataFrame([speed_row(*case) for case in SPEED_CASES])
-        write(speed, "mapper_speed",
-              "# Mapper speed (warm, min of 5, batch 1, 2 threads)\n\nbuild_s: trace + shape propagation + "
-              "groups. map_mask_compact_s: build + L1 scores + mask (50 %) + compaction. Goals from the "
-              "foundation issue: build_s <= Torch-Pruning's DependencyGraph build + grouping (tp_build_s); "
-              "map_mask_compact_s <= half of Torch-Pruning's pruner construction + step (tp_prune_s).")
+        write(
+            speed,
+            "mapper_speed",
+            "# Mapper speed (warm, min of 5, batch 1, 2 threads)\n\nbuild_s: trace + shape propagation + "
+            "groups. map_mask_compact_s: build + L1 scores + mask (50 %) + compaction. Goals from the "
+            "foundation issue: build_s <= Torch-Pruning's DependencyGraph build + grouping (tp_build_s); "
+            "map_mask_compact_s <= half of Torch-Pruning's pruner construction + step (tp_prune_s).",
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""`hwprune <subcommand>`: one entry point over the library. Options may also come from a
-JSON/YAML file (`--config FILE`); options given on the command line override it."""
+"""`hwprune <subcommand>`: one entry point over the library.
+
+Options may also come from a JSON/YAML file (`--config FILE`); the command line overrides it.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ DEMO_OUT = Path("out/demo")
 
 def _model_options(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model,
-                   help=("(required) " if default_model is None else "") + "zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate")
+    g.add_argument(
+        "--model",
+        default=default_model,
+        help=("(required) " if default_model is None else "")
+        + "zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate",
+    )
     g.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: the model's)")
     g.add_argument("--batch", type=int, default=1, help="batch of the example input (default 1)")
     g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
@@ -28,10 +34,18 @@ def _model_options(p: argparse.ArgumentParser, default_model: str | None = None)
 def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
     from hwprune.jobs import CHANNEL_SCORERS
 
-    p.add_argument("--method", default="l1", choices=CHANNEL_SCORERS.names(),
-                   help="channel importance: l1/l2 norm of each channel's producer weights, or random")
-    p.add_argument("--ratio", type=float, default=ratio,
-                   help=f"share of channels removed from every prunable group (default {ratio})")
+    p.add_argument(
+        "--method",
+        default="l1",
+        choices=CHANNEL_SCORERS.names(),
+        help="channel importance: l1/l2 norm of each channel's producer weights, or random",
+    )
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=ratio,
+        help=f"share of channels removed from every prunable group (default {ratio})",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -46,8 +60,11 @@ def _build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=None, help="JSON or YAML file of option values (CLI overrides)")
         return p
 
-    p = add("demo", "The main job on an embedded default: map resnet18, remove half the channels of every "
-                    "prunable group by L1 norm, compact, export and verify ONNX, time it in onnxruntime.")
+    p = add(
+        "demo",
+        "The main job on an embedded default: map resnet18, remove half the channels of every "
+        "prunable group by L1 norm, compact, export and verify ONNX, time it in onnxruntime.",
+    )
     _model_options(p, "resnet18")
     _mask_options(p)
     p.add_argument("--out", type=Path, default=DEMO_OUT, help=f"output folder (default {DEMO_OUT})")
@@ -148,11 +165,21 @@ def cmd_demo(args) -> None:
     print(graph.summary())
     mask = make_mask(job, graph, args.method, args.ratio, args.seed)
     mask.save(args.out / "mask.json")
-    outcome = prune_export_measure(job, mask, graph, args.out / f"{args.model}_pruned.onnx", args.method,
-                                   threads=args.threads, repeats=args.repeats, results=args.out / "results.csv")
+    outcome = prune_export_measure(
+        job,
+        mask,
+        graph,
+        args.out / f"{args.model}_pruned.onnx",
+        args.method,
+        threads=args.threads,
+        repeats=args.repeats,
+        results=args.out / "results.csv",
+    )
     print(outcome.table())
-    print(f"\nmask: {args.out / 'mask.json'}; results row: {args.out / 'results.csv'}; "
-          f"total {time.perf_counter() - start:.1f}s")
+    print(
+        f"\nmask: {args.out / 'mask.json'}; results row: {args.out / 'results.csv'}; "
+        f"total {time.perf_counter() - start:.1f}s"
+    )
 
 
 def cmd_models(args) -> None:
@@ -179,8 +206,18 @@ def cmd_map(args) -> None:
     if args.json:
         from hwprune.prune.masks import write_atomically
 
-        data = [{"id": g.id, "name": g.name, "size": g.size, "prunable": g.prunable, "reason": g.reason,
-                 "exact": g.exact, "slices": [s.explain() for s in g.slices]} for g in graph.groups]
+        data = [
+            {
+                "id": g.id,
+                "name": g.name,
+                "size": g.size,
+                "prunable": g.prunable,
+                "reason": g.reason,
+                "exact": g.exact,
+                "slices": [s.explain() for s in g.slices],
+            }
+            for g in graph.groups
+        ]
         write_atomically(args.json, json.dumps(data, indent=1).encode())
 
 
@@ -193,8 +230,10 @@ def cmd_mask(args) -> None:
     graph = job.graph()
     mask = make_mask(job, graph, args.method, args.ratio, args.seed)
     mask.save(args.out)
-    print(f"{args.out}: {len(mask.pruned_groups())} groups pruned, channel density "
-          f"{mask.channel_density(graph):.3f} ({args.method}, ratio {args.ratio})")
+    print(
+        f"{args.out}: {len(mask.pruned_groups())} groups pruned, channel density "
+        f"{mask.channel_density(graph):.3f} ({args.method}, ratio {args.ratio})"
+    )
 
 
 def cmd_export(args) -> None:
@@ -205,8 +244,17 @@ def cmd_export(args) -> None:
     graph = job.graph()
     mask = ChannelMask.load(args.mask) if args.mask else make_mask(job, graph, args.method, args.ratio, args.seed)
     method = mask.meta.get("method", args.method)
-    outcome = prune_export_measure(job, mask, graph, args.out, method, threads=args.threads,
-                                   results=args.results, measure_latency=args.latency, exporter=args.exporter)
+    outcome = prune_export_measure(
+        job,
+        mask,
+        graph,
+        args.out,
+        method,
+        threads=args.threads,
+        results=args.results,
+        measure_latency=args.latency,
+        exporter=args.exporter,
+    )
     print(outcome.table())
 
 
@@ -224,8 +272,18 @@ def cmd_results(args) -> None:
     if frame.empty:
         print(f"no results in {args.path}")
         return
-    cols = ["time", "model", "method", "density", "params", "flops", "latency_backend", "latency_ms_median",
-            "latency_before_ms", "accuracy_top1"]
+    cols = [
+        "time",
+        "model",
+        "method",
+        "density",
+        "params",
+        "flops",
+        "latency_backend",
+        "latency_ms_median",
+        "latency_before_ms",
+        "accuracy_top1",
+    ]
     print(frame[cols].tail(args.last).to_markdown(index=False) if _has_tabulate() else frame[cols].tail(args.last))
 
 
@@ -237,8 +295,16 @@ def _has_tabulate() -> bool:
     return True
 
 
-COMMANDS = {"demo": cmd_demo, "models": cmd_models, "datasets": cmd_datasets, "map": cmd_map, "mask": cmd_mask,
-            "export": cmd_export, "flops": cmd_flops, "results": cmd_results}
+COMMANDS = {
+    "demo": cmd_demo,
+    "models": cmd_models,
+    "datasets": cmd_datasets,
+    "map": cmd_map,
+    "mask": cmd_mask,
+    "export": cmd_export,
+    "flops": cmd_flops,
+    "results": cmd_results,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

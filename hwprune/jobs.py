@@ -36,8 +36,15 @@ class ModelInput:
     example: torch.Tensor
 
     @classmethod
-    def build(cls, name: str, input_size: int | None = None, batch: int = 1, num_classes: int | None = None,
-              in_channels: int | None = None, seed: int = 0) -> ModelInput:
+    def build(
+        cls,
+        name: str,
+        input_size: int | None = None,
+        batch: int = 1,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        seed: int = 0,
+    ) -> ModelInput:
         if batch < 1:
             raise HwpruneError(f"--batch must be at least 1 (got {batch})")
         spec = model_spec(name)
@@ -84,9 +91,18 @@ class PruneOutcome:
         return text
 
 
-def prune_export_measure(job: ModelInput, mask: ChannelMask, graph: ChannelGraph, onnx_path: Path,
-                         method: str, threads: int = 1, repeats: int = 30, results: Path | None = None,
-                         measure_latency: bool = True, exporter: str = "dynamo") -> PruneOutcome:
+def prune_export_measure(
+    job: ModelInput,
+    mask: ChannelMask,
+    graph: ChannelGraph,
+    onnx_path: Path,
+    method: str,
+    threads: int = 1,
+    repeats: int = 30,
+    results: Path | None = None,
+    measure_latency: bool = True,
+    exporter: str = "dynamo",
+) -> PruneOutcome:
     """Compact and export with verification, time dense vs pruned ONNX in onnxruntime, log a row."""
     check_writable(onnx_path)
     if results is not None:
@@ -100,16 +116,35 @@ def prune_export_measure(job: ModelInput, mask: ChannelMask, graph: ChannelGraph
             before, after = measure("ort-cpu", [dense, onnx_path], job.example, threads=threads, repeats=repeats)
         base_ms, pruned_ms, iqr = before.median_ms, after.median_ms, (before.iqr_ms, after.iqr_ms)
     record = RunRecord(
-        git_sha=current_git_sha(), model=job.name, dataset="none", method=method, mask_kind="channel",
-        target_kind="density", target_value=mask.meta.get("ratio"), density=report.channel_density,
-        density_whole_model=report.params_after / report.params_before, params=report.params_after,
-        params_before=report.params_before, flops=report.flops_after, flops_before=report.flops_before,
-        flops_counter="fvcore", latency_backend="ort-cpu" if measure_latency else None,
-        latency_ms_median=pruned_ms, latency_ms_iqr=iqr[1] if iqr else None,
-        latency_threads=threads if measure_latency else None, latency_batch=int(job.example.shape[0]),
-        latency_before_ms=base_ms, artifacts=json.dumps({"onnx": str(onnx_path)}),
-        extra=json.dumps({"max_rel_diff": report.max_rel_diff, "onnx_max_rel_diff": report.onnx_max_rel_diff,
-                          "exporter": report.exporter, "input_shape": list(job.example.shape)}),
+        git_sha=current_git_sha(),
+        model=job.name,
+        dataset="none",
+        method=method,
+        mask_kind="channel",
+        target_kind="density",
+        target_value=mask.meta.get("ratio"),
+        density=report.channel_density,
+        density_whole_model=report.params_after / report.params_before,
+        params=report.params_after,
+        params_before=report.params_before,
+        flops=report.flops_after,
+        flops_before=report.flops_before,
+        flops_counter="fvcore",
+        latency_backend="ort-cpu" if measure_latency else None,
+        latency_ms_median=pruned_ms,
+        latency_ms_iqr=iqr[1] if iqr else None,
+        latency_threads=threads if measure_latency else None,
+        latency_batch=int(job.example.shape[0]),
+        latency_before_ms=base_ms,
+        artifacts=json.dumps({"onnx": str(onnx_path)}),
+        extra=json.dumps(
+            {
+                "max_rel_diff": report.max_rel_diff,
+                "onnx_max_rel_diff": report.onnx_max_rel_diff,
+                "exporter": report.exporter,
+                "input_shape": list(job.example.shape),
+            }
+        ),
     )
     if results is not None:
         ResultsStore(results).append(record)

@@ -143,6 +143,17 @@ class SqueezeExcite(nn.Module):
         return x * torch.sigmoid(self.fc2(F.relu(self.fc1(s))))
 
 
+class Skip(nn.Module):
+    """Identity shortcut around a block that keeps the channel count: ties its output to its input."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return x + self.inner(x)
+
+
 class GapHead(nn.Module):
     def __init__(self, c, classes, kind):
         super().__init__()
@@ -195,7 +206,84 @@ class Net(nn.Module):
 
 
 def _divisors(n):
-    return [d for d in range(2, n + 1) if n % d == 0]
+    """Proper divisors > 1: conv groups that are neither plain nor depthwise."""
+    return [d for d in range(2, n) if n % d == 0]
+
+
+KINDS = ["conv", "residual", "inception", "dense", "shuffle", "split", "depthwise", "grouped", "se", "pool", "skip"]
+SAME_WIDTH = ["conv", "inception", "shuffle", "split", "depthwise", "grouped", "se"]  # what "skip" wraps
+
+
+def _draw_block(draw, kind, c, s, same=False):
+    """One block spec for ``c`` input channels at spatial size ``s`` (``same``: keep c and s), or None
+    when the kind does not fit here."""
+    if kind == "conv":
+        stride = draw(st.sampled_from([1, 2])) if s >= 6 and not same else 1
+        cout = c if same else draw(st.integers(2, MAX_C))
+        return (kind, cout, draw(st.sampled_from([1, 3])), stride, draw(st.booleans()))
+    if kind == "residual":
+        stride = draw(st.sampled_from([1, 2])) if s >= 6 else 1
+        cout = c if draw(st.booleans()) else draw(st.integers(2, MAX_C))
+        return (kind, draw(st.integers(2, MAX_C)), cout, stride)
+    if kind == "inception":
+        if same and c < 2:
+            return None
+        a = draw(st.integers(1, c - 1 if same else MAX_C // 2))
+        return (kind, a, c - a if same else draw(st.integers(1, MAX_C // 2)), draw(st.booleans()))
+    if kind == "dense":
+        return None if c > MAX_C - 2 else (kind, draw(st.integers(2, MAX_C - c)), draw(st.booleans()))
+    if kind == "shuffle":
+        return None if c % 2 else (kind, draw(st.booleans()), draw(st.booleans()))
+    if kind == "split":
+        if c < 2:
+            return None
+        out_a = draw(st.integers(1, c - 1 if same else MAX_C // 2))
+        return (kind, draw(st.integers(1, c - 1)), out_a, c - out_a if same else draw(st.integers(1, MAX_C // 2)))
+    if kind == "depthwise":
+        mult = 1 if same else draw(st.sampled_from([m for m in (1, 2, 3) if m * c <= MAX_C] or [1]))
+        return (kind, mult, draw(st.booleans()))
+    if kind == "grouped":
+        divs = _divisors(c)
+        if not divs:
+            return None
+        g = draw(st.sampled_from(divs))
+        return (kind, g, c // g if same else draw(st.integers(min(2, MAX_C // g), MAX_C // g)))
+    if kind == "se":
+        return (kind, draw(st.integers(1, 8)), draw(st.booleans()))
+    if kind == "pool":
+        return None if s < 4 else (kind, draw(st.sampled_from(["max", "avg"])))
+    inner = _draw_block(draw, draw(st.sampled_from(SAME_WIDTH)), c, s, same=True)
+    return None if inner is None else (kind, inner)
+
+
+def _make_block(b, c, s):
+    """The module for spec ``b`` and its output channels and spatial size."""
+    kind = b[0]
+    if kind == "conv":
+        _, cout, k, stride, bn = b
+        return ConvBNReLU(c, cout, k, stride, bn=bn), cout, (s + stride - 1) // stride
+    if kind == "residual":
+        _, mid, cout, stride = b
+        return Residual(c, mid, cout, stride), cout, (s + stride - 1) // stride
+    if kind == "inception":
+        return Inception(c, b[1], b[2], b[3]), b[1] + b[2], s
+    if kind == "dense":
+        return Dense(c, b[1], b[2]), c + b[1], s
+    if kind == "shuffle":
+        return ShuffleUnit(c, s, b[1], b[2]), c, s
+    if kind == "split":
+        return SplitConcat(c, b[1], b[2], b[3]), b[2] + b[3], s
+    if kind == "depthwise":
+        return ConvBNReLU(c, c * b[1], 3, groups=c, bn=b[2]), c * b[1], s
+    if kind == "grouped":
+        return ConvBNReLU(c, b[1] * b[2], 3, groups=b[1]), b[1] * b[2], s
+    if kind == "se":
+        return SqueezeExcite(c, b[1], b[2]), c, s
+    if kind == "pool":
+        return (nn.MaxPool2d(2) if b[1] == "max" else nn.AvgPool2d(2)), c, s // 2
+    inner, c_out, s_out = _make_block(b[1], c, s)
+    assert (c_out, s_out) == (c, s), b
+    return Skip(inner), c, s
 
 
 @st.composite
@@ -206,54 +294,10 @@ def net_specs(draw):
     c, s = cin, spatial
     specs = []
     for _ in range(draw(st.integers(1, 6))):
-        kind = draw(st.sampled_from(["conv", "residual", "inception", "dense", "shuffle", "split",
-                                     "depthwise", "grouped", "se", "pool"]))
-        if kind == "conv":
-            spec = (kind, draw(st.integers(2, MAX_C)), draw(st.sampled_from([1, 3])),
-                    draw(st.sampled_from([1, 2])) if s >= 6 else 1, draw(st.booleans()))
-            c, s = spec[1], (s + spec[3] - 1) // spec[3]
-        elif kind == "residual":
-            stride = draw(st.sampled_from([1, 2])) if s >= 6 else 1
-            cout = c if draw(st.booleans()) else draw(st.integers(2, MAX_C))
-            spec = (kind, draw(st.integers(2, MAX_C)), cout, stride)
-            c, s = cout, (s + stride - 1) // stride
-        elif kind == "inception":
-            spec = (kind, draw(st.integers(1, MAX_C // 2)), draw(st.integers(1, MAX_C // 2)), draw(st.booleans()))
-            c = spec[1] + spec[2]
-        elif kind == "dense":
-            if c > MAX_C - 2:
-                continue
-            spec = (kind, draw(st.integers(2, MAX_C - c)), draw(st.booleans()))
-            c += spec[1]
-        elif kind == "shuffle":
-            if c % 2:
-                continue
-            spec = (kind, draw(st.booleans()), draw(st.booleans()))
-        elif kind == "split":
-            if c < 2:
-                continue
-            spec = (kind, draw(st.integers(1, c - 1)), draw(st.integers(1, MAX_C // 2)),
-                    draw(st.integers(1, MAX_C // 2)))
-            c = spec[2] + spec[3]
-        elif kind == "depthwise":
-            mult = draw(st.sampled_from([1, 2])) if 2 * c <= MAX_C else 1
-            spec = (kind, mult, draw(st.booleans()))
-            c *= mult
-        elif kind == "grouped":
-            divs = _divisors(c)
-            if not divs:
-                continue
-            g = draw(st.sampled_from(divs))
-            spec = (kind, g, draw(st.integers(min(2, MAX_C // g), MAX_C // g)))
-            c = g * spec[2]
-        elif kind == "se":
-            spec = (kind, draw(st.integers(1, 8)), draw(st.booleans()))
-        else:
-            if s < 4:
-                continue
-            spec = (kind, draw(st.sampled_from(["max", "avg"])))
-            s //= 2
-        specs.append(spec)
+        spec = _draw_block(draw, draw(st.sampled_from(KINDS)), c, s)
+        if spec is not None:
+            specs.append(spec)
+            _, c, s = _make_block(spec, c, s)
     if draw(st.booleans()):
         head = ("gap", draw(st.integers(2, 6)), draw(st.sampled_from(["module", "mean"])))
     else:
@@ -268,37 +312,8 @@ def build_net(spec):
     c, s = cin, spatial
     blocks = []
     for b in specs:
-        kind = b[0]
-        if kind == "conv":
-            _, cout, k, stride, bn = b
-            blocks.append(ConvBNReLU(c, cout, k, stride, bn=bn))
-            c, s = cout, (s + stride - 1) // stride
-        elif kind == "residual":
-            _, mid, cout, stride = b
-            blocks.append(Residual(c, mid, cout, stride))
-            c, s = cout, (s + stride - 1) // stride
-        elif kind == "inception":
-            blocks.append(Inception(c, b[1], b[2], b[3]))
-            c = b[1] + b[2]
-        elif kind == "dense":
-            blocks.append(Dense(c, b[1], b[2]))
-            c += b[1]
-        elif kind == "shuffle":
-            blocks.append(ShuffleUnit(c, s, b[1], b[2]))
-        elif kind == "split":
-            blocks.append(SplitConcat(c, b[1], b[2], b[3]))
-            c = b[2] + b[3]
-        elif kind == "depthwise":
-            blocks.append(ConvBNReLU(c, c * b[1], 3, groups=c, bn=b[2]))
-            c *= b[1]
-        elif kind == "grouped":
-            blocks.append(ConvBNReLU(c, b[1] * b[2], 3, groups=b[1]))
-            c = b[1] * b[2]
-        elif kind == "se":
-            blocks.append(SqueezeExcite(c, b[1], b[2]))
-        else:
-            blocks.append(nn.MaxPool2d(2) if b[1] == "max" else nn.AvgPool2d(2))
-            s //= 2
+        block, c, s = _make_block(b, c, s)
+        blocks.append(block)
     if head[0] == "gap":
         top = GapHead(c, head[1], head[2])
     else:
@@ -311,7 +326,8 @@ def build_net(spec):
 
 
 def draw_mask(data, graph):
-    """Per prunable exact group: untouched, or a random kept subset (>= 1 kept, equal per block)."""
+    """Per prunable exact group: untouched, or a random removed subset (>= 1 kept, >= 1 removed, the
+    same number kept in every conv-group block). Shrinks towards removing fewer channels."""
     keep = {}
     for g in graph.prunable_groups:
         if g.size < 2 or not g.exact or not data.draw(st.integers(0, 3), label=f"prune group {g.id}"):
@@ -321,16 +337,17 @@ def draw_mask(data, graph):
             smallest = min(len(b) for b in g.blocks)
             if smallest < 2:
                 continue
-            n = data.draw(st.integers(1, smallest - 1), label=f"kept per block, group {g.id}")
+            n = smallest - data.draw(st.integers(1, smallest - 1), label=f"removed per block, group {g.id}")
             for i, block in enumerate(g.blocks):
                 order = data.draw(st.permutations(block), label=f"block {i} order, group {g.id}")
                 k[list(order[:n])] = True
         else:
-            chosen = data.draw(st.sets(st.integers(0, g.size - 1), min_size=1, max_size=g.size),
-                               label=f"kept, group {g.id}")
-            k[sorted(chosen)] = True
-        if not k.all():
-            keep[g.id] = k
+            removed = data.draw(st.sets(st.integers(0, g.size - 1), min_size=1, max_size=g.size - 1),
+                                label=f"removed, group {g.id}")
+            k[:] = True
+            k[sorted(removed)] = False
+        assert k.any() and not k.all()
+        keep[g.id] = k
     return ChannelMask(keep, graph.model_name, graph.fingerprint())
 
 

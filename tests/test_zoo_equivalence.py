@@ -7,8 +7,8 @@ import torch
 
 from hwprune.export.pipeline import export_pruned
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.prune.channel import mask_from_scores, random_scores
 from hwprune.models.zoo import SEED_MODELS, SLOW, TORCHVISION_MODELS, zoo_case
+from hwprune.prune.channel import mask_from_scores, random_scores
 
 CASES = [(f"seed:{n}", n, None) for n in SEED_MODELS] + [
     (qualified, n, size) for n, (qualified, size) in TORCHVISION_MODELS.items()

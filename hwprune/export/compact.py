@@ -63,7 +63,7 @@ def masked_model(model: nn.Module, graph: ChannelGraph, mask: ChannelMask) -> nn
                 cout_g = w.shape[0] // site.conv_groups
                 for i in drop.tolist():
                     block = i // cin_g
-                    w[block * cout_g:(block + 1) * cout_g, i % cin_g] = 0
+                    w[block * cout_g : (block + 1) * cout_g, i % cin_g] = 0
             else:
                 w.index_fill_(site.axis, drop, 0.0)
     return masked
@@ -113,8 +113,11 @@ def _shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Te
         per_block = k.reshape(site.conv_groups, cin_g)
         cols = torch.as_tensor(np.stack([np.flatnonzero(b) for b in per_block]))
         block_of_row = rows // cout_g_old
-        t = torch.gather(t, 1, cols[block_of_row].reshape(t.shape[0], -1, *([1] * (t.dim() - 2)))
-                         .expand(-1, -1, *t.shape[2:]))
+        t = torch.gather(
+            t,
+            1,
+            cols[block_of_row].reshape(t.shape[0], -1, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:]),
+        )
     return t
 
 
@@ -150,7 +153,7 @@ def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) ->
             _, roots, dim, sizes = record
             k = kept(roots, keep)
             bounds = np.cumsum([0] + list(sizes))
-            new_sizes = [int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])]
+            new_sizes = [int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
             node.op, node.target = "call_function", torch.split
             node.args, node.kwargs = (node.args[0], new_sizes), {"dim": dim}
         else:

@@ -36,11 +36,26 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, expor
             with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
                 warnings.simplefilter("ignore")
                 if name == "dynamo":
-                    torch.onnx.export(model, (example,), str(path), dynamo=True, external_data=False,
-                                      input_names=["input"], output_names=["output"], verbose=False)
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        str(path),
+                        dynamo=True,
+                        external_data=False,
+                        input_names=["input"],
+                        output_names=["output"],
+                        verbose=False,
+                    )
                 else:
-                    torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["input"],
-                                      output_names=["output"], opset_version=17)
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        str(path),
+                        dynamo=False,
+                        input_names=["input"],
+                        output_names=["output"],
+                        opset_version=17,
+                    )
             return name
         except Exception as exc:  # the exporters raise many types; keep the first line of each
             errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")

@@ -53,8 +53,10 @@ class ExportReport:
         if self.max_rel_diff is not None:
             lines.append(f"Compacted vs masked model: max relative difference {self.max_rel_diff:.2e}.")
         if self.onnx_path:
-            lines.append(f"ONNX ({self.exporter} exporter) vs compacted model in onnxruntime: "
-                         f"max relative difference {self.onnx_max_rel_diff:.2e} -> {self.onnx_path}")
+            lines.append(
+                f"ONNX ({self.exporter} exporter) vs compacted model in onnxruntime: "
+                f"max relative difference {self.onnx_max_rel_diff:.2e} -> {self.onnx_path}"
+            )
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -72,8 +74,13 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def compact_and_verify(model: nn.Module, graph: ChannelGraph, mask: ChannelMask, example: torch.Tensor,
-                       tolerance: float = DEFAULT_TOLERANCE) -> tuple[nn.Module, float | None]:
+def compact_and_verify(
+    model: nn.Module,
+    graph: ChannelGraph,
+    mask: ChannelMask,
+    example: torch.Tensor,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> tuple[nn.Module, float | None]:
     """Compact ``model`` and check it against the masked model on every exact group."""
     mask.validate(graph)
     compacted = compact_model(graph, mask)
@@ -91,9 +98,15 @@ def compact_and_verify(model: nn.Module, graph: ChannelGraph, mask: ChannelMask,
     return compacted, diff
 
 
-def export_pruned(model: nn.Module, graph: ChannelGraph, mask: ChannelMask, example: torch.Tensor,
-                  onnx_path: str | Path | None, tolerance: float = DEFAULT_TOLERANCE,
-                  exporter: str = "dynamo") -> tuple[nn.Module, ExportReport]:
+def export_pruned(
+    model: nn.Module,
+    graph: ChannelGraph,
+    mask: ChannelMask,
+    example: torch.Tensor,
+    onnx_path: str | Path | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    exporter: str = "dynamo",
+) -> tuple[nn.Module, ExportReport]:
     """Compact, verify, export to ONNX, verify again in onnxruntime; write nothing unless all pass."""
     if onnx_path is not None:
         onnx_path = check_writable(onnx_path)
@@ -102,8 +115,10 @@ def export_pruned(model: nn.Module, graph: ChannelGraph, mask: ChannelMask, exam
     before, after = count_flops(model, example), count_flops(compacted, example)
     notes = []
     if diff is None:
-        notes.append("inexact groups pruned (a weight-free op mixes their channels): the compacted model "
-                     "is not expected to equal the masked model; ONNX is still checked against it")
+        notes.append(
+            "inexact groups pruned (a weight-free op mixes their channels): the compacted model "
+            "is not expected to equal the masked model; ONNX is still checked against it"
+        )
     onnx_diff, used = None, None
     if onnx_path is not None:
         tmp = temp_path_beside(onnx_path)
@@ -122,9 +137,17 @@ def export_pruned(model: nn.Module, graph: ChannelGraph, mask: ChannelMask, exam
         finally:
             tmp.unlink(missing_ok=True)
     report = ExportReport(
-        model=graph.model_name, onnx_path=str(onnx_path) if onnx_path else None,
-        params_before=before.params, params_after=after.params, flops_before=before.flops,
-        flops_after=after.flops, max_rel_diff=diff, onnx_max_rel_diff=onnx_diff, exporter=used,
-        groups_pruned=len(mask.pruned_groups()), channel_density=mask.channel_density(graph), notes=notes,
+        model=graph.model_name,
+        onnx_path=str(onnx_path) if onnx_path else None,
+        params_before=before.params,
+        params_after=after.params,
+        flops_before=before.flops,
+        flops_after=after.flops,
+        max_rel_diff=diff,
+        onnx_max_rel_diff=onnx_diff,
+        exporter=used,
+        groups_pruned=len(mask.pruned_groups()),
+        channel_density=mask.channel_density(graph),
+        notes=notes,
     )
     return compacted, report

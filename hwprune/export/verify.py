@@ -9,7 +9,7 @@ DEFAULT_TOLERANCE = 1e-4
 
 
 def max_rel_diff(actual, reference) -> float:
-    """max |actual - reference| / max |reference| over all outputs (0 when both are zero)."""
+    """Max |actual - reference| / max |reference| over all outputs (0 when both are zero)."""
     pairs = list(zip(_flat(actual), _flat(reference), strict=True))
     worst = 0.0
     for a, r in pairs:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from hwprune.errors import HwpruneError
 from hwprune.graph_mapper.atoms import AtomTable, Frozen, channel_vector, fixed_label, right_align
@@ -65,12 +64,8 @@ class MapContext:
         return None
 
     def shapes(self, node: fx.Node):
-        meta = node.meta.get("tensor_meta")
-        if meta is None:
-            return None
-        if hasattr(meta, "shape"):
-            return tuple(meta.shape)
-        return [tuple(m.shape) if hasattr(m, "shape") else None for m in meta]
+        """Output shape (a tuple), a list of shapes for multi-output nodes, or None for non-tensors."""
+        return node.meta.get("hw_shape")
 
     def shape(self, arg) -> tuple[int, ...] | None:
         if not isinstance(arg, fx.Node):
@@ -169,10 +164,27 @@ def build_channel_graph(model: nn.Module, example_input: torch.Tensor, name: str
     return graph
 
 
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once and keeps only each node's output shape(s) in ``node.meta["hw_shape"]``.
+
+    Cheaper than ShapeProp (which also extracts strides, contiguity and quantisation metadata).
+    """
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            n.meta["hw_shape"] = tuple(out.shape)
+        elif isinstance(out, (list, tuple)) and out and all(isinstance(o, torch.Tensor) for o in out):
+            n.meta["hw_shape"] = [tuple(o.shape) for o in out]
+        else:
+            n.meta.pop("hw_shape", None)
+        return out
+
+
 def _propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor, name: str) -> None:
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+            _ShapeRecorder(gm).run(example_input)
     except Exception as exc:  # the model's own error, for this input shape
         cause = exc.__cause__ or exc
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
@@ -196,8 +208,11 @@ def _visit(ctx: MapContext, node: fx.Node):
     module = ctx.module_or_none(node)
     handler = OPS.lookup(op_key(node, module))
     if handler is None:
-        if not any(isinstance(x, np.ndarray) or isinstance(x, Frozen) for a in node.all_input_nodes
-                   for x in _flat(ctx.labels.get(a.name))):
+        if not any(
+            isinstance(x, np.ndarray) or isinstance(x, Frozen)
+            for a in node.all_input_nodes
+            for x in _flat(ctx.labels.get(a.name))
+        ):
             shapes = ctx.shapes(node)
             return fixed_label(len(shapes)) if isinstance(shapes, tuple) else None
         return ctx.unknown(node)
@@ -234,8 +249,17 @@ def _assemble(ctx: MapContext, name: str, input_shape: tuple[int, ...]) -> Chann
         return np.where(atoms >= 0, root_of[np.maximum(atoms, 0)], -1)
 
     sites = [
-        Site(s.tensor, s.axis, s.role, s.node, to_roots(s.atoms), s.kind, s.conv_groups, s.macs,
-             int(ctx.tensors[s.tensor].numel()))
+        Site(
+            s.tensor,
+            s.axis,
+            s.role,
+            s.node,
+            to_roots(s.atoms),
+            s.kind,
+            s.conv_groups,
+            s.macs,
+            int(ctx.tensors[s.tensor].numel()),
+        )
         for s in ctx.sites
     ]
     # signature of a component: the (site, multiplicity) pairs it appears in
@@ -244,33 +268,31 @@ def _assemble(ctx: MapContext, name: str, input_shape: tuple[int, ...]) -> Chann
         r, counts = np.unique(site.roots[site.roots >= 0], return_counts=True)
         rows.append(np.stack([r, np.full_like(r, i), counts], axis=1))
     table = np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
-    _, pair_ids = np.unique(table[:, 1:], axis=0, return_inverse=True)
-    pair_ids = pair_ids.reshape(-1)
+    pair_keys = table[:, 1] * (int(table[:, 2].max(initial=0)) + 1) + table[:, 2]
+    _, pair_ids = np.unique(pair_keys, return_inverse=True)
     rng = np.random.default_rng(0)
     weights = rng.integers(1, 2**62, size=int(pair_ids.max(initial=0)) + 1, dtype=np.int64)
     n_atoms = len(ctx.atoms)
     sig_hash = np.zeros(n_atoms, dtype=np.int64)
-    np.add.at(sig_hash, table[:, 0], weights[pair_ids])
-    present = np.zeros(n_atoms, dtype=bool)
-    present[table[:, 0]] = True
-    comp_roots = np.flatnonzero(present)
-    _, group_of_comp = np.unique(sig_hash[comp_roots], return_inverse=True)
+    np.add.at(sig_hash, table[:, 0], weights[pair_ids.reshape(-1)])
 
+    # order channels by first appearance (sites follow the graph), groups by their first channel
+    flat = np.concatenate([site.roots for site in sites]) if sites else np.zeros(0, dtype=np.int64)
+    pos = np.flatnonzero(flat >= 0)
+    comp_roots, first = np.unique(flat[pos], return_index=True)
+    comp_roots = comp_roots[np.argsort(first, kind="stable")]  # in order of first appearance
+    _, first_of_sig, sig_of_comp = np.unique(sig_hash[comp_roots], return_index=True, return_inverse=True)
+    group_rank = np.empty_like(first_of_sig)
+    group_rank[np.argsort(first_of_sig, kind="stable")] = np.arange(first_of_sig.size)
+    group_of_comp = group_rank[sig_of_comp.reshape(-1)]
+    by_group = np.argsort(group_of_comp, kind="stable")  # stable: keeps first-appearance order inside
+    bounds = np.searchsorted(group_of_comp[by_group], np.arange(first_of_sig.size + 1))
+    members = [comp_roots[by_group[a:b]] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
     group_of_root = np.full(n_atoms, -1, dtype=np.int64)
     group_of_root[comp_roots] = group_of_comp
     rank_of_root = np.full(n_atoms, -1, dtype=np.int64)
-
-    # order groups and their channels by first appearance (site order follows the graph)
-    order: dict[int, list[int]] = {}
-    for site in sites:
-        for r in site.roots[site.roots >= 0].tolist():
-            g = int(group_of_root[r])
-            if rank_of_root[r] < 0:
-                rank_of_root[r] = len(order.setdefault(g, []))
-                order[g].append(r)
-    renumber = {g: i for i, g in enumerate(order)}
-    group_of_root[comp_roots] = [renumber[int(g)] for g in group_of_root[comp_roots]]
-    members = [np.asarray(order[g]) for g in order]
+    for m in members:
+        rank_of_root[m] = np.arange(m.size)
 
     slices: dict[int, list[ChannelSlice]] = defaultdict(list)
     frozen: dict[int, str] = {}
@@ -287,8 +309,9 @@ def _assemble(ctx: MapContext, name: str, input_shape: tuple[int, ...]) -> Chann
             sel = gs == g
             index = pos[sel]
             inner = index.size // members[g].size
-            slices[g].append(ChannelSlice(site.tensor, site.axis, site.role, tuple(index.tolist()), inner,
-                                          site.kind, i))
+            slices[g].append(
+                ChannelSlice(site.tensor, site.axis, site.role, tuple(index.tolist()), inner, site.kind, i)
+            )
         if site.conv_groups > 1:
             _grouped_constraint(site, group_of_root, rank_of_root, blocks, frozen)
 
@@ -305,13 +328,25 @@ def _assemble(ctx: MapContext, name: str, input_shape: tuple[int, ...]) -> Chann
         params = sum(sites[s.site].numel / sites[s.site].length * s.inner for s in sl)
         producers = tuple(s for s in sl if s.role == PRODUCER)
         label = (producers or sl)[0].tensor.rsplit(".", 1)[0]
-        groups.append(ChannelGroup(
-            id=g, name=label, size=int(roots.size), roots=tuple(roots.tolist()),
-            producers=producers, consumers=tuple(s for s in sl if s.role == CONSUMER),
-            params=tuple(s for s in sl if s.role == PARAM), nodes=tuple(nodes.get(g, ())),
-            prunable=not reason, reason=reason, exact=not inexact, inexact_reason=inexact,
-            blocks=blocks.get(g), macs_per_channel=macs, params_per_channel=params,
-        ))
+        groups.append(
+            ChannelGroup(
+                id=g,
+                name=label,
+                size=int(roots.size),
+                roots=tuple(roots.tolist()),
+                producers=producers,
+                consumers=tuple(s for s in sl if s.role == CONSUMER),
+                params=tuple(s for s in sl if s.role == PARAM),
+                nodes=tuple(nodes.get(g, ())),
+                prunable=not reason,
+                reason=reason,
+                exact=not inexact,
+                inexact_reason=inexact,
+                blocks=blocks.get(g),
+                macs_per_channel=macs,
+                params_per_channel=params,
+            )
+        )
     total_macs = sum({s.tensor: s.macs for s in sites}.values())
     rewrites = {k: _rewrite_to_roots(v, to_roots) for k, v in ctx.rewrites.items()}
     return ChannelGraph(groups, sites, name, input_shape, ctx.gm, rewrites, total_macs=total_macs)

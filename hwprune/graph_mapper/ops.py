@@ -187,20 +187,79 @@ def prelu(ctx: MapContext, node: fx.Node):
 # ----------------------------------------------------------------------------- elementwise
 
 UNARY_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
 )
 UNARY_FUNCTIONS = (
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout2d, torch.relu, torch.sigmoid,
-    torch.tanh, torch.clamp, torch.clone, torch.neg, torch.exp, torch.abs, torch.sqrt, torch.square,
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    F.dropout,
+    F.dropout2d,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.clone,
+    torch.neg,
+    torch.exp,
+    torch.abs,
+    torch.sqrt,
+    torch.square,
     operator.neg,
 )
 UNARY_METHODS = (
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "clamp", "clamp_", "clamp_min", "clamp_max",
-    "contiguous", "clone", "detach", "float", "half", "to", "type_as", "neg", "exp", "abs", "sqrt",
-    "square", "hardtanh", "hardtanh_",
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "clamp",
+    "clamp_",
+    "clamp_min",
+    "clamp_max",
+    "contiguous",
+    "clone",
+    "detach",
+    "float",
+    "half",
+    "to",
+    "type_as",
+    "neg",
+    "exp",
+    "abs",
+    "sqrt",
+    "square",
+    "hardtanh",
+    "hardtanh_",
 )
 
 
@@ -210,9 +269,26 @@ def unary(ctx: MapContext, node: fx.Node):
 
 
 BINARY = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul,
-    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_",
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.imul,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    torch.maximum,
+    torch.minimum,
+    "add",
+    "add_",
+    "sub",
+    "sub_",
+    "mul",
+    "mul_",
+    "div",
+    "div_",
 )
 
 
@@ -273,26 +349,33 @@ def cat(ctx: MapContext, node: fx.Node):
         ctx.freeze_inputs(node, "concatenated with a frozen tensor")
         return Frozen("concatenated with a frozen tensor")
     labels = [right_align(lab, nd) for lab in labels]
-    if not any(lab.shape[dim] > 1 for lab in labels) and not any(
-        labelled(lab) and ctx.shape(t)[dim] > 1 and varying_dims(lab) == [] for lab, t in zip(labels, tensors)
-    ):
-        # concatenation along an axis that carries no channels (e.g. a class token before the
-        # patch tokens): every operand carries the same channels along the other axes
-        return align(ctx, node, list(tensors))
-    pieces = []
-    for lab, t in zip(labels, tensors):
-        if [d for d in varying_dims(lab) if d != dim]:
+    other_axes = {d for lab in labels for d in varying_dims(lab) if d != dim}
+    if other_axes:
+        if any(lab.shape[dim] > 1 for lab in labels):
             reason = f"concat {node.name} along axis {dim} of tensors whose channels vary on another axis"
             ctx.freeze_inputs(node, reason)
             return Frozen(reason)
+        # the channels live on another axis (e.g. a class token before the patch tokens): every
+        # operand carries the same channels there, so they are tied position by position
+        return align(ctx, node, list(tensors))
+    pieces = []
+    for lab, t in zip(labels, tensors, strict=True):
         pieces.append(np.broadcast_to(lab.reshape(-1), (ctx.shape(t)[dim],)))
     vec = np.concatenate(pieces)
     return vec.reshape(tuple(-1 if d == dim else 1 for d in range(nd)))
 
 
 RESHAPES = (
-    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, nn.Flatten,
-    "view", "reshape", "flatten", "squeeze", "unsqueeze",
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    nn.Flatten,
+    "view",
+    "reshape",
+    "flatten",
+    "squeeze",
+    "unsqueeze",
 )
 
 
@@ -378,7 +461,7 @@ def split(ctx: MapContext, node: fx.Node):
     ctx.record_split_rewrite(node, vec, dim, sizes)
     bounds = np.cumsum([0] + sizes)
     shape = tuple(-1 if d == dim else 1 for d in range(len(in_shape)))
-    return tuple(compact(vec[a:b].reshape(shape)) for a, b in zip(bounds[:-1], bounds[1:]))
+    return tuple(compact(vec[a:b].reshape(shape)) for a, b in zip(bounds[:-1], bounds[1:], strict=False))
 
 
 @OPS.register(operator.getitem)
@@ -429,15 +512,38 @@ def _vector_along(label: np.ndarray, dim: int, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- spatial, reductions
 
 SPATIAL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
+    nn.Upsample,
+    nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
 )
 SPATIAL_FUNCTIONS = (
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool2d,
-    F.interpolate, torch.max_pool2d,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
+    F.adaptive_max_pool2d,
+    F.interpolate,
+    torch.max_pool2d,
 )
 
 
@@ -503,7 +609,6 @@ def non_tensor(ctx: MapContext, node: fx.Node):
     return None
 
 
-
 @OPS.register(F.layer_norm)
 def functional_layer_norm(ctx: MapContext, node: fx.Node):
     """F.layer_norm(x, shape, weight, bias) as torchvision's LayerNorm2d calls it."""
@@ -526,7 +631,7 @@ def functional_layer_norm(ctx: MapContext, node: fx.Node):
 
 
 def _register_torchvision_ops() -> None:
-    """torchvision wraps stochastic depth for fx; in eval it is the identity, in training a per-sample scale."""
+    """Torchvision wraps stochastic depth for fx; in eval it is the identity, in training a per-sample scale."""
     try:
         from torchvision.ops.stochastic_depth import stochastic_depth
     except ImportError:  # torchvision is optional for the mapper

@@ -43,7 +43,7 @@ def torch_cpu(model: nn.Module, example: torch.Tensor, threads: int = 1) -> Runn
 
 @BACKENDS.register("ort-cpu")
 def ort_cpu(model: nn.Module | str | Path, example: torch.Tensor, threads: int = 1) -> Runner:
-    """onnxruntime CPU: explicit intra/inter threads, all graph optimisations, no spinning."""
+    """Onnxruntime CPU: explicit intra/inter threads, all graph optimisations, no spinning."""
     import onnxruntime as ort
 
     from hwprune.export.onnx_export import export_onnx, ort_session
@@ -61,15 +61,29 @@ def ort_cpu(model: nn.Module | str | Path, example: torch.Tensor, threads: int =
     return Runner(run, host_device(), "CPUExecutionProvider", threads, {"onnxruntime": ort.__version__})
 
 
-def measure(backend: str, models: list, example: torch.Tensor, threads: int = 1,
-            repeats: int = 30) -> list[Measurement]:
+def measure(
+    backend: str, models: list, example: torch.Tensor, threads: int = 1, repeats: int = 30
+) -> list[Measurement]:
     """Time ``models`` (modules or ONNX paths) interleaved on one backend."""
     make = BACKENDS.get(backend)
     runners = [make(m, example, threads=threads) for m in models]
     samples = time_interleaved([r.run for r in runners], repeats)
     out = []
-    for r, s in zip(runners, samples):
+    for r, s in zip(runners, samples, strict=False):
         median, iqr, rejected = robust_stats(s)
-        out.append(Measurement(backend, median, iqr, len(s), rejected, r.threads, int(example.shape[0]),
-                               tuple(example.shape), r.device, r.provider, r.versions))
+        out.append(
+            Measurement(
+                backend,
+                median,
+                iqr,
+                len(s),
+                rejected,
+                r.threads,
+                int(example.shape[0]),
+                tuple(example.shape),
+                r.device,
+                r.provider,
+                r.versions,
+            )
+        )
     return out

@@ -1,8 +1,19 @@
 """The zoo the mapper is tested and benchmarked on, with the small inputs that keep CI fast."""
 
 SEED_MODELS = [
-    "lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56",
-    "resnet18", "resnet34", "resnet50", "mobilenet_v1", "mobilenet_v2",
+    "lenet5",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "resnet20",
+    "resnet32",
+    "resnet56",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v1",
+    "mobilenet_v2",
 ]
 
 # name -> (source-qualified name, input size); input sizes are the smallest that keep every
@@ -24,7 +35,16 @@ TORCHVISION_MODELS = {
     "vit_b_16": ("torchvision:vit_b_16", 32),
 }
 
-SLOW = {"vgg16", "vgg19", "resnet56", "resnext50_32x4d", "densenet121", "convnext_tiny", "vit_b_16", "resnet50"}
+SLOW = {
+    "vgg16",
+    "vgg19",
+    "resnet56",
+    "resnext50_32x4d",
+    "densenet121",
+    "convnext_tiny",
+    "vit_b_16",
+    "resnet50",
+}
 
 
 def zoo_case(qualified: str, size: int | None, batch: int = 2, seed: int = 0):

@@ -11,8 +11,10 @@ from hwprune.prune.masks import ChannelMask
 
 
 def keep_count(group: ChannelGroup, ratio: float) -> int:
-    """Channels to keep when removing ``ratio`` of the group: a multiple of round_to and of the
-    number of conv-group blocks, at least one per block."""
+    """Channels to keep when removing ``ratio`` of the group.
+
+    A multiple of round_to and of the number of conv-group blocks, at least one per block.
+    """
     unit = group.round_to * (len(group.blocks) if group.blocks else 1)
     unit = unit if unit <= group.size else (len(group.blocks) if group.blocks else 1)
     kept = int(round(group.size * (1.0 - ratio) / unit)) * unit
@@ -32,8 +34,9 @@ def top_k_mask(group: ChannelGroup, scores: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def mask_from_scores(graph: ChannelGraph, scores: dict[int, np.ndarray], ratio: float,
-                     include_inexact: bool = False) -> ChannelMask:
+def mask_from_scores(
+    graph: ChannelGraph, scores: dict[int, np.ndarray], ratio: float, include_inexact: bool = False
+) -> ChannelMask:
     """Remove ``ratio`` of every prunable group, lowest scores first (layer-uniform pruning)."""
     mask = ChannelMask.full(graph)
     for group in graph.prunable_groups:

@@ -72,12 +72,15 @@ class ChannelMask:
             )
         for gid, keep in self.keep.items():
             if not 0 <= gid < len(graph.groups):
-                raise MaskMismatchError(f"mask names group {gid}, but {graph.model_name} has groups "
-                                        f"0..{len(graph.groups) - 1}: the mask was made for another model")
+                raise MaskMismatchError(
+                    f"mask names group {gid}, but {graph.model_name} has groups "
+                    f"0..{len(graph.groups) - 1}: the mask was made for another model"
+                )
             group = graph.groups[gid]
             if keep.shape != (group.size,):
-                raise MaskMismatchError(f"mask for group {gid} ({group.name}) has {keep.size} entries, "
-                                        f"the group has {group.size} channels")
+                raise MaskMismatchError(
+                    f"mask for group {gid} ({group.name}) has {keep.size} entries, the group has {group.size} channels"
+                )
             if keep.all():
                 continue
             if not keep.any():
@@ -94,9 +97,13 @@ class ChannelMask:
 
     def to_json(self) -> dict:
         return {
-            "format": CHANNEL_FORMAT, "model": self.model, "fingerprint": self.fingerprint, "meta": self.meta,
-            "groups": {str(g): {"size": int(k.size), "keep": np.flatnonzero(k).tolist()}
-                       for g, k in sorted(self.keep.items())},
+            "format": CHANNEL_FORMAT,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "meta": self.meta,
+            "groups": {
+                str(g): {"size": int(k.size), "keep": np.flatnonzero(k).tolist()} for g, k in sorted(self.keep.items())
+            },
         }
 
     def save(self, path: str | Path) -> None:
@@ -128,16 +135,24 @@ class WeightMask:
     def validate(self, named_shapes: dict[str, tuple[int, ...]]) -> None:
         for name, keep in self.keep.items():
             if name not in named_shapes:
-                raise MaskMismatchError(f"weight mask names {name!r}, which the model does not have: "
-                                        "the mask was made for another model")
+                raise MaskMismatchError(
+                    f"weight mask names {name!r}, which the model does not have: the mask was made for another model"
+                )
             if tuple(keep.shape) != tuple(named_shapes[name]):
-                raise MaskMismatchError(f"weight mask for {name} has shape {tuple(keep.shape)}, "
-                                        f"the tensor has {tuple(named_shapes[name])}")
+                raise MaskMismatchError(
+                    f"weight mask for {name} has shape {tuple(keep.shape)}, the tensor has {tuple(named_shapes[name])}"
+                )
 
     def save(self, path: str | Path) -> None:
-        data = {"format": WEIGHT_FORMAT, "model": self.model, "meta": self.meta,
-                "tensors": {n: {"shape": list(k.shape), "bits": np.packbits(k.reshape(-1)).tobytes().hex()}
-                            for n, k in self.keep.items()}}
+        data = {
+            "format": WEIGHT_FORMAT,
+            "model": self.model,
+            "meta": self.meta,
+            "tensors": {
+                n: {"shape": list(k.shape), "bits": np.packbits(k.reshape(-1)).tobytes().hex()}
+                for n, k in self.keep.items()
+            },
+        }
         write_atomically(path, json.dumps(data).encode())
 
     @classmethod
@@ -159,5 +174,7 @@ def _read_json(path: str | Path, fmt: str) -> dict:
     except (OSError, ValueError) as exc:
         raise HwpruneError(f"cannot read mask file {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
-        raise HwpruneError(f"{path} is not a {fmt} file (format {data.get('format') if isinstance(data, dict) else '?'})")
+        raise HwpruneError(
+            f"{path} is not a {fmt} file (format {data.get('format') if isinstance(data, dict) else '?'})"
+        )
     return data
