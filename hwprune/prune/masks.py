@@ -143,6 +143,18 @@ class WeightMask:
                     f"weight mask for {name} has shape {tuple(keep.shape)}, the tensor has {tuple(named_shapes[name])}"
                 )
 
+    def apply(self, model):
+        """Zero the removed weights of ``model`` in place (checked first); returns the model."""
+        import torch
+
+        tensors = dict(model.named_parameters())
+        self.validate({n: tuple(t.shape) for n, t in tensors.items()})
+        with torch.no_grad():
+            for name, keep in self.keep.items():
+                t = tensors[name]
+                t.mul_(torch.as_tensor(keep, dtype=t.dtype, device=t.device))
+        return model
+
     def save(self, path: str | Path) -> None:
         data = {
             "format": WEIGHT_FORMAT,
