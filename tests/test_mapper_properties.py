@@ -28,7 +28,6 @@ SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny convs: intra-op threads only add contention (100x slower on a loaded 2-core box)."""
@@ -428,7 +427,7 @@ def test_random_net_exports_to_matching_onnx(spec, data):
     mask = draw_mask(data, graph)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.onnx"
-        compacted, report = export_pruned(model, graph, mask, x, path)
+        _, report = export_pruned(model, graph, mask, x, path)
         assert path.is_file()
     assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-4
     assert report.onnx_max_rel_diff is not None and report.onnx_max_rel_diff <= 1e-4

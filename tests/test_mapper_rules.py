@@ -18,6 +18,16 @@ from hwprune.prune.masks import ChannelMask
 # ----------------------------------------------------------------------------- helpers
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny convs: intra-op threads only add contention on a loaded CI box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
 def _build(model, shape=(2, 3, 8, 8), seed=0):
     model = randomize_for_check(model, seed).eval()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -579,3 +589,302 @@ def test_channel_slice_bounds_are_rewritten():
     assert slice_of(gs[1], "b.weight", 1).index == (0, 1, 2, 3, 4)
     assert slice_of(gs[1], "c1.weight", 0).index == (3, 4, 5, 6, 7)
     assert_compacts_exactly(model, x, graph)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, shape):
+        super().__init__()
+        self.c1, self.c2, self.c3 = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 1), nn.Conv2d(6, 2, 1)
+        self.gamma = nn.Parameter(torch.ones(shape))
+
+    def forward(self, x):
+        y = self.c1(x)
+        return self.c3(y + self.gamma * self.c2(y))
+
+
+@pytest.mark.parametrize("shape", [(6, 1, 1), (1, 6, 1, 1)])
+def test_layer_scale_parameter_rides_along(shape):
+    model, x, graph = _build(LayerScale(shape))
+    g = group_of(graph, "c1.weight", 0)
+    assert {"c1.weight", "c2.weight"} <= {s.tensor for s in g.producers}
+    assert ("gamma", len(shape) - 3) in tensors(g, PARAM)
+    mask, compacted = assert_compacts_exactly(model, x, graph)
+    assert compacted.gamma.shape[len(shape) - 3] == int(mask.keep[g.id].sum())
+
+
+class SpatialConcat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 5, 1), nn.Conv2d(3, 5, 3, padding=1)
+        self.out = nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.a(x), self.b(x)], dim=2))
+
+
+def test_concat_along_space_ties_the_channels():
+    model, x, graph = _build(SpatialConcat())
+    g = group_of(graph, "a.weight", 0)
+    assert group_of(graph, "b.weight", 0).id == g.id and g.size == 5 and g.prunable
+    assert_compacts_exactly(model, x, graph)
+
+
+class ChannelPad(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.out = nn.Conv2d(3, 6, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.out(F.pad(self.a(x), (0, 0, 0, 0, 1, 1)))
+
+
+def test_padding_the_channel_axis_freezes():
+    _, _, graph = _build(ChannelPad())
+    g = group_of(graph, "a.weight", 0)
+    assert not g.prunable and "reaches the channel axis" in g.reason
+
+
+class GroupedOverConcat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.gc = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.gc(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+def test_grouped_conv_over_several_groups_freezes_them():
+    model, x, graph = _build(GroupedOverConcat())
+    for name in ("a.weight", "b.weight"):
+        g = group_of(graph, name, 0)
+        assert not g.prunable and "grouped conv gc.weight spans several channel groups" in g.reason
+    out = group_of(graph, "gc.weight", 0)
+    assert out.prunable and len(out.blocks) == 2
+    assert_compacts_exactly(model, x, graph)
+
+
+class TokenLinear(nn.Module):
+    """Channels moved off axis 1 by flatten + transpose: a Linear over tokens sees them on axis 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.f, self.g = nn.Conv2d(3, 6, 1), nn.Linear(6, 4), nn.Linear(64, 3)
+
+    def forward(self, x):
+        y = self.f(self.a(x).flatten(2).transpose(1, 2))  # [n, hw, 4]
+        return self.g(y.transpose(1, 2))  # mixes the 64 tokens: [n, 4, 3]
+
+
+def test_linear_over_another_axis_freezes_the_channels_it_sees():
+    model, x, graph = _build(TokenLinear())
+    assert group_of(graph, "a.weight", 0).prunable
+    g = group_of(graph, "f.weight", 0)
+    assert not g.prunable and "channels vary along other axes" in g.reason
+    assert_compacts_exactly(model, x, graph)
+
+
+class ChannelsLastLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.fc, self.c2 = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 5), nn.Conv2d(5, 2, 1)
+
+    def forward(self, x):
+        y = F.gelu(self.fc(self.c1(x).permute(0, 2, 3, 1)))
+        return self.c2(y.permute(0, 3, 1, 2))
+
+
+class LinearSE(nn.Module):
+    """Squeeze-excite with Linear layers; the gate is brought back to [n, c, 1, 1] in several ways."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.c1, self.out = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 2, 1)
+        self.f1, self.f2 = nn.Linear(6, 3), nn.Linear(3, 6)
+        self.how = how
+
+    def forward(self, x):
+        y = self.c1(x)
+        z = torch.sigmoid(self.f2(F.relu(self.f1(y.mean((2, 3))))))
+        if self.how == "index":
+            z = z[:, :, None, None]
+        elif self.how == "view":
+            z = z.view(2, 6, 1, 1)
+        elif self.how == "view-1":
+            z = z.view(-1, 6, 1, 1)
+        elif self.how == "unsqueeze":
+            z = z.unsqueeze(-1).unsqueeze(-1)
+        else:
+            z = z.view(2, 6, 1, 1).expand(2, 6, 8, 8)
+        return self.out(y * z)
+
+
+class Chunk3(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.a, self.b, self.c = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1), nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        p, q, r = self.c1(x).chunk(3, 1)  # sizes 3, 3, 2
+        return self.a(p) + self.b(q) + self.c(r)
+
+
+class OverlappingSlices(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.a, self.b = nn.Conv2d(3, 2, 1), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        return self.a(y[:, -3:]) + self.b(y[:, 1:5])
+
+
+class LinearBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1, stride=2)
+        self.f1, self.bn, self.f2 = nn.Linear(64, 10), nn.BatchNorm1d(10), nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.f2(F.relu(self.bn(self.f1(self.c1(x).flatten(1)))))
+
+
+class UpsampleAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.Conv2d(3, 6, 1)
+        self.out = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.out(F.interpolate(self.a(x), scale_factor=2.0, mode="nearest") + self.b(x))
+
+
+class DeadBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.unused, self.c2 = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        self.unused(y)
+        return self.c2(y)
+
+
+class PReLUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.act, self.c2 = nn.Conv2d(3, 8, 1), nn.PReLU(8), nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c2(self.act(self.c1(x)))
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = nn.Conv1d(3, 8, 3, padding=1), nn.BatchNorm1d(8)
+        self.dw, self.c3 = nn.Conv1d(8, 8, 3, padding=1, groups=8), nn.Conv1d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c3(self.dw(F.relu(self.bn(self.c1(x)))))
+
+
+@pytest.mark.parametrize(("make", "shape"), [
+    pytest.param(ChannelsLastLinear, (2, 3, 8, 8), id="channels-last-linear"),
+    *(pytest.param(lambda h=h: LinearSE(h), (2, 3, 8, 8), id=f"linear-se-{h}")
+      for h in ("index", "view", "view-1", "unsqueeze", "expand")),
+    pytest.param(Chunk3, (2, 3, 8, 8), id="chunk-3"),
+    pytest.param(OverlappingSlices, (2, 3, 8, 8), id="overlapping-slices"),
+    pytest.param(LinearBN, (2, 3, 8, 8), id="linear-batchnorm1d"),
+    pytest.param(UpsampleAdd, (2, 3, 8, 8), id="upsample-add"),
+    pytest.param(DeadBranch, (2, 3, 8, 8), id="dead-branch"),
+    pytest.param(PReLUNet, (2, 3, 8, 8), id="prelu"),
+    pytest.param(Conv1dNet, (2, 3, 16), id="conv1d"),
+])
+def test_more_structures_compact_exactly(make, shape):
+    model, x, graph = _build(make(), shape)
+    assert_well_formed(graph)
+    assert_compacts_exactly(model, x, graph)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self, num_groups):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 1)
+        self.gn = nn.GroupNorm(num_groups, 8)
+        self.c2 = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.gn(self.c1(x))))
+
+
+def test_group_norm_across_channels_is_inexact():
+    _, _, graph = _build(GroupNormNet(2))
+    g = group_of(graph, "c1.weight", 0)
+    assert g.prunable and not g.exact and "GroupNorm" in g.inexact_reason
+    assert tensors(g, PARAM) == {("gn.weight", 0), ("gn.bias", 0)}
+
+
+def test_per_channel_group_norm_is_exact():
+    _, _, graph = _build(GroupNormNet(8))
+    g = group_of(graph, "c1.weight", 0)
+    assert g.prunable and g.exact
+
+
+# ----------------------------------------------------------------------------- regressions
+# Bugs found by these tests and fixed: GroupNorm group counts, computed sizes in views.
+
+
+def test_per_channel_group_norm_compacts():
+    model, x, graph = _build(GroupNormNet(8))
+    assert_compacts_exactly(model, x, graph)
+
+
+def test_group_norm_group_keeps_a_multiple_of_num_groups():
+    model, x, graph = _build(GroupNormNet(2))
+    g = group_of(graph, "c1.weight", 0)
+    keep = np.ones(8, dtype=bool)
+    keep[[1, 2, 3]] = False
+    mask = ChannelMask({g.id: keep}, graph.model_name, graph.fingerprint())
+    try:
+        mask.validate(graph)
+    except MaskMismatchError:
+        return  # refusing the mask is a correct outcome
+    compacted = compact_model(graph, mask).eval()
+    with torch.no_grad():
+        assert compacted(x).shape == model(x).shape
+    assert compacted.gn.num_channels % compacted.gn.num_groups == 0
+
+
+class InverseShuffle(nn.Module):
+    """view(n, c // g, g, h, w): the channel count enters the view through a computed size."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 9, 1)
+        self.c2 = nn.Conv2d(9, 2, 1)
+
+    def forward(self, x):
+        y = self.c1(x)
+        n, c, h, w = y.shape
+        return self.c2(y.view(n, c // 3, 3, h, w).transpose(1, 2).reshape(n, c, h, w))
+
+
+def test_inverse_shuffle_groups():
+    _, _, graph = _build(InverseShuffle())
+    g = group_of(graph, "c1.weight", 0)
+    # the [c // 3, 3] view ties channel i*3 + j to channel j: 3 groups of channels (j mod 3)
+    assert g.size == 3 and g.prunable and slice_of(g, "c1.weight", 0).inner == 3
+    assert slice_of(g, "c1.weight", 0).index == (0, 3, 6, 1, 4, 7, 2, 5, 8)
+
+
+def test_inverse_shuffle_with_computed_sizes_compacts():
+    model, x, graph = _build(InverseShuffle())
+    g = group_of(graph, "c1.weight", 0)
+    mask = ChannelMask({g.id: np.array([True, True, False])}, graph.model_name, graph.fingerprint())
+    compacted = compact_model(graph, mask).eval()
+    with torch.no_grad():
+        assert max_rel_diff(compacted(x), masked_model(model, graph, mask).eval()(x)) <= 1e-4

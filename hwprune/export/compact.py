@@ -136,6 +136,8 @@ def _sync_attributes(m: nn.Module) -> None:
     elif isinstance(m, (nn.modules.batchnorm._NormBase,)):
         m.num_features = (m.weight if m.weight is not None else m.running_mean).shape[0]
     elif isinstance(m, nn.GroupNorm):
+        if m.num_groups == m.num_channels:  # per-channel: one group per kept channel
+            m.num_groups = m.weight.shape[0]
         m.num_channels = m.weight.shape[0]
     elif isinstance(m, nn.LayerNorm):
         m.normalized_shape = (m.weight.shape[0],)
@@ -167,7 +169,11 @@ def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) ->
 
 
 def _rewrite_sizes(node: fx.Node, k: np.ndarray) -> None:
-    """New size along each axis where channels vary: the number of indices with a kept channel."""
+    """Write the new size along every axis where channels vary (indices holding a kept channel).
+
+    Computed sizes (``c // g``) are replaced too: they derive from channel counts that compaction
+    changed, and a channel axis has a fixed size in the compacted model.
+    """
     new = {}
     for d in range(k.ndim):
         if k.shape[d] > 1:
@@ -179,6 +185,6 @@ def _rewrite_sizes(node: fx.Node, k: np.ndarray) -> None:
     offset = len(sizes) - k.ndim
     for d, size in new.items():
         i = d + offset
-        if 0 <= i < len(sizes) and isinstance(sizes[i], int) and sizes[i] != -1:
+        if 0 <= i < len(sizes) and sizes[i] != -1:
             sizes[i] = size
     node.args = (node.args[0], tuple(sizes)) if packed else (node.args[0], *sizes)

@@ -118,7 +118,7 @@ class MapContext:
             return None
         if isinstance(shapes, tuple):
             return Frozen(reason)
-        return tuple(Frozen(reason) for _ in shapes)
+        return tuple(None if s is None else Frozen(reason) for s in shapes)
 
     def record_shape_rewrite(self, node: fx.Node, out_label: np.ndarray) -> None:
         self.rewrites[node.name] = ("shape", out_label)
@@ -174,8 +174,8 @@ class _ShapeRecorder(fx.Interpreter):
         out = super().run_node(n)
         if isinstance(out, torch.Tensor):
             n.meta["hw_shape"] = tuple(out.shape)
-        elif isinstance(out, (list, tuple)) and out and all(isinstance(o, torch.Tensor) for o in out):
-            n.meta["hw_shape"] = [tuple(o.shape) for o in out]
+        elif isinstance(out, (list, tuple)) and any(isinstance(o, torch.Tensor) for o in out):
+            n.meta["hw_shape"] = [tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in out]
         else:
             n.meta.pop("hw_shape", None)
         return out

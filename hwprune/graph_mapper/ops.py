@@ -155,13 +155,24 @@ def batch_norm(ctx: MapContext, node: fx.Node):
 
 @OPS.register(nn.GroupNorm)
 def group_norm(ctx: MapContext, node: fx.Node):
-    out = _per_channel(ctx, node, 1, ("weight", "bias"), "group norm")
-    if isinstance(out, Frozen):
-        return out
+    """GroupNorm: exact per channel (groups == channels); else inexact, with a block constraint.
+
+    Each norm group must then keep the same number of channels, like the groups of a grouped conv.
+    """
     m = ctx.module(node)
-    if m.num_groups != m.num_channels:
-        ctx.atoms.mark_inexact(out[1], f"GroupNorm {node.target} normalises across channels")
-    return out[0]
+    per_channel = m.num_groups == m.num_channels
+    if not per_channel and not m.affine:
+        return ctx.unknown(node, f"GroupNorm {node.target} without affine parameters over several channels")
+    size = ctx.shape(node.args[0])[1]
+    vec = ctx.channel_labels(node, node.args[0], dim=1, size=size, what="group norm")
+    if vec is None:
+        return Frozen(f"group norm {node.target} sees frozen channels")
+    for attr in ("weight", "bias"):
+        if getattr(m, attr, None) is not None:
+            ctx.site(f"{node.target}.{attr}", 0, vec, PARAM, node, conv_groups=1 if per_channel else m.num_groups)
+    if not per_channel:
+        ctx.atoms.mark_inexact(vec, f"GroupNorm {node.target} normalises across channels")
+    return ctx.label(node.args[0])
 
 
 @OPS.register(nn.LayerNorm)
@@ -312,6 +323,8 @@ def align(ctx: MapContext, node: fx.Node, args: list) -> np.ndarray | Frozen:
         if shape is None:
             continue
         label = ctx.label(a)
+        if label is None:  # a tensor the mapper could not follow: fail closed
+            label = Frozen(f"{node.name} combines channels with an untracked tensor ({a.name})")
         if isinstance(label, Frozen):
             ctx.freeze_inputs(node, label.reason)
             return label
