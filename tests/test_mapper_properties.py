@@ -24,8 +24,12 @@ from hwprune.graph_mapper.types import GROUPED_IN
 from hwprune.prune.masks import ChannelMask
 
 MAX_C = 16
-SETTINGS = dict(deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,8 +108,9 @@ class ShuffleUnit(nn.Module):
     def __init__(self, c, spatial, literal, use_split):
         super().__init__()
         half = c // 2
-        self.branch = nn.Sequential(ConvBNReLU(half, half, 1), ConvBNReLU(half, half, 3, groups=half, act=False),
-                                    ConvBNReLU(half, half, 1))
+        self.branch = nn.Sequential(
+            ConvBNReLU(half, half, 1), ConvBNReLU(half, half, 3, groups=half, act=False), ConvBNReLU(half, half, 1)
+        )
         self.literal = (2, c, spatial, spatial) if literal else None
         self.use_split = use_split
         self.half = half
@@ -301,8 +306,13 @@ def net_specs(draw):
         head = ("gap", draw(st.integers(2, 6)), draw(st.sampled_from(["module", "mean"])))
     else:
         pool_to = draw(st.integers(1, 3)) if s > 3 else draw(st.sampled_from([None, 1]))
-        head = ("flat", pool_to, draw(st.integers(2, MAX_C)), draw(st.integers(2, 6)),
-                draw(st.sampled_from(["flatten", "view", "literal"])))
+        head = (
+            "flat",
+            pool_to,
+            draw(st.integers(2, MAX_C)),
+            draw(st.integers(2, 6)),
+            draw(st.sampled_from(["flatten", "view", "literal"])),
+        )
     return cin, spatial, specs, head
 
 
@@ -341,8 +351,9 @@ def draw_mask(data, graph):
                 order = data.draw(st.permutations(block), label=f"block {i} order, group {g.id}")
                 k[list(order[:n])] = True
         else:
-            removed = data.draw(st.sets(st.integers(0, g.size - 1), min_size=1, max_size=g.size - 1),
-                                label=f"removed, group {g.id}")
+            removed = data.draw(
+                st.sets(st.integers(0, g.size - 1), min_size=1, max_size=g.size - 1), label=f"removed, group {g.id}"
+            )
             k[:] = True
             k[sorted(removed)] = False
         assert k.any() and not k.all()

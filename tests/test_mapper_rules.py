@@ -27,7 +27,6 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-
 def _build(model, shape=(2, 3, 8, 8), seed=0):
     model = randomize_for_check(model, seed).eval()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
@@ -36,8 +35,11 @@ def _build(model, shape=(2, 3, 8, 8), seed=0):
 
 def groups_with(graph, tensor, axis=0, role=None):
     """The groups with a slice on ``tensor``'s ``axis`` (and ``role``), in id order."""
-    return [g for g in graph.groups
-            if any(s.tensor == tensor and s.axis == axis and (role is None or s.role == role) for s in g.slices)]
+    return [
+        g
+        for g in graph.groups
+        if any(s.tensor == tensor and s.axis == axis and (role is None or s.role == role) for s in g.slices)
+    ]
 
 
 def group_of(graph, tensor, axis=0, role=None):
@@ -370,8 +372,9 @@ class ChannelOps(nn.Module):
         return self.c2(z)
 
 
-@pytest.mark.parametrize(("kind", "words"), [("sum", "reduces over channels"), ("softmax", "softmax"),
-                                             ("index", "advanced indexing")])
+@pytest.mark.parametrize(
+    ("kind", "words"), [("sum", "reduces over channels"), ("softmax", "softmax"), ("index", "advanced indexing")]
+)
 def test_channel_mixing_ops_freeze(kind, words):
     _, _, graph = _build(ChannelOps(kind))
     g = group_of(graph, "c1.weight", 0)
@@ -486,7 +489,7 @@ def test_channel_shuffle_ties_the_two_halves(literal):
     s = slice_of(g, "out.weight", 1)
     assert s.inner == 2
     # after the shuffle, channel j of branch a sits at 2j and channel j of branch b at 2j + 1
-    assert [set(s.index[2 * k:2 * k + 2]) for k in range(4)] == [{2 * k, 2 * k + 1} for k in range(4)]
+    assert [set(s.index[2 * k : 2 * k + 2]) for k in range(4)] == [{2 * k, 2 * k + 1} for k in range(4)]
     site = graph.sites[s.site]
     a_roots = next(t for t in graph.sites if t.tensor == "a.weight" and t.axis == 0).roots
     b_roots = next(t for t in graph.sites if t.tensor == "b.weight" and t.axis == 0).roots
@@ -792,18 +795,23 @@ class Conv1dNet(nn.Module):
         return self.c3(self.dw(F.relu(self.bn(self.c1(x)))))
 
 
-@pytest.mark.parametrize(("make", "shape"), [
-    pytest.param(ChannelsLastLinear, (2, 3, 8, 8), id="channels-last-linear"),
-    *(pytest.param(lambda h=h: LinearSE(h), (2, 3, 8, 8), id=f"linear-se-{h}")
-      for h in ("index", "view", "view-1", "unsqueeze", "expand")),
-    pytest.param(Chunk3, (2, 3, 8, 8), id="chunk-3"),
-    pytest.param(OverlappingSlices, (2, 3, 8, 8), id="overlapping-slices"),
-    pytest.param(LinearBN, (2, 3, 8, 8), id="linear-batchnorm1d"),
-    pytest.param(UpsampleAdd, (2, 3, 8, 8), id="upsample-add"),
-    pytest.param(DeadBranch, (2, 3, 8, 8), id="dead-branch"),
-    pytest.param(PReLUNet, (2, 3, 8, 8), id="prelu"),
-    pytest.param(Conv1dNet, (2, 3, 16), id="conv1d"),
-])
+@pytest.mark.parametrize(
+    ("make", "shape"),
+    [
+        pytest.param(ChannelsLastLinear, (2, 3, 8, 8), id="channels-last-linear"),
+        *(
+            pytest.param(lambda h=h: LinearSE(h), (2, 3, 8, 8), id=f"linear-se-{h}")
+            for h in ("index", "view", "view-1", "unsqueeze", "expand")
+        ),
+        pytest.param(Chunk3, (2, 3, 8, 8), id="chunk-3"),
+        pytest.param(OverlappingSlices, (2, 3, 8, 8), id="overlapping-slices"),
+        pytest.param(LinearBN, (2, 3, 8, 8), id="linear-batchnorm1d"),
+        pytest.param(UpsampleAdd, (2, 3, 8, 8), id="upsample-add"),
+        pytest.param(DeadBranch, (2, 3, 8, 8), id="dead-branch"),
+        pytest.param(PReLUNet, (2, 3, 8, 8), id="prelu"),
+        pytest.param(Conv1dNet, (2, 3, 16), id="conv1d"),
+    ],
+)
 def test_more_structures_compact_exactly(make, shape):
     model, x, graph = _build(make(), shape)
     assert_well_formed(graph)

@@ -120,9 +120,7 @@ def test_lenet_too_small_input_is_one_line_error():
 
 def test_cifar_resnet_uses_conv_shortcuts():
     model = get_model("resnet20")
-    shortcut_convs = [
-        m for n, m in model.named_modules() if ".shortcut." in n + "." and isinstance(m, nn.Conv2d)
-    ]
+    shortcut_convs = [m for n, m in model.named_modules() if ".shortcut." in n + "." and isinstance(m, nn.Conv2d)]
     assert len(shortcut_convs) == 2  # stage 2 and 3 entry blocks: option B, 1x1 conv + BN
     assert all(c.kernel_size == (1, 1) and c.stride == (2, 2) for c in shortcut_convs)
     # 6n + 2 weighted layers: 19 3x3 convs plus the Linear, for n = 3.

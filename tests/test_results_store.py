@@ -158,9 +158,7 @@ def test_results_package_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "print('ok')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, os.devnull + ".missing.csv"], capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-c", code, os.devnull + ".missing.csv"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 
