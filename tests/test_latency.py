@@ -27,7 +27,11 @@ def test_robust_stats_known_values_and_outlier_rejection():
 
 def test_interleaving_alternates_runners():
     calls = []
-    samples = time_interleaved([lambda: calls.append("a"), lambda: calls.append("b")], repeats=5)
+
+    def timer(name):
+        return lambda: calls.append(name) or 0.001
+
+    samples = time_interleaved([timer("a"), timer("b")], repeats=5)
     assert [len(s) for s in samples] == [5, 5]
     timed = calls[-10:]
     assert timed == ["a", "b"] * 5

@@ -1,6 +1,7 @@
-"""Latency backends and the timing protocol."""
+"""Latency backends (torch-cpu, ort-cpu, xla, cuda, ort-cuda) and the timing protocol."""
 
-from hwprune.latency.backends import BACKENDS, measure
+from hwprune.latency import backends_cuda, backends_xla  # noqa: F401  (register xla, cuda, ort-cuda)
+from hwprune.latency.backends import BACKENDS, available_backends, measure, require_available
 from hwprune.latency.measurement import Measurement
 
-__all__ = ["BACKENDS", "Measurement", "measure"]
+__all__ = ["BACKENDS", "Measurement", "available_backends", "measure", "require_available"]

@@ -6,31 +6,58 @@ inference, plus the metadata a Measurement records. Timing itself is shared (mea
 
 from __future__ import annotations
 
+import importlib.util
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from hwprune.latency.measurement import Measurement, host_device, robust_stats, time_interleaved
+from hwprune.errors import HwpruneError
+from hwprune.latency.measurement import Measurement, host_device, host_timer, robust_stats, time_interleaved
 from hwprune.registry import Registry
 
 
 @dataclass
 class Runner:
-    run: object  # zero-argument callable
+    run: Callable[[], object]  # one inference; returns only when the device is done
     device: str
     provider: str
     threads: int
     versions: dict
+    timed_run: Callable[[], float] | None = None  # one inference timed by the device's own clock (seconds)
+
+    def timer(self) -> Callable[[], float]:
+        return self.timed_run or host_timer(self.run)
 
 
 BACKENDS: Registry = Registry("latency backend")
 
+# why a backend cannot run on this machine (None: it can); backend modules add their own check
+WHY_UNAVAILABLE: dict[str, Callable[[], str | None]] = {
+    "ort-cpu": lambda: None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed",
+}
+
+
+def available_backends() -> list[str]:
+    """Registered latency backends that can run on this machine, sorted."""
+    return [n for n in BACKENDS.names() if WHY_UNAVAILABLE.get(n, lambda: None)() is None]
+
+
+def require_available(name: str) -> None:
+    """Raise a one-line HwpruneError when backend ``name`` is unknown or cannot run here."""
+    BACKENDS.get(name)  # unknown names: one line listing the registered ones
+    why = WHY_UNAVAILABLE.get(name, lambda: None)()
+    if why is not None:
+        raise HwpruneError(
+            f"latency backend {name!r} is unavailable: {why}; available here: {', '.join(available_backends())}"
+        )
+
 
 @BACKENDS.register("torch-cpu")
-def torch_cpu(model: nn.Module, example: torch.Tensor, threads: int = 1) -> Runner:
+def torch_cpu(model: nn.Module, example: torch.Tensor, threads: int = 1, **_) -> Runner:
     torch.set_num_threads(threads)
     model = model.eval()
 
@@ -42,17 +69,24 @@ def torch_cpu(model: nn.Module, example: torch.Tensor, threads: int = 1) -> Runn
 
 
 @BACKENDS.register("ort-cpu")
-def ort_cpu(model: nn.Module | str | Path, example: torch.Tensor, threads: int = 1) -> Runner:
-    """Onnxruntime CPU: explicit intra/inter threads, all graph optimisations, no spinning."""
+def ort_cpu(
+    model: nn.Module | str | Path, example: torch.Tensor, threads: int = 1, exporter: str = "dynamo", **_
+) -> Runner:
+    """ONNX Runtime on CPU: explicit intra/inter threads, all graph optimisations, no spinning.
+
+    A module is exported first (the session keeps the graph in memory, so the file is removed).
+    """
     import onnxruntime as ort
 
     from hwprune.export.onnx_export import export_onnx, ort_session
 
     if isinstance(model, nn.Module):
-        tmp = Path(tempfile.mkdtemp(prefix="hwprune-")) / "model.onnx"
-        export_onnx(model, example, tmp)
-        model = tmp
-    session = ort_session(model, intra_threads=threads, inter_threads=1)
+        with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model, example, path, exporter)
+            session = ort_session(path, intra_threads=threads, inter_threads=1)
+    else:
+        session = ort_session(model, intra_threads=threads, inter_threads=1)
     feed = {session.get_inputs()[0].name: example.detach().cpu().numpy()}
 
     def run():
@@ -62,12 +96,13 @@ def ort_cpu(model: nn.Module | str | Path, example: torch.Tensor, threads: int =
 
 
 def measure(
-    backend: str, models: list, example: torch.Tensor, threads: int = 1, repeats: int = 30
+    backend: str, models: list, example: torch.Tensor, threads: int = 1, repeats: int = 30, **opts
 ) -> list[Measurement]:
-    """Time ``models`` (modules or ONNX paths) interleaved on one backend."""
+    """Time ``models`` (modules or ONNX paths) interleaved on one backend; ``opts`` go to the backend."""
+    require_available(backend)
     make = BACKENDS.get(backend)
-    runners = [make(m, example, threads=threads) for m in models]
-    samples = time_interleaved([r.run for r in runners], repeats)
+    runners = [make(m, example, threads=threads, **opts) for m in models]
+    samples = time_interleaved([r.timer() for r in runners], repeats)
     out = []
     for r, s in zip(runners, samples, strict=False):
         median, iqr, rejected = robust_stats(s)

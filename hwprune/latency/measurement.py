@@ -40,14 +40,15 @@ def robust_stats(samples_s: list[float]) -> tuple[float, float, int]:
     return float(np.median(kept)), float(q3 - q1), int(ms.size - kept.size)
 
 
-def warm_up(run: Callable[[], object], min_runs: int = 3, max_runs: int = 30, tol: float = 0.05) -> None:
-    """Run until the median of the last three timings moves by less than ``tol``."""
+def warm_up(timed: Callable[[], float], min_runs: int = 3, max_runs: int = 30, tol: float = 0.05) -> None:
+    """Run until the median of the last three timings moves by less than ``tol``.
+
+    ``timed`` runs once and returns its seconds (host clock, or the device's own, e.g. CUDA events).
+    """
     times: list[float] = []
     last = None
     for i in range(max_runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
+        times.append(timed())
         if i + 1 >= min_runs:
             med = float(np.median(times[-3:]))
             if last is not None and abs(med - last) <= tol * last:
@@ -55,17 +56,26 @@ def warm_up(run: Callable[[], object], min_runs: int = 3, max_runs: int = 30, to
             last = med
 
 
-def time_interleaved(runs: list[Callable[[], object]], repeats: int) -> list[list[float]]:
+def time_interleaved(timers: list[Callable[[], float]], repeats: int) -> list[list[float]]:
     """Time several runners in turn, ``repeats`` rounds, so drift hits them all alike."""
-    for run in runs:
-        warm_up(run)
-    samples: list[list[float]] = [[] for _ in runs]
+    for timed in timers:
+        warm_up(timed)
+    samples: list[list[float]] = [[] for _ in timers]
     for _ in range(repeats):
-        for i, run in enumerate(runs):
-            start = time.perf_counter()
-            run()
-            samples[i].append(time.perf_counter() - start)
+        for i, timed in enumerate(timers):
+            samples[i].append(timed())
     return samples
+
+
+def host_timer(run: Callable[[], object]) -> Callable[[], float]:
+    """Seconds of one call of ``run`` on the host clock (valid when ``run`` waits for its device)."""
+
+    def timed() -> float:
+        start = time.perf_counter()
+        run()
+        return time.perf_counter() - start
+
+    return timed
 
 
 def host_device() -> str:

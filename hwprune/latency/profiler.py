@@ -1,0 +1,161 @@
+"""The edge profiler: time the whole network with one channel group shrunk, for every group.
+
+Each measurement is appended to a JSONL journal (flushed and fsynced) the moment it is taken; a
+run that is killed resumes from the journal, measuring nothing twice. The journal's header holds
+what the measurements depend on, and a journal from another setting is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hwprune.errors import HwpruneError
+from hwprune.export.compact import compact_model
+from hwprune.export.onnx_export import export_onnx
+from hwprune.graph_mapper.cost import CostModel
+from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup
+from hwprune.latency.backends import measure
+from hwprune.latency.lut import LUT, EdgePoint
+from hwprune.prune.channel import norm_scores, top_k_mask, unit_of
+from hwprune.prune.masks import ChannelMask
+
+
+def profiled_groups(graph: ChannelGraph) -> list[ChannelGroup]:
+    """Groups the profiler and the solver act on: prunable, exact, with something to remove."""
+    return [g for g in graph.prunable_groups if g.exact and g.size >= 2]
+
+
+def kept_for(group: ChannelGroup, point: float, round_to: int = 1) -> int:
+    """Channels kept at ``point`` (a kept fraction), a whole number of units (see ``unit_of``)."""
+    unit = unit_of(group, round_to)
+    return int(min(group.size - unit, max(unit, round(group.size * point / unit) * unit)))
+
+
+def _header(graph, example, backend, threads, points, repeats, round_to) -> dict:
+    return {
+        "kind": "header",
+        "model": graph.model_name,
+        "fingerprint": graph.fingerprint(),
+        "input_shape": list(example.shape),
+        "backend": backend,
+        "threads": threads,
+        "points": list(points),
+        "repeats": repeats,
+        "round_to": round_to,
+    }
+
+
+def _read_journal(path: Path, header: dict) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        return []
+    old = lines[0]
+    for key in ("model", "fingerprint", "input_shape", "backend", "threads", "round_to"):
+        if old.get(key) != header[key]:
+            raise HwpruneError(
+                f"journal {path} belongs to another run ({key} {old.get(key)} vs {header[key]}): "
+                "delete it or choose another --journal"
+            )
+    return [rec for rec in lines[1:] if rec.get("kind") == "edge"]
+
+
+def _append(fh, record: dict) -> None:
+    fh.write(json.dumps(record) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def profile_edges(
+    model: nn.Module,
+    graph: ChannelGraph,
+    example: torch.Tensor,
+    backend: str = "ort-cpu",
+    points: tuple[float, ...] = (0.5,),
+    threads: int = 1,
+    repeats: int = 20,
+    journal: str | Path | None = None,
+    progress: bool = True,
+    exporter: str = "torchscript",
+    round_to: int = 1,
+) -> LUT:
+    """Measure every profiled group at each kept fraction in ``points`` against the dense model."""
+    if not points or any(not 0.0 < p < 1.0 for p in points):
+        raise HwpruneError(f"--points are kept fractions strictly between 0 and 1 (got {list(points)})")
+    header = _header(graph, example, backend, threads, points, repeats, round_to)
+    journal = Path(journal) if journal else None
+    done = _read_journal(journal, header) if journal else []
+    done_keys = {(r["group"], r["point"]) for r in done}
+    groups = profiled_groups(graph)
+    scores = norm_scores(graph, model, p=1)
+    costs = CostModel(graph)
+    todo = [(g, p) for g in groups for p in points if (g.id, p) not in done_keys]
+    model.eval()
+    fh = None
+    if journal:
+        fresh = not journal.exists() or not journal.read_text().strip()
+        fh = open(journal, "a")  # noqa: SIM115 (kept open across the loop, closed below)
+        if fresh:
+            _append(fh, header)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hwprune-profile-") as tmp:
+            baseline = _baseline(model, example, backend, Path(tmp), exporter)
+            bar = tqdm(todo, desc=f"profiling {graph.model_name} on {backend}", unit="edge", disable=not progress)
+            for group, point in bar:
+                kept = kept_for(group, point, round_to)
+                mask = ChannelMask.full(graph)
+                mask.keep[group.id] = top_k_mask(group, scores[group.id], kept)
+                candidate = compact_model(graph, mask)
+                base, cand = measure(
+                    backend, [baseline, candidate], example, threads=threads, repeats=repeats, exporter=exporter
+                )
+                macs_after, _ = costs.cost({group.id: kept / group.size})
+                record = {
+                    "kind": "edge",
+                    "group": group.id,
+                    "name": group.name,
+                    "size": group.size,
+                    "kept": kept,
+                    "point": point,
+                    "baseline_ms": base.median_ms,
+                    "latency_ms": cand.median_ms,
+                    "iqr_ms": cand.iqr_ms,
+                    "macs_before": costs.total_macs,
+                    "macs_after": macs_after,
+                }
+                done.append(record)
+                if fh:
+                    _append(fh, record)
+    finally:
+        if fh:
+            fh.close()
+    meta = {k: v for k, v in header.items() if k != "kind"}
+    meta["versions"] = base.versions if todo else {}
+    meta["device"] = base.device if todo else ""
+    pts = [EdgePoint(**{k: v for k, v in r.items() if k != "kind"}) for r in done]
+    return LUT(meta, pts)
+
+
+def _baseline(model, example, backend, tmp: Path, exporter: str):
+    """The dense model as the backend should load it (ONNX exported once for onnxruntime backends)."""
+    if backend.startswith("ort"):
+        path = tmp / "baseline.onnx"
+        export_onnx(model, example, path, exporter)
+        return path
+    return model
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (no scipy needed)."""
+    ra = np.argsort(np.argsort(a))
+    rb = np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])

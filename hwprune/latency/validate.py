@@ -1,0 +1,95 @@
+"""How well does a LUT-based latency model predict real masks? Measure random ones and compare."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hwprune.export.compact import compact_model
+from hwprune.export.onnx_export import export_onnx
+from hwprune.graph_mapper.types import ChannelGraph
+from hwprune.latency.backends import measure
+from hwprune.latency.lut import LUT
+from hwprune.latency.model import LatencyModel
+from hwprune.latency.profiler import profiled_groups
+from hwprune.prune.channel import top_k_mask, unit_of
+from hwprune.prune.masks import ChannelMask
+
+
+@dataclass
+class Validation:
+    predicted_ms: list[float]
+    measured_ms: list[float]
+    baseline_ms: float
+
+    @property
+    def errors_pct(self) -> np.ndarray:
+        p, m = np.asarray(self.predicted_ms), np.asarray(self.measured_ms)
+        return (p - m) / m * 100.0
+
+    def summary(self) -> dict:
+        e = np.abs(self.errors_pct)
+        return {
+            "n_masks": int(e.size),
+            "within_5pct": float((e <= 5).mean()),
+            "within_10pct": float((e <= 10).mean()),
+            "median_abs_err_pct": float(np.median(e)),
+        }
+
+
+def random_mask(graph: ChannelGraph, rng: np.random.Generator, min_keep: float = 0.1, round_to: int = 1) -> ChannelMask:
+    """Each profiled group keeps a uniform random share in [min_keep, 1] (whole units) of random channels."""
+    mask = ChannelMask.full(graph)
+    for g in profiled_groups(graph):
+        unit = unit_of(g, round_to)
+        lo = max(unit, int(np.ceil(g.size * min_keep / unit)) * unit)
+        kept = int(rng.integers(lo // unit, g.size // unit + 1)) * unit
+        if kept < g.size:
+            mask.keep[g.id] = top_k_mask(g, rng.random(g.size), kept)
+    return mask
+
+
+def validate(
+    model: nn.Module,
+    graph: ChannelGraph,
+    example: torch.Tensor,
+    lut: LUT,
+    backend: str,
+    n_masks: int = 30,
+    threads: int = 1,
+    repeats: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+) -> Validation:
+    """Measure ``n_masks`` random masks (aligned to the LUT's round_to) and compare with predictions."""
+    latency = LatencyModel(lut, graph)
+    round_to = int(lut.meta.get("round_to", 1))
+    rng = np.random.default_rng(seed)
+    predicted, measured, baselines = [], [], []
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        dense = Path(tmp) / "dense.onnx"
+        if backend.startswith("ort"):
+            export_onnx(model, example, dense, "torchscript")
+        baseline = dense if backend.startswith("ort") else model
+        for _ in tqdm(range(n_masks), desc="validating latency model", disable=not progress):
+            mask = random_mask(graph, rng, round_to=round_to)
+            shares = {g: float(k.mean()) for g, k in mask.keep.items()}
+            base, cand = measure(
+                backend,
+                [baseline, compact_model(graph, mask)],
+                example,
+                threads=threads,
+                repeats=repeats,
+                exporter="torchscript",
+            )
+            # the model's prediction, rescaled to this measurement's baseline (drift between runs cancels)
+            predicted.append(latency.predict(shares) / latency.baseline_ms * base.median_ms)
+            measured.append(cand.median_ms)
+            baselines.append(base.median_ms)
+    return Validation(predicted, measured, float(np.median(baselines)))
