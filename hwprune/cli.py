@@ -96,6 +96,39 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true", help="also time dense vs pruned ONNX in onnxruntime")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for --latency (default 1)")
 
+    p = add(
+        "prune",
+        "Prune to a budget: --latency/--flops/--params RATIO of the dense model. Latency is predicted from "
+        "an edge profile (measured now unless --lut is given), then measured on --backend and corrected "
+        "until within --tolerance. Writes mask.json, the verified compacted ONNX and a results row.",
+    )
+    _model_options(p, "resnet18")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--latency", type=float, default=None, help="target latency ratio, e.g. 0.5")
+    budget.add_argument("--flops", type=float, default=None, help="target conv/linear MACs ratio")
+    budget.add_argument("--params", type=float, default=None, help="target parameter ratio")
+    p.add_argument("--backend", default="ort-cpu", help="latency backend (default ort-cpu)")
+    p.add_argument("--lut", type=Path, default=None, help="edge-profile LUT from `hwprune profile-edges`")
+    p.add_argument("--importance", default="l1", help="channel importance (default l1)")
+    p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
+    p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
+    p.add_argument("--tolerance", type=float, default=0.03, help="accepted relative error of the result (0.03)")
+    p.add_argument("--out", type=Path, default=Path("out/prune"), help="output folder (default out/prune)")
+    p.add_argument("--results", type=Path, default=Path("runs/results.csv"), help="results store to append to")
+
+    p = add(
+        "profile-edges",
+        "Edge profile: time the whole network with each channel group at a fraction of its channels, against "
+        "the dense model; writes a LUT (JSON + CSV). A journal makes an interrupted run resume.",
+    )
+    _model_options(p, "resnet18")
+    p.add_argument("--backend", default="ort-cpu", help="latency backend (default ort-cpu)")
+    p.add_argument("--points", default="0.5", help="kept fractions per group, comma-separated (default 0.5)")
+    p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (default 20)")
+    p.add_argument("--out", type=Path, default=Path("out/lut.json"), help="LUT file (default out/lut.json)")
+    p.add_argument("--journal", type=Path, default=None, help="journal (default: next to --out)")
+
     p = add("flops", "FLOPs and params per layer (fvcore; 1 multiply-add = 1 FLOP).")
     _model_options(p)
     p.add_argument("--top", type=int, default=20, help="layers to list (default 20)")
@@ -258,6 +291,65 @@ def cmd_export(args) -> None:
     print(outcome.table())
 
 
+def _budget(args) -> tuple[str, float]:
+    chosen = [(k, getattr(args, k)) for k in ("latency", "flops", "params") if getattr(args, k) is not None]
+    if not chosen:
+        raise HwpruneError("`hwprune prune` needs one budget: --latency, --flops or --params (a ratio, e.g. 0.5)")
+    return chosen[0]
+
+
+def cmd_prune(args) -> None:
+    from hwprune.jobs import prune_to_budget
+
+    kind, target = _budget(args)
+    result = prune_to_budget(
+        _job(args),
+        kind,
+        target,
+        args.out,
+        backend=args.backend,
+        lut_path=args.lut,
+        importance=args.importance,
+        threads=args.threads,
+        repeats=args.repeats,
+        tolerance=args.tolerance,
+        results=args.results,
+    )
+    print(result.table())
+
+
+def cmd_profile_edges(args) -> None:
+    from hwprune.export.pipeline import check_writable
+    from hwprune.latency.profiler import profile_edges
+
+    check_writable(args.out)
+    try:
+        points = tuple(float(p) for p in args.points.split(","))
+    except ValueError:
+        raise HwpruneError(
+            f"--points takes comma-separated fractions, e.g. 0.25,0.5,0.75 (got {args.points})"
+        ) from None
+    job = _job(args)
+    graph = job.graph()
+    journal = args.journal or args.out.with_suffix(".journal.jsonl")
+    lut = profile_edges(
+        job.model,
+        graph,
+        job.example,
+        args.backend,
+        points=points,
+        threads=args.threads,
+        repeats=args.repeats,
+        journal=journal,
+    )
+    lut.save(args.out)
+    print(
+        f"{args.out}: {len(lut.points)} measurements over {len({p.group for p in lut.points})} groups, "
+        f"baseline {lut.baseline_ms:.2f} ms ({args.backend}, {args.threads} thread(s)); CSV twin "
+        f"{args.out.with_suffix('.csv')}; journal {journal}"
+    )
+
+
 def cmd_flops(args) -> None:
     from hwprune.flops import count_flops
 
@@ -304,6 +396,8 @@ COMMANDS = {
     "export": cmd_export,
     "flops": cmd_flops,
     "results": cmd_results,
+    "prune": cmd_prune,
+    "profile-edges": cmd_profile_edges,
 }
 
 

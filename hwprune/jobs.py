@@ -149,3 +149,159 @@ def prune_export_measure(
     if results is not None:
         ResultsStore(results).append(record)
     return PruneOutcome(report, base_ms, pruned_ms, iqr, threads, record)
+
+
+BUDGET_POINTS = (0.25, 0.5, 0.75)  # kept fractions profiled when prune has to profile: little extrapolation
+
+
+def _next_budget(iterations: list[dict], target: float) -> float:
+    """Secant step on solver budget -> measured ratio (multiplicative step until two points exist)."""
+    last = iterations[-1]
+    if len(iterations) >= 2:
+        prev = iterations[-2]
+        slope = (last["measured"] - prev["measured"]) / (last["budget"] - prev["budget"] or 1e-9)
+        if slope > 0:
+            return min(1.0, max(1e-3, last["budget"] + (target - last["measured"]) / slope))
+    return min(1.0, max(1e-3, last["budget"] * target / last["measured"]))
+
+
+@dataclass
+class BudgetOutcome:
+    target_kind: str
+    target: float
+    predicted_ratio: float
+    measured_ratio: float
+    within_tolerance: bool
+    iterations: list[dict]
+    outcome: PruneOutcome | None
+
+    def table(self) -> str:
+        lines = [
+            f"## {self.target_kind} budget {self.target:.3f}: measured ratio {self.measured_ratio:.3f} "
+            f"(predicted {self.predicted_ratio:.3f}) -> {'met' if self.within_tolerance else 'NOT met'}",
+            "",
+            "| iteration | solver budget | predicted ratio | measured ratio |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {i} | {it['budget']:.4f} | {it['predicted']:.4f} | {it['measured']:.4f} |"
+            for i, it in enumerate(self.iterations)
+        ]
+        if self.outcome is not None:
+            lines += ["", self.outcome.table()]
+        return "\n".join(lines)
+
+
+def prune_to_budget(
+    job: ModelInput,
+    target_kind: str,
+    target: float,
+    out_dir: Path,
+    backend: str = "ort-cpu",
+    lut_path: Path | None = None,
+    importance: str = "l1",
+    threads: int = 1,
+    repeats: int = 30,
+    tolerance: float = 0.03,
+    max_iterations: int = 5,
+    results: Path | None = None,
+    progress: bool = True,
+) -> BudgetOutcome:
+    """Solve for a mask within a FLOPs/params/latency budget, close the loop on measurement, export."""
+    from hwprune.latency.lut import LUT
+    from hwprune.latency.model import LatencyModel
+    from hwprune.latency.profiler import profile_edges, profiled_groups
+    from hwprune.prune.budget import CostFn, solve
+
+    if target_kind not in ("flops", "params", "latency"):
+        raise HwpruneError(f"budget kind must be flops, params or latency (got {target_kind})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graph = job.graph()
+    scores = CHANNEL_SCORERS.get(importance)(graph, job.model, 0)
+    groups = profiled_groups(graph)
+    if target_kind == "latency":
+        if lut_path is not None and lut_path.exists():
+            lut = LUT.load(lut_path)
+        else:
+            lut_path = lut_path or out_dir / "lut.json"
+            journal = lut_path.with_suffix(".journal.jsonl")
+            lut = profile_edges(
+                job.model,
+                graph,
+                job.example,
+                backend,
+                threads=threads,
+                repeats=repeats,
+                journal=journal,
+                progress=progress,
+            )
+            lut.save(lut_path)
+        lut.check(
+            model=job.name,
+            fingerprint=graph.fingerprint(),
+            input_shape=list(job.example.shape),
+            backend=backend,
+            threads=threads,
+        )
+        cost = CostFn.latency(LatencyModel(lut, graph))
+    else:
+        cost = CostFn.macs(graph) if target_kind == "flops" else CostFn.params(graph)
+
+    iterations = []
+    budget = target
+    best = None
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        dense = Path(tmp) / "dense.onnx"
+        if target_kind == "latency":
+            export_onnx(job.model, job.example, dense, "torchscript")
+        for _ in range(max_iterations):
+            sol = solve(graph, groups, scores, cost, budget)
+            predicted = sol.ratio
+            if target_kind == "latency":
+                from hwprune.export.compact import compact_model
+
+                compacted = compact_model(graph, sol.mask)
+                base, cand = measure(
+                    backend, [dense, compacted], job.example, threads=threads, repeats=repeats, exporter="torchscript"
+                )
+                measured = cand.median_ms / base.median_ms
+            else:
+                measured = predicted  # exact: the cost formula is the count
+            iterations.append({"budget": budget, "predicted": predicted, "measured": measured})
+            if best is None or abs(measured - target) < abs(best[1] - target):
+                best = (sol, measured, predicted)
+            if abs(measured / target - 1.0) <= tolerance or not sol.reachable:
+                break
+            budget = _next_budget(iterations, target)
+    sol, measured, predicted = best
+    sol.mask.meta.update(
+        {"method": importance, "target_kind": target_kind, "target": target, "input_shape": list(job.example.shape)}
+    )
+    sol.mask.save(out_dir / "mask.json")
+    outcome = prune_export_measure(
+        job,
+        sol.mask,
+        graph,
+        out_dir / f"{job.name.split(':')[-1]}_pruned.onnx",
+        importance,
+        threads=threads,
+        repeats=repeats,
+        results=None,
+        measure_latency=backend == "ort-cpu",
+    )
+    outcome.record.target_kind = target_kind
+    outcome.record.target_value = target
+    outcome.record.extra = json.dumps(
+        {
+            **json.loads(outcome.record.extra),
+            "predicted_ratio": predicted,
+            "measured_ratio": measured,
+            "iterations": iterations,
+            "notes": sol.notes,
+        }
+    )
+    if results is not None:
+        ResultsStore(results).append(outcome.record)
+    return BudgetOutcome(
+        target_kind, target, predicted, measured, abs(measured / target - 1.0) <= tolerance, iterations, outcome
+    )

@@ -41,9 +41,7 @@ def _splits() -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
 
 
 @register_dataset("digits", num_classes=10, channels=1, native_size=8)
-def digits(
-    split: str, data_dir: Path | None, image_size: int | None, channels: int | None
-) -> TensorImageDataset:
+def digits(split: str, data_dir: Path | None, image_size: int | None, channels: int | None) -> TensorImageDataset:
     """Build a split of the scikit-learn digits (``data_dir`` is ignored: the data ships with sklearn)."""
     images, labels, indices = _splits()[split]
     images = resize_and_channels(images, image_size, channels)

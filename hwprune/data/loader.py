@@ -6,9 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 
-def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
-) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
     """Return a DataLoader whose shuffle order depends only on ``seed``.
 
     Args:

@@ -113,8 +113,6 @@ def get_dataset(
     allowed = [p for p in params if p not in ("split", "data_dir", "image_size", "channels")]
     unknown = sorted(set(opts) - set(allowed))
     if unknown:
-        raise HwpruneError(
-            f"dataset {name!r} has no option {unknown[0]!r} (options: {', '.join(allowed) or 'none'})"
-        )
+        raise HwpruneError(f"dataset {name!r} has no option {unknown[0]!r} (options: {', '.join(allowed) or 'none'})")
     data_dir = Path(data_dir).expanduser() if data_dir is not None else None
     return entry.builder(split=split, data_dir=data_dir, image_size=image_size, channels=channels, **opts)

@@ -112,9 +112,7 @@ def _register_torchvision_set(name: str) -> None:
     num_classes = 100 if name == "cifar100" else 10
 
     @register_dataset(name, num_classes=num_classes, channels=native[0], native_size=native[1])
-    def build(
-        split: str, data_dir: Path | None, image_size: int | None, channels: int | None, augment: bool = False
-    ):
+    def build(split: str, data_dir: Path | None, image_size: int | None, channels: int | None, augment: bool = False):
         hint = how.replace("DIR", str(data_dir or "DIR"))
         if data_dir is None or not (data_dir / looked).exists():
             raise _missing(name, data_dir, looked, hint)
@@ -132,9 +130,7 @@ for _name in _SETS:
 
 
 @register_dataset("imagefolder", num_classes=None, channels=3, native_size=224)
-def imagefolder(
-    split: str, data_dir: Path | None, image_size: int | None, channels: int | None, augment: bool = False
-):
+def imagefolder(split: str, data_dir: Path | None, image_size: int | None, channels: int | None, augment: bool = False):
     """Build a torchvision ImageFolder from ``data_dir/split`` (``data_dir/val`` also serves as test)."""
     root = None if data_dir is None else data_dir / split
     if root is not None and split == "test" and not root.is_dir() and (data_dir / "val").is_dir():

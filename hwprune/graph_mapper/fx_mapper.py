@@ -149,7 +149,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
 def build_channel_graph(model: nn.Module, example_input: torch.Tensor, name: str | None = None) -> ChannelGraph:
     """Map ``model`` (traced with ``example_input``) to its channel groups."""
     start = time.perf_counter()
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # restored per module: a user's eval-mode BN stays so
     model.eval()
     try:
         gm = trace(model)
@@ -159,7 +159,8 @@ def build_channel_graph(model: nn.Module, example_input: torch.Tensor, name: str
             ctx.labels[node.name] = _visit(ctx, node)
         graph = _assemble(ctx, name or type(model).__name__, tuple(example_input.shape))
     finally:
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     graph.build_s = time.perf_counter() - start
     return graph
 

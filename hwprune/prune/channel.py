@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -10,13 +12,21 @@ from hwprune.graph_mapper.types import PRODUCER, ChannelGraph, ChannelGroup
 from hwprune.prune.masks import ChannelMask
 
 
-def keep_count(group: ChannelGroup, ratio: float) -> int:
-    """Channels to keep when removing ``ratio`` of the group.
+def unit_of(group: ChannelGroup, round_to: int = 1) -> int:
+    """The step in which a group's kept count may change.
 
-    A multiple of round_to and of the number of conv-group blocks, at least one per block.
+    A multiple of the number of conv-group blocks (equal count per block) and of ``round_to``
+    (hardware alignment: on ONNX Runtime CPU a conv with 24 channels can be slower than one with 32);
+    alignment is dropped for groups smaller than the step.
     """
-    unit = group.round_to * (len(group.blocks) if group.blocks else 1)
-    unit = unit if unit <= group.size else (len(group.blocks) if group.blocks else 1)
+    blocks = len(group.blocks) if group.blocks else 1
+    unit = math.lcm(blocks, max(1, round_to, group.round_to))
+    return unit if unit < group.size else blocks
+
+
+def keep_count(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
+    """Channels to keep when removing ``ratio`` of the group: a whole number of units, at least one."""
+    unit = unit_of(group, round_to)
     kept = int(round(group.size * (1.0 - ratio) / unit)) * unit
     return int(min(group.size, max(unit, kept)))
 
@@ -35,14 +45,18 @@ def top_k_mask(group: ChannelGroup, scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def mask_from_scores(
-    graph: ChannelGraph, scores: dict[int, np.ndarray], ratio: float, include_inexact: bool = False
+    graph: ChannelGraph,
+    scores: dict[int, np.ndarray],
+    ratio: float,
+    include_inexact: bool = False,
+    round_to: int = 1,
 ) -> ChannelMask:
     """Remove ``ratio`` of every prunable group, lowest scores first (layer-uniform pruning)."""
     mask = ChannelMask.full(graph)
     for group in graph.prunable_groups:
         if group.size < 2 or (not group.exact and not include_inexact) or group.id not in scores:
             continue
-        mask.keep[group.id] = top_k_mask(group, scores[group.id], keep_count(group, ratio))
+        mask.keep[group.id] = top_k_mask(group, scores[group.id], keep_count(group, ratio, round_to))
     return mask
 
 

@@ -140,8 +140,7 @@ class RunRecord:
         unknown = [k for k in data if k not in _FIELD_TYPES]
         if unknown:
             raise HwpruneError(
-                f"unknown RunRecord field(s): {', '.join(map(str, unknown))}; "
-                f"known fields are {', '.join(COLUMNS)}"
+                f"unknown RunRecord field(s): {', '.join(map(str, unknown))}; known fields are {', '.join(COLUMNS)}"
             )
         missing = [k for k in ("model", "dataset", "method") if _is_missing(data.get(k))]
         if missing:

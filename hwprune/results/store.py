@@ -145,9 +145,7 @@ class ResultsStore:
             for m in reversed(created):
                 _rmdir_quiet(m)
             raise self._unwritable(e) from None
-        if not os.access(parent, os.W_OK | os.X_OK) or (
-            os.path.exists(path) and not os.access(path, os.W_OK)
-        ):
+        if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
             raise self._unwritable(OSError(errno.EACCES, "permission denied"))
         return created
 
@@ -165,9 +163,7 @@ class ResultsStore:
 
     def _unwritable(self, err: OSError) -> HwpruneError:
         reason = err.strerror or str(err)
-        return HwpruneError(
-            f"cannot write results file {self.path}: {reason}; choose a writable path (e.g. --results)"
-        )
+        return HwpruneError(f"cannot write results file {self.path}: {reason}; choose a writable path (e.g. --results)")
 
     def _check_header_fd(self, fd: int) -> None:
         head = b""

@@ -1,0 +1,146 @@
+"""Budget solver: keep the most important channels whose cost fits a budget.
+
+Greedy on importance per unit of cost: at each step every group offers its next chunk of
+least-important channels (whole conv-group blocks at a time, never below the minimum kept), and
+the chunk that loses the least importance per unit of cost saved is removed. Chunks shrink to
+single units near the budget, so FLOPs and params budgets are met to within one unit. Cost is
+exact MACs or params (product formula over the graph) or a LatencyModel's prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hwprune.errors import HwpruneError
+from hwprune.graph_mapper.cost import CostModel
+from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup
+from hwprune.prune.channel import unit_of
+from hwprune.prune.masks import ChannelMask
+
+
+@dataclass
+class Solution:
+    mask: ChannelMask
+    cost: float
+    baseline_cost: float
+    budget: float
+    reachable: bool
+    importance_kept: float
+    steps: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.cost / self.baseline_cost
+
+
+def _min_keep(group: ChannelGroup, unit: int, min_fraction: float) -> int:
+    return max(unit, int(np.ceil(group.size * min_fraction / unit)) * unit)
+
+
+class CostFn:
+    """Cost of kept shares per group, and the change when one group's share moves."""
+
+    def __init__(self, total: Callable[[dict], float], change: Callable[[dict, int, float], float]) -> None:
+        self.total = total
+        self.change = change
+
+    @classmethod
+    def macs(cls, graph: ChannelGraph) -> CostFn:
+        cm = CostModel(graph)
+        return cls(lambda s: cm.cost(s)[0], lambda s, g, v: cm.change(s, g, v)[0])
+
+    @classmethod
+    def params(cls, graph: ChannelGraph) -> CostFn:
+        cm = CostModel(graph)
+        return cls(lambda s: cm.cost(s)[1], lambda s, g, v: cm.change(s, g, v)[1])
+
+    @classmethod
+    def latency(cls, model) -> CostFn:
+        return cls(model.predict, model.predict_change)
+
+
+def solve(
+    graph: ChannelGraph,
+    groups: list[ChannelGroup],
+    scores: dict[int, np.ndarray],
+    cost: CostFn,
+    budget_ratio: float,
+    min_fraction: float = 0.05,
+    chunk_fraction: float = 0.05,
+    round_to: int = 1,
+    rank_by: CostFn | None = None,
+) -> Solution:
+    """Remove channels until ``cost <= budget_ratio * cost(dense)``, least importance per cost first.
+
+    ``rank_by`` ranks chunks by importance lost per unit of another cost (e.g. cap FLOPs, rank by
+    predicted latency); by default the budgeted cost ranks them.
+    """
+    rank_by = rank_by or cost
+    if not 0.0 < budget_ratio <= 1.0:
+        raise HwpruneError(f"a budget is a ratio of the dense model's cost in (0, 1] (got {budget_ratio})")
+    shares: dict[int, float] = {}
+    kept = {g.id: g.size for g in groups}
+    order = {}  # per group, channels from least to most important (by block round-robin when blocked)
+    norm = {}
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=float)
+        norm[g.id] = s / (np.abs(s).mean() or 1.0)  # comparable across groups: mean channel = 1
+        order[g.id] = _removal_order(g, norm[g.id])
+    base = cost.total({})
+    budget = budget_ratio * base
+    current = base
+    steps = 0
+    by_id = {g.id: g for g in groups}
+    units = {g.id: unit_of(g, round_to) for g in groups}
+    while current > budget:
+        best = None
+        for gid, g in by_id.items():
+            unit = units[gid]
+            room = kept[gid] - _min_keep(g, unit, min_fraction)
+            if room < unit:
+                continue
+            step = min(room, max(unit, int(g.size * chunk_fraction / unit) * unit))
+            new_share = (kept[gid] - step) / g.size
+            saved = -cost.change(shares, gid, new_share)
+            ranked = saved if rank_by is cost else -rank_by.change(shares, gid, new_share)
+            if saved <= 0 or ranked <= 0:
+                continue
+            lost = norm[gid][order[gid][g.size - kept[gid] : g.size - kept[gid] + step]].sum()
+            ratio = lost / ranked
+            if best is None or ratio < best[0]:
+                best = (ratio, gid, step, saved)
+        if best is None:
+            break
+        _, gid, step, saved = best
+        if current - saved < budget and step > units[gid]:
+            # close to the budget: remove single units so the budget is met tightly
+            step = units[gid]
+            saved = -cost.change(shares, gid, (kept[gid] - step) / by_id[gid].size)
+        kept[gid] -= step
+        shares[gid] = kept[gid] / by_id[gid].size
+        current -= saved
+        steps += 1
+    mask = ChannelMask.full(graph)
+    importance = 0.0
+    for gid, g in by_id.items():
+        if kept[gid] < g.size:
+            removed = set(order[gid][: g.size - kept[gid]].tolist())
+            keep = np.array([i not in removed for i in range(g.size)])
+            mask.keep[gid] = keep
+        importance += float(norm[gid][mask.keep.get(gid, np.ones(g.size, bool))].sum())
+    current = cost.total(shares)  # exact, free of accumulated rounding
+    reachable = current <= budget * (1 + 1e-9)
+    notes = [] if reachable else [f"budget {budget_ratio:.3f} unreachable: best reachable ratio {current / base:.3f}"]
+    return Solution(mask, current, base, budget, reachable, importance, steps, notes)
+
+
+def _removal_order(group: ChannelGroup, scores: np.ndarray) -> np.ndarray:  # noqa: D103
+    """Channel indices in the order they are removed; with blocks, one per block in turn."""
+    if not group.blocks:
+        return np.argsort(scores, kind="stable")
+    per_block = [np.asarray(b)[np.argsort(scores[list(b)], kind="stable")] for b in group.blocks]
+    return np.stack(per_block, axis=1).reshape(-1)
