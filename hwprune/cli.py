@@ -113,6 +113,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
     p.add_argument("--tolerance", type=float, default=0.03, help="accepted relative error of the result (0.03)")
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=None,
+        help="keep channel counts multiples of this (default per backend: 16 on CPU, 8 on GPU)",
+    )
     p.add_argument("--out", type=Path, default=Path("out/prune"), help="output folder (default out/prune)")
     p.add_argument("--results", type=Path, default=Path("runs/results.csv"), help="results store to append to")
 
@@ -128,6 +134,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (default 20)")
     p.add_argument("--out", type=Path, default=Path("out/lut.json"), help="LUT file (default out/lut.json)")
     p.add_argument("--journal", type=Path, default=None, help="journal (default: next to --out)")
+    p.add_argument("--round-to", type=int, default=16, help="profiled channel counts are multiples of this (16)")
 
     p = add("flops", "FLOPs and params per layer (fvcore; 1 multiply-add = 1 FLOP).")
     _model_options(p)
@@ -314,6 +321,7 @@ def cmd_prune(args) -> None:
         repeats=args.repeats,
         tolerance=args.tolerance,
         results=args.results,
+        round_to=args.round_to,
     )
     print(result.table())
 
@@ -341,6 +349,7 @@ def cmd_profile_edges(args) -> None:
         threads=args.threads,
         repeats=args.repeats,
         journal=journal,
+        round_to=args.round_to,
     )
     lut.save(args.out)
     print(

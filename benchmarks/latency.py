@@ -1,0 +1,224 @@
+"""Latency goals of the latency issue, measured on this machine.
+
+Writes to benchmarks/results/ (CSV + markdown each):
+- budget.csv           model,backend,target,measured_ratio,predicted_ratio,error_pct
+- latency_model.csv    model,backend,n_masks,within_5pct,within_10pct,median_abs_err_pct
+- latency_vs_flops.csv model,backend,flops_ratio,flops_aware_ms,latency_aware_ms,speedup,
+                       importance_kept_flops_aware,importance_kept_latency_aware
+- profile_cost.csv     model,backend,edges,wall_s,spearman
+
+    python benchmarks/latency.py [--models resnet18,resnet50,mobilenet_v2] [--threads 2] [--size 224]
+
+Everything runs on ONNX Runtime CPU (torch-cpu for the latency model too, with --torch-cpu) with
+channel counts rounded to 16 (see alignment in the README). Measurements are interleaved with the dense
+baseline; ratios are pruned / dense medians.
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from hwprune.export.compact import compact_model
+from hwprune.export.onnx_export import export_onnx
+from hwprune.graph_mapper import build_channel_graph
+from hwprune.jobs import BUDGET_POINTS, _next_budget
+from hwprune.latency.backends import measure
+from hwprune.latency.model import LatencyModel
+from hwprune.latency.profiler import profile_edges, profiled_groups, spearman
+from hwprune.latency.validate import validate
+from hwprune.models import get_model
+from hwprune.prune.budget import CostFn, solve
+from hwprune.prune.channel import norm_scores
+
+RESULTS = Path(__file__).parent / "results"
+ROUND_TO = 16
+
+
+def write(rows, name, note):
+    frame = pd.DataFrame(rows)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(RESULTS / f"{name}.csv", index=False)
+    (RESULTS / f"{name}.md").write_text(f"{note}\n\n{frame.to_markdown(index=False)}\n")
+    print(frame.to_markdown(index=False), flush=True)
+
+
+def ratio(backend, dense, model, x, threads):
+    base, cand = measure(backend, [dense, model], x, threads=threads, repeats=30, exporter="torchscript")
+    return cand.median_ms / base.median_ms, base.median_ms, cand.median_ms
+
+
+def closed_loop(graph, groups, scores, cost, target, backend, dense, x, threads, tolerance=0.03, max_iter=6):
+    iterations, best, budget = [], None, target
+    for _ in range(max_iter):
+        sol = solve(graph, groups, scores, cost, budget, round_to=ROUND_TO)
+        measured, _, _ = ratio(backend, dense, compact_model(graph, sol.mask), x, threads)
+        iterations.append({"budget": budget, "predicted": sol.ratio, "measured": measured})
+        if best is None or abs(measured - target) < abs(best["measured"] - target):
+            best = iterations[-1]
+        if abs(measured / target - 1) <= tolerance or not sol.reachable:
+            break
+        budget = _next_budget(iterations, target)
+    return best, len(iterations)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="resnet18,resnet50,mobilenet_v2")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--masks", type=int, default=30)
+    parser.add_argument("--torch-cpu", action="store_true", help="also validate a torch-cpu latency model")
+    args = parser.parse_args()
+    backend = "ort-cpu"
+    budget_rows, model_rows, vs_rows, cost_rows = [], [], [], []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = get_model(f"torchvision:{name}").eval()
+        x = torch.randn(1, 3, args.size, args.size)
+        graph = build_channel_graph(model, x, name)
+        groups = profiled_groups(graph)
+        scores = norm_scores(graph, model)
+        with tempfile.TemporaryDirectory() as tmp:
+            dense = Path(tmp) / "dense.onnx"
+            export_onnx(model, x, dense, "torchscript")
+            if name == "resnet50":  # profile cost: the GATOR profile (one point) twice
+                runs = []
+                for _ in range(2):
+                    start = time.perf_counter()
+                    lut_half = profile_edges(
+                        model,
+                        graph,
+                        x,
+                        backend,
+                        points=(0.5,),
+                        threads=args.threads,
+                        repeats=20,
+                        round_to=ROUND_TO,
+                        progress=False,
+                    )
+                    runs.append((time.perf_counter() - start, lut_half))
+                mult = [[p.multiplier for p in sorted(r[1].points, key=lambda p: p.group)] for r in runs]
+                cost_rows.append(
+                    dict(
+                        model=name,
+                        backend=backend,
+                        edges=len(runs[0][1].points),
+                        wall_s=round(runs[0][0], 1),
+                        spearman=round(spearman(*mult), 3),
+                    )
+                )
+            start = time.perf_counter()
+            lut = profile_edges(
+                model,
+                graph,
+                x,
+                backend,
+                points=BUDGET_POINTS,
+                threads=args.threads,
+                repeats=20,
+                round_to=ROUND_TO,
+                progress=False,
+            )
+            print(f"{name}: profile {len(lut.points)} points in {time.perf_counter() - start:.0f}s", flush=True)
+            val = validate(
+                model, graph, x, lut, backend, n_masks=args.masks, threads=args.threads, repeats=20, progress=False
+            )
+            model_rows.append(dict(model=name, backend=backend, **val.summary()))
+            latency = CostFn.latency(LatencyModel(lut, graph))
+            for target in (0.3, 0.5, 0.7):
+                best, n = closed_loop(graph, groups, scores, latency, target, backend, dense, x, args.threads)
+                budget_rows.append(
+                    dict(
+                        model=name,
+                        backend=backend,
+                        target=target,
+                        measured_ratio=round(best["measured"], 4),
+                        predicted_ratio=round(best["predicted"], 4),
+                        error_pct=round((best["measured"] / target - 1) * 100, 2),
+                        iterations=n,
+                    )
+                )
+            macs = CostFn.macs(graph)
+            for cap in (0.5, 0.3):
+                flops_aware = solve(graph, groups, scores, macs, cap, round_to=ROUND_TO)
+                lat_aware = solve(graph, groups, scores, macs, cap, round_to=ROUND_TO, rank_by=latency)
+                a, b = measure(
+                    backend,
+                    [compact_model(graph, flops_aware.mask), compact_model(graph, lat_aware.mask)],
+                    x,
+                    threads=args.threads,
+                    repeats=30,
+                    exporter="torchscript",
+                )
+                vs_rows.append(
+                    dict(
+                        model=name,
+                        backend=backend,
+                        flops_ratio=cap,
+                        flops_aware_ms=round(a.median_ms, 3),
+                        latency_aware_ms=round(b.median_ms, 3),
+                        speedup=round(a.median_ms / b.median_ms, 3),
+                        importance_kept_flops_aware=round(flops_aware.importance_kept, 1),
+                        importance_kept_latency_aware=round(lat_aware.importance_kept, 1),
+                    )
+                )
+        if args.torch_cpu and name == "resnet18":
+            lut_t = profile_edges(
+                model,
+                graph,
+                x,
+                "torch-cpu",
+                points=BUDGET_POINTS,
+                threads=args.threads,
+                repeats=20,
+                round_to=ROUND_TO,
+                progress=False,
+            )
+            val = validate(
+                model,
+                graph,
+                x,
+                lut_t,
+                "torch-cpu",
+                n_masks=args.masks,
+                threads=args.threads,
+                repeats=20,
+                progress=False,
+            )
+            model_rows.append(dict(model=name, backend="torch-cpu", **val.summary()))
+    env = f"{args.threads} threads, batch 1, {args.size}x{args.size}, channel counts multiples of {ROUND_TO}"
+    write(
+        budget_rows,
+        "budget",
+        f"# Latency budgets, closed loop ({env})\n\nGoal: every measured ratio within "
+        "+-3 % of the target. error_pct = (measured / target - 1) x 100; iterations of solve-measure-correct.",
+    )
+    write(
+        model_rows,
+        "latency_model",
+        f"# Latency model vs measurement, random aligned masks ({env})\n\n"
+        "Goal: >= 95 % of masks within +-5 %. Each group keeps a uniform random share in [0.1, 1].",
+    )
+    write(
+        vs_rows,
+        "latency_vs_flops",
+        f"# Latency-aware vs FLOPs-aware channel choice at equal FLOPs ({env})\n\n"
+        "Both greedy, same L1 importance and the same FLOPs cap (conv/linear MACs); one ranks channels by "
+        "importance lost per FLOP saved, the other per predicted millisecond saved. Goal: speedup >= 1.15.",
+    )
+    if cost_rows:
+        write(
+            cost_rows,
+            "profile_cost",
+            f"# Edge-profile cost ({env})\n\nOne point per group (half its "
+            "channels), 20 interleaved repeats. Goal: resnet50 <= 600 s; Spearman of the multipliers of two "
+            "runs >= 0.9.",
+        )
+
+
+if __name__ == "__main__":
+    main()
