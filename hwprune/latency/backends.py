@@ -119,6 +119,7 @@ def measure(
                 r.device,
                 r.provider,
                 r.versions,
+                tuple(float(v) * 1e3 for v in s),
             )
         )
     return out

@@ -48,6 +48,7 @@ class EdgePoint:
 class LUT:
     meta: dict
     points: list[EdgePoint] = field(default_factory=list)
+    calibration: list[dict] = field(default_factory=list)  # random whole-network masks: shares, timings
 
     KEYS = ("model", "fingerprint", "input_shape", "backend", "threads")
 
@@ -81,7 +82,12 @@ class LUT:
     def save(self, path: str | Path) -> None:
         """JSON (complete) plus a CSV twin of the points next to it."""
         path = Path(path)
-        data = {"format": LUT_FORMAT, "meta": self.meta, "points": [asdict(p) for p in self.points]}
+        data = {
+            "format": LUT_FORMAT,
+            "meta": self.meta,
+            "points": [asdict(p) for p in self.points],
+            "calibration": self.calibration,
+        }
         write_atomically(path, json.dumps(data, indent=1).encode())
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -102,4 +108,4 @@ class LUT:
         if data.get("format") != LUT_FORMAT:
             raise HwpruneError(f"{path} is not a {LUT_FORMAT} file")
         meta = dict(data["meta"], path=str(path))
-        return cls(meta, [EdgePoint(**p) for p in data["points"]])
+        return cls(meta, [EdgePoint(**p) for p in data["points"]], data.get("calibration", []))

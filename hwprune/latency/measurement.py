@@ -25,9 +25,18 @@ class Measurement:
     device: str
     provider: str
     versions: dict = field(default_factory=dict)
+    samples_ms: tuple[float, ...] = field(default=(), repr=False)  # in timing order (rounds interleaved)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def paired_delta_ms(baseline: Measurement, candidate: Measurement) -> float:
+    """Median of round-by-round differences baseline - candidate: drift common to a round cancels."""
+    n = min(len(baseline.samples_ms), len(candidate.samples_ms))
+    if n == 0:
+        return baseline.median_ms - candidate.median_ms
+    return float(np.median(np.subtract(baseline.samples_ms[:n], candidate.samples_ms[:n])))
 
 
 def robust_stats(samples_s: list[float]) -> tuple[float, float, int]:

@@ -7,7 +7,9 @@ groups share a weight (a conv's output and input channels) the MACs fall as the 
 kept shares, so each group is credited with its Shapley share of that weight's saving: for kept
 shares a (this axis) and b (the other), (1 - a)(1 + b) / 2. A group's *effective* removed
 fraction is its credited saving over what removing it entirely would save alone, and the curve
-is read at that fraction. Single-group masks reproduce the LUT exactly.
+is read at that fraction. Single-group masks reproduce the LUT exactly. Summed savings over many
+groups overshoot (shared fixed costs, cache effects), so a least-squares scale fitted on the LUT's
+calibration masks (whole-network random masks measured with the profile) corrects their sum.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ class LatencyModel:
         self.baseline_ms = lut.baseline_ms
         self.curves: dict[int, _Curve] = {}
         for gid, pts in lut.by_group().items():
-            removed = [0.0] + [1.0 - p.kept / p.size for p in reversed(pts)]
-            saved = [0.0] + [p.delta_ms for p in reversed(pts)]
+            pts = sorted(pts, key=lambda p: p.size - p.kept)  # ascending removed fraction, for interpolation
+            removed = [0.0] + [1.0 - p.kept / p.size for p in pts]
+            saved = [0.0] + [p.delta_ms for p in pts]
             self.curves[gid] = _Curve(np.asarray(removed), np.asarray(saved))
         costs = CostModel(graph)
         # per group: (tensor MACs, weight of the group on its axis, index of that axis) for MAC-bearing tensors
@@ -58,38 +61,57 @@ class LatencyModel:
                 for g, w in zip(gids, weights, strict=True):
                     if g in self._terms:
                         self._terms[g].append((name, k, float(w)))
-        self._alone = {g: sum(self._macs[t] * w for t, _, w in terms) for g, terms in self._terms.items()}
+        self.scale = self._calibrate(lut.calibration)
         self.neighbours = {
             g: sorted({h for t, _, _ in terms for gids, _ in self._axes[t] for h in gids if h in self.curves})
             for g, terms in self._terms.items()
         }
 
+    def _calibrate(self, calibration: list[dict]) -> float:
+        """Least-squares factor on the summed savings from whole-network masks (1 without any)."""
+        model, measured = [], []
+        for c in calibration:
+            shares = {int(g): v for g, v in c["shares"].items()}
+            model.append(sum(self.saved_ms(g, shares) for g in self.curves if shares.get(g, 1.0) < 1.0))
+            measured.append((c["baseline_ms"] - c["latency_ms"]) / c["baseline_ms"] * self.baseline_ms)
+        model, measured = np.asarray(model), np.asarray(measured)
+        if not model.size or float(model @ model) <= 0:
+            return 1.0
+        return float(np.clip(model @ measured / (model @ model), 0.5, 1.5))
+
     def _axis_kept(self, tensor: str, k: int, shares: dict[int, float]) -> float:
         gids, weights = self._axes[tensor][k]
         return float(np.dot(weights, [shares.get(g, 1.0) for g in gids]))
 
-    def effective_removed(self, gid: int, shares: dict[int, float]) -> float:
-        alone = self._alone[gid]
-        if alone <= 0:
-            return 1.0 - shares.get(gid, 1.0)
+    def _credited(self, gid: int, shares: dict[int, float]) -> float:
+        """MACs saving credited to ``gid`` (its Shapley share of each weight it shrinks)."""
         credited = 0.0
         removed = 1.0 - shares.get(gid, 1.0)
         for tensor, k, w in self._terms[gid]:
             others = [self._axis_kept(tensor, j, shares) for j in range(len(self._axes[tensor])) if j != k]
             factor = float(np.prod([(1.0 + b) / 2.0 for b in others])) if others else 1.0
             credited += self._macs[tensor] * w * removed * factor
-        return credited / alone
+        return credited
+
+    def effective_removed(self, gid: int, shares: dict[int, float]) -> float:
+        """The removed fraction scaled by credited saving under ``shares`` over the saving alone."""
+        removed = 1.0 - shares.get(gid, 1.0)
+        alone = self._credited(gid, {gid: shares.get(gid, 1.0)})
+        if removed <= 0 or alone <= 0:
+            return removed
+        return removed * self._credited(gid, shares) / alone
 
     def saved_ms(self, gid: int, shares: dict[int, float]) -> float:
         return self.curves[gid](self.effective_removed(gid, shares))
 
     def predict(self, shares: dict[int, float]) -> float:
         """Predicted latency (ms) for kept shares per group (groups not listed keep everything)."""
-        return self.baseline_ms - sum(self.saved_ms(g, shares) for g in self.curves if shares.get(g, 1.0) < 1.0)
+        saved = sum(self.saved_ms(g, shares) for g in self.curves if shares.get(g, 1.0) < 1.0)
+        return self.baseline_ms - self.scale * saved
 
     def predict_change(self, shares: dict[int, float], gid: int, new_share: float) -> float:
         """Predicted latency change (ms, negative = faster) when group ``gid`` moves to ``new_share``."""
         after = dict(shares)
         after[gid] = new_share
         affected = self.neighbours.get(gid, [gid])
-        return sum(self.saved_ms(h, shares) - self.saved_ms(h, after) for h in affected)
+        return self.scale * sum(self.saved_ms(h, shares) - self.saved_ms(h, after) for h in affected)

@@ -24,6 +24,7 @@ from hwprune.graph_mapper.cost import CostModel
 from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup
 from hwprune.latency.backends import measure
 from hwprune.latency.lut import LUT, EdgePoint
+from hwprune.latency.measurement import paired_delta_ms
 from hwprune.prune.channel import norm_scores, top_k_mask, unit_of
 from hwprune.prune.masks import ChannelMask
 
@@ -37,6 +38,18 @@ def kept_for(group: ChannelGroup, point: float, round_to: int = 1) -> int:
     """Channels kept at ``point`` (a kept fraction), a whole number of units (see ``unit_of``)."""
     unit = unit_of(group, round_to)
     return int(min(group.size - unit, max(unit, round(group.size * point / unit) * unit)))
+
+
+def random_mask(graph: ChannelGraph, rng: np.random.Generator, min_keep: float = 0.1, round_to: int = 1) -> ChannelMask:
+    """Each profiled group keeps a uniform random share in [min_keep, 1] (whole units) of random channels."""
+    mask = ChannelMask.full(graph)
+    for g in profiled_groups(graph):
+        unit = unit_of(g, round_to)
+        lo = max(unit, int(np.ceil(g.size * min_keep / unit)) * unit)
+        kept = int(rng.integers(lo // unit, g.size // unit + 1)) * unit
+        if kept < g.size:
+            mask.keep[g.id] = top_k_mask(g, rng.random(g.size), kept)
+    return mask
 
 
 def _header(graph, example, backend, threads, points, repeats, round_to) -> dict:
@@ -66,7 +79,7 @@ def _read_journal(path: Path, header: dict) -> list[dict]:
                 f"journal {path} belongs to another run ({key} {old.get(key)} vs {header[key]}): "
                 "delete it or choose another --journal"
             )
-    return [rec for rec in lines[1:] if rec.get("kind") == "edge"]
+    return [rec for rec in lines[1:] if rec.get("kind") in ("edge", "calibration")]
 
 
 def _append(fh, record: dict) -> None:
@@ -87,13 +100,21 @@ def profile_edges(
     progress: bool = True,
     exporter: str = "torchscript",
     round_to: int = 1,
+    calibration_masks: int = 4,
+    seed: int = 0,
 ) -> LUT:
-    """Measure every profiled group at each kept fraction in ``points`` against the dense model."""
+    """Measure every profiled group at each kept fraction in ``points`` against the dense model.
+
+    Then ``calibration_masks`` random masks (every group shrunk at once) are measured too: the
+    latency model uses them to correct the bias of adding single-group savings.
+    """
     if not points or any(not 0.0 < p < 1.0 for p in points):
         raise HwpruneError(f"--points are kept fractions strictly between 0 and 1 (got {list(points)})")
     header = _header(graph, example, backend, threads, points, repeats, round_to)
     journal = Path(journal) if journal else None
-    done = _read_journal(journal, header) if journal else []
+    records = _read_journal(journal, header) if journal else []
+    done = [r for r in records if r["kind"] == "edge"]
+    calibration = [r for r in records if r["kind"] == "calibration"]
     done_keys = {(r["group"], r["point"]) for r in done}
     groups = profiled_groups(graph)
     scores = norm_scores(graph, model, p=1)
@@ -127,22 +148,49 @@ def profile_edges(
                     "kept": kept,
                     "point": point,
                     "baseline_ms": base.median_ms,
-                    "latency_ms": cand.median_ms,
+                    # paired rounds: drift shared by baseline and candidate cancels
+                    "latency_ms": base.median_ms - paired_delta_ms(base, cand),
                     "iqr_ms": cand.iqr_ms,
                     "macs_before": costs.total_macs,
                     "macs_after": macs_after,
+                    "device": base.device,
+                    "versions": base.versions,
                 }
                 done.append(record)
+                if fh:
+                    _append(fh, record)
+            rng = np.random.default_rng(seed)
+            masks = [random_mask(graph, rng, round_to=round_to) for _ in range(calibration_masks)]
+            for i, mask in enumerate(masks[len(calibration) :], start=len(calibration)):
+                base, cand = measure(
+                    backend,
+                    [baseline, compact_model(graph, mask)],
+                    example,
+                    threads=threads,
+                    repeats=repeats,
+                    exporter=exporter,
+                )
+                record = {
+                    "kind": "calibration",
+                    "index": i,
+                    "shares": {str(g): float(k.mean()) for g, k in mask.keep.items()},
+                    "baseline_ms": base.median_ms,
+                    "latency_ms": base.median_ms - paired_delta_ms(base, cand),
+                    "device": base.device,
+                    "versions": base.versions,
+                }
+                calibration.append(record)
                 if fh:
                     _append(fh, record)
     finally:
         if fh:
             fh.close()
     meta = {k: v for k, v in header.items() if k != "kind"}
-    meta["versions"] = base.versions if todo else {}
-    meta["device"] = base.device if todo else ""
-    pts = [EdgePoint(**{k: v for k, v in r.items() if k != "kind"}) for r in done]
-    return LUT(meta, pts)
+    last = (done + calibration)[-1] if done or calibration else {}
+    meta["versions"], meta["device"] = last.get("versions", {}), last.get("device", "")
+    fields = set(EdgePoint.__dataclass_fields__)
+    pts = [EdgePoint(**{k: v for k, v in r.items() if k in fields}) for r in done]
+    return LUT(meta, pts, [{k: r[k] for k in ("index", "shares", "baseline_ms", "latency_ms")} for r in calibration])
 
 
 def _baseline(model, example, backend, tmp: Path, exporter: str):

@@ -17,9 +17,7 @@ from hwprune.graph_mapper.types import ChannelGraph
 from hwprune.latency.backends import measure
 from hwprune.latency.lut import LUT
 from hwprune.latency.model import LatencyModel
-from hwprune.latency.profiler import profiled_groups
-from hwprune.prune.channel import top_k_mask, unit_of
-from hwprune.prune.masks import ChannelMask
+from hwprune.latency.profiler import random_mask
 
 
 @dataclass
@@ -43,18 +41,6 @@ class Validation:
         }
 
 
-def random_mask(graph: ChannelGraph, rng: np.random.Generator, min_keep: float = 0.1, round_to: int = 1) -> ChannelMask:
-    """Each profiled group keeps a uniform random share in [min_keep, 1] (whole units) of random channels."""
-    mask = ChannelMask.full(graph)
-    for g in profiled_groups(graph):
-        unit = unit_of(g, round_to)
-        lo = max(unit, int(np.ceil(g.size * min_keep / unit)) * unit)
-        kept = int(rng.integers(lo // unit, g.size // unit + 1)) * unit
-        if kept < g.size:
-            mask.keep[g.id] = top_k_mask(g, rng.random(g.size), kept)
-    return mask
-
-
 def validate(
     model: nn.Module,
     graph: ChannelGraph,
@@ -64,7 +50,7 @@ def validate(
     n_masks: int = 30,
     threads: int = 1,
     repeats: int = 20,
-    seed: int = 0,
+    seed: int = 1,  # the profile's calibration masks use seed 0: validate on other masks
     progress: bool = True,
 ) -> Validation:
     """Measure ``n_masks`` random masks (aligned to the LUT's round_to) and compare with predictions."""

@@ -124,6 +124,7 @@ def solve(
         shares[gid] = kept[gid] / by_id[gid].size
         current -= saved
         steps += 1
+    current = _fill(by_id, units, kept, shares, order, norm, cost, current, budget)
     mask = ChannelMask.full(graph)
     importance = 0.0
     for gid, g in by_id.items():
@@ -136,6 +137,28 @@ def solve(
     reachable = current <= budget * (1 + 1e-9)
     notes = [] if reachable else [f"budget {budget_ratio:.3f} unreachable: best reachable ratio {current / base:.3f}"]
     return Solution(mask, current, base, budget, reachable, importance, steps, notes)
+
+
+def _fill(by_id, units, kept, shares, order, norm, cost, current, budget) -> float:
+    """Give back single units, most important first, while the budget still holds (tightens greedy)."""
+    while True:
+        candidates = []
+        for gid, g in by_id.items():
+            if kept[gid] == g.size:
+                continue
+            unit = units[gid]
+            back = order[gid][g.size - kept[gid] - unit : g.size - kept[gid]]
+            candidates.append((-norm[gid][back].sum(), gid, unit))
+        for _, gid, unit in sorted(candidates):
+            new_share = (kept[gid] + unit) / by_id[gid].size
+            added = cost.change(shares, gid, new_share)
+            if current + added <= budget:
+                kept[gid] += unit
+                shares[gid] = new_share
+                current += added
+                break
+        else:
+            return current
 
 
 def _removal_order(group: ChannelGroup, scores: np.ndarray) -> np.ndarray:  # noqa: D103

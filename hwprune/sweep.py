@@ -1,0 +1,357 @@
+"""Prune-at-initialization sweeps (seed 004): pruner x compression x seed, one results row per run.
+
+For each run: build the model with the seed, take the reference pruning set (``samples_per_class`` = 10
+samples of each class, batches of 256, class-contiguous), prune at initialization to the density the
+compression names (:func:`~hwprune.prune.weight_masking.density_from`: ``ratio`` x keeps 1/x,
+``exponent`` x keeps 10^-x), detect layer collapse, train with the mask enforced, evaluate (top-1,
+top-5, testing time), count the masked model's parameters and effective FLOPs, and append one
+:class:`~hwprune.results.RunRecord` to the results store.
+
+FLOPs of a masked model (``flops`` column): the dense model is counted once with
+:func:`hwprune.flops.count_flops`; each layer whose weight is masked contributes its dense FLOPs times
+the layer's kept-weight density (an unstructured zero removes exactly its multiply-adds, assuming a
+sparse kernel that skips zeros); layers without a mask and parameter-free ops (pooling, additions) count
+in full. ``flops_before`` is the dense count. ``params`` is the number of parameters the masked model
+keeps (all parameters minus the masked-out weights), ``params_before`` the dense count.
+
+``density`` is kept/total over the pruned (prunable) tensors, ``density_whole_model`` over every
+parameter. ``target_value`` is the compression exactly as given; ``extra.compression_mode`` says how to
+read it. ``extra`` also holds per-layer density and effective FLOPs, the collapse flag and collapsed
+layers, the testing time and the pruning settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune.data import dataset_info, get_dataset, make_loader
+from hwprune.errors import HwpruneError
+from hwprune.flops import count_flops
+from hwprune.models import get_model, model_spec
+from hwprune.prune.masks import WeightMask
+from hwprune.prune.scorers import WEIGHT_SCORERS, pruning_set
+from hwprune.prune.weight_masking import COMPRESSION_MODES, density_from, detect_collapse, layer_densities, prune_weights
+from hwprune.results import ResultsStore, RunRecord, current_git_sha
+from hwprune.train import TrainConfig, evaluate, train
+
+log = logging.getLogger(__name__)
+
+SEED_004_PRUNERS = ("rand", "mag", "snip", "grasp", "synflow")
+SEED_004_COMPRESSIONS = (1, 2, 5, 10, 15, 20)
+SYNFLOW_ROUNDS = 100
+
+
+@dataclass
+class SweepSetup:
+    """Model and data settings shared by every run of a sweep (recorded in ``extra``)."""
+
+    model_name: str
+    dataset: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+def masked_flops(per_module_flops: dict[str, int], total_flops: int, mask: WeightMask) -> tuple[int, dict[str, int]]:
+    """Effective FLOPs of a weight-masked model: each masked layer's dense FLOPs x its kept density.
+
+    Args:
+        per_module_flops: Dense FLOPs of each parameter-owning leaf module (qualified name -> FLOPs).
+        total_flops: Dense FLOPs of the whole model (includes parameter-free ops, counted in full).
+        mask: The weight mask; a module's density is that of its ``<module>.weight`` tensor.
+
+    Returns:
+        ``(effective total, {module: effective FLOPs})`` rounded to integers.
+    """
+    per_layer: dict[str, int] = {}
+    removed = 0.0
+    for module, flops in per_module_flops.items():
+        keep = mask.keep.get(f"{module}.weight" if module else "weight")
+        density = float(keep.sum()) / keep.size if keep is not None and keep.size else 1.0
+        per_layer[module] = int(round(flops * density))
+        removed += flops * (1.0 - density)
+    return int(round(total_flops - removed)), per_layer
+
+
+def _setup(model_name: str, dataset: str, image_size: int | None, channels: int | None) -> SweepSetup:
+    info = dataset_info(dataset)
+    spec = model_spec(model_name)
+    if info.num_classes is None:
+        raise HwpruneError(f"dataset {dataset!r} does not fix its number of classes; the sweep needs it")
+    size = image_size or spec.default_input_size
+    chans = channels or info.channels
+    return SweepSetup(model_name, dataset, int(info.num_classes), int(chans), int(size))
+
+
+def _build(setup: SweepSetup, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return get_model(setup.model_name, num_classes=setup.num_classes, in_channels=setup.in_channels, input_size=setup.image_size)
+
+
+def _check(pruners: Sequence[str], compressions: Sequence[float], mode: str, seeds: Sequence[int]) -> None:
+    if mode not in COMPRESSION_MODES:
+        raise HwpruneError(f"unknown compression mode {mode!r}: use one of {', '.join(COMPRESSION_MODES)}")
+    if not pruners or not compressions or not seeds:
+        raise HwpruneError("a sweep needs at least one pruner, one compression and one seed")
+    for p in pruners:
+        if p not in WEIGHT_SCORERS:
+            raise HwpruneError(f"unknown pruner {p!r}: use one of {', '.join(WEIGHT_SCORERS.names())}")
+    for c in compressions:
+        density_from(c, mode)  # one-line error for a value outside the mode's range
+
+
+def run_sweep(
+    model_name: str,
+    dataset: str,
+    pruners: Sequence[str] = SEED_004_PRUNERS,
+    compressions: Sequence[float] = SEED_004_COMPRESSIONS,
+    compression_mode: str = "ratio",
+    seeds: Iterable[int] = (0,),
+    epochs: int = 10,
+    *,
+    train_config: TrainConfig | None = None,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    scope: str = "global",
+    synflow_rounds: int = SYNFLOW_ROUNDS,
+    rounds: int = 1,
+    schedule: str = "exponential",
+    samples_per_class: int = 10,
+    prune_batch_size: int = 256,
+    pre_epochs: int = 0,
+    dense_classifier: bool = False,
+    results_path: str | Path = "runs/results.csv",
+    out_dir: str | Path | None = None,
+    save_weights: bool = False,
+    progress: bool = True,
+) -> list[RunRecord]:
+    """Prune at initialization and train, for every (pruner, compression, seed); one results row each.
+
+    Args:
+        model_name: A model from :func:`hwprune.models.list_models` (e.g. ``vgg16``, ``lenet5``).
+        dataset: A dataset from :func:`hwprune.data.list_datasets` (e.g. ``cifar10``, ``digits``).
+        pruners: Weight scorers (``rand``, ``mag``, ``snip``, ``grasp``, ``synflow`` ...).
+        compressions: Compressions, read in ``compression_mode``.
+        compression_mode: ``ratio`` (x keeps 1/x) or ``exponent`` (x keeps 10^-x, Synaptic-Flow's flag).
+        seeds: Seeds; each seeds the model initialisation, the pruning (rand) and the training.
+        epochs: Training epochs after pruning (overrides ``train_config.epochs``).
+        train_config: Training settings (``TrainConfig()`` when None); its seed is replaced per run.
+        data_dir: Where on-disk datasets live (digits and synthetic ignore it).
+        image_size: Input side; the model's default input size when None.
+        channels: Input channels; the dataset's native channels when None.
+        scope: ``global`` (one threshold, the reference) or ``local`` (per layer) masking.
+        synflow_rounds: Pruning rounds for SynFlow (100 in the paper).
+        rounds: Pruning rounds for every other pruner (1 = single shot).
+        schedule: Density schedule across rounds: ``exponential`` (d^(k/n)) or ``linear``.
+        samples_per_class: Pruning-set samples of each class (10 in the reference).
+        prune_batch_size: Batch size of the pruning set (256 in the reference).
+        pre_epochs: Dense training before pruning (the seed's ``--pre-epochs``, e.g. 200 for Mag);
+            applies to every pruner of the sweep; 0 prunes at initialization.
+        dense_classifier: Leave the classifier dense.
+        results_path: The results CSV (appended to, created if missing).
+        out_dir: Where masks (and weights with ``save_weights``) are written; nothing when None.
+        save_weights: Also save each trained model's state dict (for weight histograms).
+        progress: Show a tqdm progress bar over the runs.
+
+    Returns:
+        The records appended, in run order.
+
+    Raises:
+        HwpruneError: For an unknown pruner, model or dataset, or a compression outside its mode.
+    """
+    pruners, compressions, seeds = list(pruners), list(compressions), list(seeds)
+    _check(pruners, compressions, compression_mode, seeds)
+    config = (train_config or TrainConfig()).replace(epochs=epochs)
+    setup = _setup(model_name, dataset, image_size, channels)
+    train_set = get_dataset(dataset, "train", data_dir=data_dir, image_size=setup.image_size, channels=setup.in_channels)
+    test_set = get_dataset(dataset, "test", data_dir=data_dir, image_size=setup.image_size, channels=setup.in_channels)
+    prune_batches = pruning_set(
+        make_loader(train_set, batch_size=512, shuffle=False), setup.num_classes, samples_per_class, prune_batch_size
+    )
+    test_loader = make_loader(test_set, batch_size=config.batch_size, shuffle=False)
+    store = ResultsStore(results_path)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    sha = current_git_sha()
+    example = prune_batches[0][0][:1]
+    dense_report = count_flops(_build(setup, 0), example)
+
+    grid = [(p, c, s) for s in seeds for c in compressions for p in pruners]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(grid), desc=f"{model_name}/{dataset}", unit="run")
+    records = []
+    try:
+        for pruner, compression, seed in grid:
+            if bar is not None:
+                bar.set_postfix_str(f"{pruner} c={compression:g} seed={seed}")
+            record = _one_run(
+                setup,
+                pruner,
+                compression,
+                compression_mode,
+                seed,
+                config=config,
+                train_set=train_set,
+                test_loader=test_loader,
+                prune_batches=prune_batches,
+                dense_flops=dense_report,
+                scope=scope,
+                rounds=synflow_rounds if pruner == "synflow" else rounds,
+                schedule=schedule,
+                samples_per_class=samples_per_class,
+                pre_epochs=pre_epochs,
+                dense_classifier=dense_classifier,
+                out=out,
+                save_weights=save_weights,
+                git_sha=sha,
+            )
+            store.append(record)
+            records.append(record)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def _one_run(
+    setup: SweepSetup,
+    pruner: str,
+    compression: float,
+    mode: str,
+    seed: int,
+    *,
+    config: TrainConfig,
+    train_set,
+    test_loader,
+    prune_batches,
+    dense_flops,
+    scope: str,
+    rounds: int,
+    schedule: str,
+    samples_per_class: int,
+    pre_epochs: int,
+    dense_classifier: bool,
+    out: Path | None,
+    save_weights: bool,
+    git_sha: str | None,
+) -> RunRecord:
+    density = density_from(compression, mode)
+    run_config = config.replace(seed=seed)
+    model = _build(setup, seed)
+    train_loader = make_loader(train_set, batch_size=run_config.batch_size, shuffle=True, seed=seed)
+    if pre_epochs > 0:
+        train(model, train_loader, None, run_config.replace(epochs=pre_epochs))
+        model.to("cpu")
+    options: dict = {"dense_classifier": dense_classifier}
+    if pruner == "rand":
+        options["seed"] = seed
+    start = time.perf_counter()
+    mask = prune_weights(
+        model,
+        pruner,
+        prune_batches,
+        density,
+        scope=scope,
+        rounds=rounds,
+        schedule=schedule,
+        model_name=setup.model_name,
+        **_accepted(pruner, options),
+    )
+    prune_seconds = time.perf_counter() - start
+    collapsed = detect_collapse(mask)
+    mask.apply(model)
+
+    result = train(model, train_loader, test_loader, run_config, weight_mask=mask)
+    evaluation = evaluate(model, test_loader, run_config.device)
+    model.to("cpu")
+
+    layers = layer_densities(mask)
+    kept = sum(r["kept"] for r in layers)
+    masked_total = sum(r["total"] for r in layers)
+    params_before = sum(p.numel() for p in model.parameters())
+    params = params_before - (masked_total - kept)
+    flops, per_layer_flops = masked_flops(dense_flops.per_module_flops, dense_flops.flops, mask)
+
+    artifacts = {}
+    if out is not None:
+        stem = f"{setup.model_name}_{setup.dataset}_{pruner}_{mode}{compression:g}_s{seed}"
+        mask.save(out / f"{stem}.mask.json")
+        artifacts["mask"] = str(out / f"{stem}.mask.json")
+        if save_weights:
+            torch.save(model.state_dict(), out / f"{stem}.pt")
+            artifacts["weights"] = str(out / f"{stem}.pt")
+    extra = {
+        "compression_mode": mode,
+        "target_density": density,
+        "layer_density": {r["name"]: r["density"] for r in layers},
+        "layer_kept": {r["name"]: [r["kept"], r["total"]] for r in layers},
+        "layer_flops": per_layer_flops,
+        "layer_flops_dense": dict(dense_flops.per_module_flops),
+        "collapsed": bool(collapsed),
+        "collapsed_layers": collapsed,
+        "testing_seconds": evaluation.seconds,
+        "test_loss": evaluation.loss,
+        "best_top1": result.best_top1,
+        "train_seconds": result.train_seconds,
+        "prune_seconds": prune_seconds,
+        "rounds": rounds,
+        "schedule": schedule,
+        "scope": scope,
+        "samples_per_class": samples_per_class,
+        "pre_epochs": pre_epochs,
+        "epochs": run_config.epochs,
+        "dense_classifier": dense_classifier,
+        "image_size": setup.image_size,
+        "in_channels": setup.in_channels,
+        "num_classes": setup.num_classes,
+        "mask_violations": result.mask_violations,
+    }
+    return RunRecord(
+        git_sha=git_sha,
+        model=setup.model_name,
+        dataset=setup.dataset,
+        method=pruner,
+        mask_kind="weight",
+        target_kind="density",
+        target_value=float(compression),
+        density=kept / masked_total if masked_total else 1.0,
+        density_whole_model=params / params_before if params_before else 1.0,
+        params=params,
+        params_before=params_before,
+        flops=flops,
+        flops_before=dense_flops.flops,
+        flops_counter=dense_flops.counter,
+        accuracy_top1=_fraction(evaluation.top1),
+        accuracy_top5=_fraction(evaluation.top5),
+        seed=seed,
+        notes=f"prune at init, {mode} compression {compression:g} (density {density:.6g})",
+        artifacts=artifacts or None,
+        extra=extra,
+    )
+
+
+def _fraction(value: float) -> float | None:
+    return None if value != value else float(value)  # NaN (empty test set) -> not measured
+
+
+def _accepted(pruner: str, options: dict) -> dict:
+    """Keep the options the scorer ``pruner`` accepts (e.g. ``seed`` only for rand)."""
+    import inspect
+
+    scorer = WEIGHT_SCORERS.get(pruner)
+    accepted = set(inspect.signature(scorer).parameters)
+    return {k: v for k, v in options.items() if k in accepted}
