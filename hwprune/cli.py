@@ -32,13 +32,14 @@ def _model_options(p: argparse.ArgumentParser, default_model: str | None = None)
 
 
 def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
-    from hwprune.jobs import CHANNEL_SCORERS
+    from hwprune.prune.importance import CHANNEL_IMPORTANCES
 
     p.add_argument(
         "--method",
         default="l1",
-        choices=CHANNEL_SCORERS.names(),
-        help="channel importance: l1/l2 norm of each channel's producer weights, or random",
+        choices=CHANNEL_IMPORTANCES.names(),
+        help="channel importance (default l1: L1 norm of each channel's weights, summed over its group); "
+        "gradient-based ones (taylor, fisher, grasp, ...) need --data",
     )
     p.add_argument(
         "--ratio",
@@ -49,6 +50,7 @@ def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from hwprune.prune.importance import CHANNEL_IMPORTANCES
     parser = argparse.ArgumentParser(
         prog="hwprune",
         description="Hardware-aware pruning: map channel groups, prune, compact, export verified ONNX, measure.",
@@ -109,7 +111,14 @@ def _build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--params", type=float, default=None, help="target parameter ratio")
     p.add_argument("--backend", default="ort-cpu", help="latency backend (default ort-cpu)")
     p.add_argument("--lut", type=Path, default=None, help="edge-profile LUT from `hwprune profile-edges`")
-    p.add_argument("--importance", default="l1", help="channel importance (default l1)")
+    p.add_argument(
+        "--importance",
+        default="l1",
+        choices=CHANNEL_IMPORTANCES.names(),
+        help="channel importance (default l1); gradient-based ones need --data",
+    )
+    p.add_argument("--data", default=None, help="dataset for gradient-based importances (digits works offline)")
+    p.add_argument("--data-dir", default=None, help="folder of file-based datasets")
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
     p.add_argument("--tolerance", type=float, default=0.03, help="accepted relative error of the result (0.03)")
@@ -136,6 +145,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", type=Path, default=None, help="journal (default: next to --out)")
     p.add_argument("--round-to", type=int, default=16, help="profiled channel counts are multiples of this (16)")
 
+    p = add(
+        "latency",
+        "Latency tools. `latency validate`: measure N random masks (aligned like the LUT) against the dense "
+        "model and report how well the LUT's latency model predicts them.",
+    )
+    p.add_argument("action", choices=["validate"])
+    _model_options(p, "resnet18")
+    p.add_argument("--lut", type=Path, default=None, help="(required) LUT from `hwprune profile-edges`")
+    p.add_argument("--backend", default="ort-cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--masks", type=int, default=30, help="random masks to measure (default 30)")
+    p.add_argument("--repeats", type=int, default=20)
+
     p = add("flops", "FLOPs and params per layer (fvcore; 1 multiply-add = 1 FLOP).")
     _model_options(p)
     p.add_argument("--top", type=int, default=20, help="layers to list (default 20)")
@@ -146,7 +168,13 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-REQUIRED = {"map": ["model"], "mask": ["model", "out"], "export": ["model", "out"], "flops": ["model"]}
+REQUIRED = {
+    "map": ["model"],
+    "mask": ["model", "out"],
+    "export": ["model", "out"],
+    "flops": ["model"],
+    "latency": ["lut"],
+}
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -322,6 +350,8 @@ def cmd_prune(args) -> None:
         tolerance=args.tolerance,
         results=args.results,
         round_to=args.round_to,
+        data=args.data,
+        data_dir=args.data_dir,
     )
     print(result.table())
 
@@ -356,6 +386,31 @@ def cmd_profile_edges(args) -> None:
         f"{args.out}: {len(lut.points)} measurements over {len({p.group for p in lut.points})} groups, "
         f"baseline {lut.baseline_ms:.2f} ms ({args.backend}, {args.threads} thread(s)); CSV twin "
         f"{args.out.with_suffix('.csv')}; journal {journal}"
+    )
+
+
+def cmd_latency(args) -> None:
+    from hwprune.latency.lut import LUT
+    from hwprune.latency.validate import validate
+
+    lut = LUT.load(args.lut)
+    job = _job(args)
+    graph = job.graph()
+    lut.check(
+        model=job.name,
+        fingerprint=graph.fingerprint(),
+        input_shape=list(job.example.shape),
+        backend=args.backend,
+        threads=args.threads,
+    )
+    result = validate(
+        job.model, graph, job.example, lut, args.backend, n_masks=args.masks, threads=args.threads, repeats=args.repeats
+    )
+    summary = result.summary()
+    print(
+        f"latency model on {args.masks} random masks ({args.backend}, {args.threads} thread(s)): "
+        f"{summary['within_5pct']:.0%} within +-5 %, {summary['within_10pct']:.0%} within +-10 %, "
+        f"median |error| {summary['median_abs_err_pct']:.1f} %"
     )
 
 
@@ -407,6 +462,7 @@ COMMANDS = {
     "results": cmd_results,
     "prune": cmd_prune,
     "profile-edges": cmd_profile_edges,
+    "latency": cmd_latency,
 }
 
 

@@ -16,15 +16,31 @@ from hwprune.export.pipeline import ExportReport, check_writable, export_pruned
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
 from hwprune.latency import measure
 from hwprune.models import get_model, model_spec
-from hwprune.prune.channel import mask_from_scores, norm_scores, random_scores
+from hwprune.prune.channel import mask_from_scores
+from hwprune.prune.importance import CHANNEL_IMPORTANCES
 from hwprune.prune.masks import ChannelMask
-from hwprune.registry import Registry
 from hwprune.results import ResultsStore, RunRecord, current_git_sha
 
-CHANNEL_SCORERS: Registry = Registry("channel scorer")
-CHANNEL_SCORERS.add("l1", lambda graph, model, seed: norm_scores(graph, model, p=1))
-CHANNEL_SCORERS.add("l2", lambda graph, model, seed: norm_scores(graph, model, p=2))
-CHANNEL_SCORERS.add("random", lambda graph, model, seed: random_scores(graph, seed))
+IMPORTANCE_SAMPLES_PER_CLASS = 10  # the pruning set of the reference code: 10 x classes samples
+
+
+def importance_scores(
+    job: ModelInput, graph: ChannelGraph, name: str, data: str | None = None, data_dir: str | None = None, seed: int = 0
+) -> dict:
+    """Channel importances by name; gradient-based ones read a pruning set from ``data``."""
+    scorer = CHANNEL_IMPORTANCES.get(name)
+    opts = {"seed": seed} if name == "random" else {}
+    if not scorer.needs_data:
+        return scorer(job.model, graph, None, **opts)
+    if data is None:
+        raise HwpruneError(f"importance {name!r} needs data: pass --data digits (offline) or a dataset in --data-dir")
+    from hwprune.data import dataset_info, get_dataset, make_loader
+
+    size, channels = int(job.example.shape[-1]), int(job.example.shape[1])
+    dataset = get_dataset(data, "train", data_dir=data_dir, image_size=size, channels=channels)
+    classes = dataset_info(data).num_classes or 10
+    loader = make_loader(dataset, batch_size=min(256, classes * IMPORTANCE_SAMPLES_PER_CLASS), shuffle=True, seed=seed)
+    return scorer(job.model, graph, [next(iter(loader))])
 
 
 @dataclass
@@ -63,7 +79,7 @@ class ModelInput:
 def make_mask(job: ModelInput, graph: ChannelGraph, method: str, ratio: float, seed: int = 0) -> ChannelMask:
     if not 0.0 <= ratio < 1.0:
         raise HwpruneError(f"--ratio is the share of channels to remove per group, in [0, 1) (got {ratio})")
-    scores = CHANNEL_SCORERS.get(method)(graph, job.model, seed)
+    scores = importance_scores(job, graph, method, seed=seed)
     mask = mask_from_scores(graph, scores, ratio)
     mask.meta.update({"method": method, "ratio": ratio, "input_shape": list(job.example.shape)})
     return mask
@@ -210,6 +226,8 @@ def prune_to_budget(
     results: Path | None = None,
     progress: bool = True,
     round_to: int | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
 ) -> BudgetOutcome:
     """Solve for a mask within a FLOPs/params/latency budget, close the loop on measurement, export."""
     from hwprune.latency.lut import LUT
@@ -222,7 +240,7 @@ def prune_to_budget(
     out_dir.mkdir(parents=True, exist_ok=True)
     round_to = DEFAULT_ROUND_TO.get(backend, 1) if round_to is None else round_to
     graph = job.graph()
-    scores = CHANNEL_SCORERS.get(importance)(graph, job.model, 0)
+    scores = importance_scores(job, graph, importance, data, data_dir)
     groups = profiled_groups(graph)
     if target_kind == "latency":
         if lut_path is not None and lut_path.exists():

@@ -37,7 +37,13 @@ from hwprune.flops import count_flops
 from hwprune.models import get_model, model_spec
 from hwprune.prune.masks import WeightMask
 from hwprune.prune.scorers import WEIGHT_SCORERS, pruning_set
-from hwprune.prune.weight_masking import COMPRESSION_MODES, density_from, detect_collapse, layer_densities, prune_weights
+from hwprune.prune.weight_masking import (
+    COMPRESSION_MODES,
+    density_from,
+    detect_collapse,
+    layer_densities,
+    prune_weights,
+)
 from hwprune.results import ResultsStore, RunRecord, current_git_sha
 from hwprune.train import TrainConfig, evaluate, train
 
@@ -92,7 +98,9 @@ def _setup(model_name: str, dataset: str, image_size: int | None, channels: int 
 
 def _build(setup: SweepSetup, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return get_model(setup.model_name, num_classes=setup.num_classes, in_channels=setup.in_channels, input_size=setup.image_size)
+    return get_model(
+        setup.model_name, num_classes=setup.num_classes, in_channels=setup.in_channels, input_size=setup.image_size
+    )
 
 
 def _check(pruners: Sequence[str], compressions: Sequence[float], mode: str, seeds: Sequence[int]) -> None:
@@ -171,7 +179,9 @@ def run_sweep(
     _check(pruners, compressions, compression_mode, seeds)
     config = (train_config or TrainConfig()).replace(epochs=epochs)
     setup = _setup(model_name, dataset, image_size, channels)
-    train_set = get_dataset(dataset, "train", data_dir=data_dir, image_size=setup.image_size, channels=setup.in_channels)
+    train_set = get_dataset(
+        dataset, "train", data_dir=data_dir, image_size=setup.image_size, channels=setup.in_channels
+    )
     test_set = get_dataset(dataset, "test", data_dir=data_dir, image_size=setup.image_size, channels=setup.in_channels)
     prune_batches = pruning_set(
         make_loader(train_set, batch_size=512, shuffle=False), setup.num_classes, samples_per_class, prune_batch_size
@@ -297,6 +307,8 @@ def _one_run(
     extra = {
         "compression_mode": mode,
         "target_density": density,
+        "layers": [r["name"] for r in layers],
+        "layer_modules": list(per_layer_flops),
         "layer_density": {r["name"]: r["density"] for r in layers},
         "layer_kept": {r["name"]: [r["kept"], r["total"]] for r in layers},
         "layer_flops": per_layer_flops,
