@@ -51,6 +51,7 @@ def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
+
     parser = argparse.ArgumentParser(
         prog="hwprune",
         description="Hardware-aware pruning: map channel groups, prune, compact, export verified ONNX, measure.",
@@ -119,6 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", default=None, help="dataset for gradient-based importances (digits works offline)")
     p.add_argument("--data-dir", default=None, help="folder of file-based datasets")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model on --data (0: no)")
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
     p.add_argument("--tolerance", type=float, default=0.03, help="accepted relative error of the result (0.03)")
@@ -336,6 +338,10 @@ def _budget(args) -> tuple[str, float]:
 def cmd_prune(args) -> None:
     from hwprune.jobs import prune_to_budget
 
+    if args.data and args.num_classes is None:  # the classifier must match the data it is scored/tuned on
+        from hwprune.data import dataset_info
+
+        args.num_classes = dataset_info(args.data).num_classes
     kind, target = _budget(args)
     result = prune_to_budget(
         _job(args),
@@ -352,6 +358,7 @@ def cmd_prune(args) -> None:
         round_to=args.round_to,
         data=args.data,
         data_dir=args.data_dir,
+        finetune_epochs=args.finetune_epochs,
     )
     print(result.table())
 

@@ -139,3 +139,84 @@ def test_mask_round_trip_preserves_keep_sets(resnet20_mask):
     assert again.fingerprint == mask.fingerprint and again.keep.keys() == mask.keep.keys()
     for gid in mask.keep:
         np.testing.assert_array_equal(again.keep[gid], mask.keep[gid])
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+def test_prune_to_latency_budget_writes_everything(tmp_path, capsys):
+    out = tmp_path / "p"
+    args = [
+        "prune",
+        "--model",
+        "resnet20",
+        "--input-size",
+        "32",
+        "--latency",
+        "0.6",
+        "--threads",
+        "1",
+        "--repeats",
+        "5",
+        "--out",
+        str(out),
+        "--results",
+        str(tmp_path / "r.csv"),
+    ]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "latency budget 0.600" in text and "compacted and verified" in text
+    for name in ("mask.json", "lut.json", "lut.csv", "lut.journal.jsonl", "resnet20_pruned.onnx"):
+        assert (out / name).stat().st_size > 0, name
+    [row] = ResultsStore(tmp_path / "r.csv").records()
+    extra = json.loads(row.extra)
+    assert row.target_kind == "latency" and row.target_value == 0.6
+    assert extra["iterations"] and extra["measured_ratio"] in [it["measured"] for it in extra["iterations"]]
+    assert row.latency_backend == "ort-cpu" and row.latency_ms_median > 0
+    mask = ChannelMask.load(out / "mask.json")
+    assert mask.meta["target_kind"] == "latency" and mask.pruned_groups()
+    # the LUT is reused when given, and refused for another input size
+    proc = run_cli(
+        "prune",
+        "--model",
+        "resnet20",
+        "--input-size",
+        "64",
+        "--latency",
+        "0.6",
+        "--lut",
+        out / "lut.json",
+        "--out",
+        tmp_path / "q",
+    )
+    assert_one_line_error(proc, "profile again")
+
+
+def test_prune_to_flops_budget_with_finetuning(tmp_path, capsys):
+    args = [
+        "prune",
+        "--model",
+        "lenet5",
+        "--flops",
+        "0.5",
+        "--data",
+        "digits",
+        "--importance",
+        "taylor",
+        "--finetune-epochs",
+        "1",
+        "--out",
+        str(tmp_path / "p"),
+        "--results",
+        str(tmp_path / "r.csv"),
+    ]
+    assert main(args) == 0
+    [row] = ResultsStore(tmp_path / "r.csv").records()
+    assert row.target_kind == "flops" and 0 <= row.accuracy_top1 <= row.accuracy_top5 <= 1
+    assert json.loads(row.extra)["measured_ratio"] <= 0.5
+    assert "fine-tuned 1 epoch(s) on digits" in capsys.readouterr().out
+
+
+def test_budget_needs_exactly_one_target():
+    assert_one_line_error(run_cli("prune", "--model", "resnet20"), "needs one budget")
+    proc = run_cli("prune", "--model", "resnet20", "--flops", "0.5", "--importance", "fisher")
+    assert_one_line_error(proc, "needs data")
