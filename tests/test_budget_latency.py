@@ -35,14 +35,6 @@ class Net(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
@@ -54,22 +46,25 @@ def setup():
 def test_profile_resumes_without_remeasuring(setup, tmp_path):
     model, x, graph = setup
     journal = tmp_path / "j.jsonl"
-    full = profile_edges(model, graph, x, "torch-cpu", points=(0.5,), repeats=3, journal=journal, progress=False,
-                         calibration_masks=2)
+    full = profile_edges(
+        model, graph, x, "torch-cpu", points=(0.5,), repeats=3, journal=journal, progress=False, calibration_masks=2
+    )
     lines = journal.read_text().splitlines()
     n_groups = len(profiled_groups(graph))
     assert len(full.points) == n_groups and len(full.calibration) == 2
     assert json.loads(lines[0])["kind"] == "header" and len(lines) == 1 + n_groups + 2
     # simulate a kill after the second edge: keep header + 2 records
     journal.write_text("\n".join(lines[:3]) + "\n")
-    resumed = profile_edges(model, graph, x, "torch-cpu", points=(0.5,), repeats=3, journal=journal,
-                            progress=False, calibration_masks=2)
+    resumed = profile_edges(
+        model, graph, x, "torch-cpu", points=(0.5,), repeats=3, journal=journal, progress=False, calibration_masks=2
+    )
     new_lines = journal.read_text().splitlines()
     assert new_lines[:3] == lines[:3]  # what was measured is kept as it was
     assert len(new_lines) == len(lines)  # and nothing is measured twice
     assert sorted(p.group for p in resumed.points) == sorted(p.group for p in full.points)
-    again = profile_edges(model, graph, x, "torch-cpu", points=(0.5,), repeats=3, journal=journal,
-                          progress=False, calibration_masks=2)
+    again = profile_edges(
+        model, graph, x, "torch-cpu", points=(0.5,), repeats=3, journal=journal, progress=False, calibration_masks=2
+    )
     assert journal.read_text().splitlines() == new_lines  # complete journal: nothing new
     assert [p.latency_ms for p in again.points] == [p.latency_ms for p in resumed.points]
 
@@ -77,17 +72,20 @@ def test_profile_resumes_without_remeasuring(setup, tmp_path):
 def test_journal_of_another_run_is_refused(setup, tmp_path):
     model, x, graph = setup
     journal = tmp_path / "j.jsonl"
-    profile_edges(model, graph, x, "torch-cpu", points=(0.5,), repeats=2, journal=journal, progress=False,
-                  calibration_masks=0)
+    profile_edges(
+        model, graph, x, "torch-cpu", points=(0.5,), repeats=2, journal=journal, progress=False, calibration_masks=0
+    )
     with pytest.raises(HwpruneError, match="belongs to another run"):
-        profile_edges(model, graph, x, "torch-cpu", points=(0.5,), threads=2, repeats=2, journal=journal,
-                      progress=False)
+        profile_edges(
+            model, graph, x, "torch-cpu", points=(0.5,), threads=2, repeats=2, journal=journal, progress=False
+        )
 
 
 def test_lut_round_trip_and_mismatch_refused(setup, tmp_path):
     model, x, graph = setup
-    lut = profile_edges(model, graph, x, "torch-cpu", points=(0.25, 0.5), repeats=2, progress=False,
-                        calibration_masks=1, round_to=4)
+    lut = profile_edges(
+        model, graph, x, "torch-cpu", points=(0.25, 0.5), repeats=2, progress=False, calibration_masks=1, round_to=4
+    )
     lut.save(tmp_path / "lut.json")
     assert (tmp_path / "lut.csv").read_text().startswith("group,")
     loaded = LUT.load(tmp_path / "lut.json")
@@ -104,8 +102,9 @@ def test_lut_round_trip_and_mismatch_refused(setup, tmp_path):
 
 def test_latency_model_reproduces_single_group_points(setup):
     model, x, graph = setup
-    lut = profile_edges(model, graph, x, "torch-cpu", points=(0.25, 0.5, 0.75), repeats=2, progress=False,
-                        calibration_masks=0)
+    lut = profile_edges(
+        model, graph, x, "torch-cpu", points=(0.25, 0.5, 0.75), repeats=2, progress=False, calibration_masks=0
+    )
     lm = LatencyModel(lut, graph)
     assert lm.scale == 1.0
     for p in lut.points:

@@ -18,15 +18,6 @@ from hwprune.prune.masks import ChannelMask
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convs: intra-op threads only add contention on a loaded CI box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _build(model, shape=(2, 3, 8, 8), seed=0):
     model = randomize_for_check(model, seed).eval()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

@@ -28,14 +28,6 @@ from hwprune.prune.weight_masking import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def expected_kept(n, d):
     return min(n, int(math.floor(d * n + 0.5)))
 

@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in records:
         extra = r.extra_dict()
         flag = " COLLAPSED" if extra.get("collapsed") else ""
+        top1 = float("nan") if r.accuracy_top1 is None else r.accuracy_top1
         print(
-            f"{r.method:>8} c={r.target_value:g} seed={r.seed}: density {r.density:.4f} top1 {r.accuracy_top1 or float('nan'):.4f} "
+            f"{r.method:>8} c={r.target_value:g} seed={r.seed}: density {r.density:.4f} top1 {top1:.4f} "
             f"flops {r.flops} test {extra['testing_seconds']:.3f}s{flag}"
         )
     print(f"{PROG}: {len(records)} rows appended to {args.results}; tabulate with tools/compare_results.py")

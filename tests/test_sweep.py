@@ -1,0 +1,96 @@
+"""The prune-at-init sweep: one row per run, exact densities, collapse flag, compression modes."""
+
+import json
+
+import pytest
+import torch
+
+from hwprune.errors import HwpruneError
+from hwprune.prune.weight_masking import density_from
+from hwprune.results import ResultsStore
+from hwprune.sweep import masked_flops, run_sweep
+from hwprune.train import TrainConfig
+
+torch.set_num_threads(1)
+
+
+def _sweep(tmp_path, compressions, mode, pruners=("rand", "synflow"), **kw):
+    return run_sweep(
+        "lenet5",
+        "digits",
+        pruners,
+        compressions,
+        mode,
+        seeds=[0],
+        epochs=1,
+        train_config=TrainConfig(batch_size=128),
+        synflow_rounds=5,
+        results_path=tmp_path / "results.csv",
+        out_dir=tmp_path / "out",
+        progress=False,
+        **kw,
+    )
+
+
+def test_sweep_rows_ratio(tmp_path):
+    records = _sweep(tmp_path, [2, 10], "ratio")
+    rows = ResultsStore(tmp_path / "results.csv").records()
+    assert len(rows) == len(records) == 4
+    assert {(r.method, r.target_value) for r in rows} == {(m, c) for m in ("rand", "synflow") for c in (2.0, 10.0)}
+    for r in rows:
+        extra = json.loads(r.extra)
+        kept, total = (sum(v[i] for v in extra["layer_kept"].values()) for i in (0, 1))
+        assert abs(kept - total / r.target_value) <= 1  # exact to one weight
+        assert r.density == pytest.approx(1 / r.target_value, abs=1.0 / total)
+        assert 0 <= r.accuracy_top1 <= 1 and 0 <= r.accuracy_top5 <= 1
+        assert r.mask_kind == "weight" and r.target_kind == "density"
+        assert extra["compression_mode"] == "ratio"
+        assert "collapsed" in extra and isinstance(extra["collapsed_layers"], list)
+        assert extra["testing_seconds"] > 0
+        assert r.params < r.params_before and r.flops < r.flops_before
+        assert r.density_whole_model > r.density  # biases stay dense
+        assert extra["rounds"] == (5 if r.method == "synflow" else 1)
+
+
+def test_sweep_exponent_mode(tmp_path):
+    records = _sweep(tmp_path, [0.5, 1], "exponent", pruners=("mag",))
+    for r in records:
+        extra = r.extra_dict()
+        kept, total = (sum(v[i] for v in extra["layer_kept"].values()) for i in (0, 1))
+        assert extra["target_density"] == pytest.approx(10**-r.target_value)
+        assert abs(kept - total * 10**-r.target_value) <= 1
+
+
+def test_sweep_refuses_bad_input(tmp_path):
+    with pytest.raises(HwpruneError, match="exponent"):
+        _sweep(tmp_path, [-1], "exponent")
+    with pytest.raises(HwpruneError, match="unknown pruner"):
+        _sweep(tmp_path, [2], "ratio", pruners=("nope",))
+    with pytest.raises(HwpruneError, match="compression mode"):
+        _sweep(tmp_path, [2], "log")
+    assert density_from(1, "exponent") == pytest.approx(0.1)
+
+
+def test_masked_flops_scales_by_layer_density():
+    import numpy as np
+
+    from hwprune.prune.masks import WeightMask
+
+    mask = WeightMask({"a.weight": np.array([True, False, False, False]), "b.weight": np.ones(2, bool)})
+    total, per = masked_flops({"a": 100, "b": 50}, 200, mask)
+    assert per == {"a": 25, "b": 50} and total == 125
+
+
+def test_tool_one_line_error(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "prune_at_init.py"
+    spec = importlib.util.spec_from_file_location("prune_at_init", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    argv = ["--compression-mode", "exponent", "--compression-list", "-1", "--results", str(tmp_path / "r.csv")]
+    assert tool.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "exponent" in captured.out  # the meaning used is printed
+    assert captured.err.strip().startswith("prune_at_init: error:") and captured.err.count("\n") == 1
