@@ -57,6 +57,8 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Hardware-aware pruning: map channel groups, prune, compact, export verified ONNX, measure.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_) in DELEGATED.items():
+        sub.add_parser(name, help=help_, add_help=False)
 
     def add(name: str, help_: str, **kw) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_, **kw)
@@ -65,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "demo",
-        "The main job on an embedded default: map resnet18, remove half the channels of every "
+        "Uniform pruning: map resnet18, remove half the channels of every "
         "prunable group by L1 norm, compact, export and verify ONNX, time it in onnxruntime.",
     )
     _model_options(p, "resnet18")
@@ -473,10 +475,23 @@ COMMANDS = {
 }
 
 
+# subcommands with parsers of their own (their --help is theirs): hwprune NAME ARGS -> module.main(ARGS)
+DELEGATED = {
+    "prune-at-init": ("hwprune.sweep_cli", "prune at initialization, train, one results row per run (see --help)"),
+    "compare": ("hwprune.compare_cli", "tables and plots from the results store (see --help)"),
+    "train": ("hwprune.train.__main__", "train / fine-tune a model with a mask enforced (see --help)"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     parser = _build_parser()
     try:
-        args = _parse(parser, sys.argv[1:] if argv is None else argv)
+        args = _parse(parser, argv)
         COMMANDS[args.command](args)
     except HwpruneError as exc:
         print(f"hwprune: error: {exc}", file=sys.stderr)

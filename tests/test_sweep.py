@@ -81,16 +81,11 @@ def test_masked_flops_scales_by_layer_density():
     assert per == {"a": 25, "b": 50} and total == 125
 
 
-def test_tool_one_line_error(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
+def test_cli_one_line_error(tmp_path, capsys):
+    from hwprune.cli import main
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "prune_at_init.py"
-    spec = importlib.util.spec_from_file_location("prune_at_init", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
     argv = ["--compression-mode", "exponent", "--compression-list", "-1", "--results", str(tmp_path / "r.csv")]
-    assert tool.main(argv) == 2
+    assert main(["prune-at-init", *argv]) == 2
     captured = capsys.readouterr()
     assert "exponent" in captured.out  # the meaning used is printed
-    assert captured.err.strip().startswith("prune_at_init: error:") and captured.err.count("\n") == 1
+    assert captured.err.strip().startswith("hwprune prune-at-init: error:") and captured.err.count("\n") == 1

@@ -288,7 +288,7 @@ def compare(
             f"no prune-at-init sweep rows in {results_path}"
             + (f" for model {model}" if model else "")
             + (f" on {dataset}" if dataset else "")
-            + ": run tools/prune_at_init.py first"
+            + ": run hwprune prune-at-init (tools/prune_at_init.py) first"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
