@@ -72,7 +72,11 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--masks", type=int, default=30)
     parser.add_argument("--torch-cpu", action="store_true", help="also validate a torch-cpu latency model")
+    parser.add_argument("--profile-repeats", type=int, default=20, help="repeats of the profile-cost runs")
+    parser.add_argument("--only-profile-cost", action="store_true", help="only the resnet50 profile-cost table")
     args = parser.parse_args()
+    if args.only_profile_cost:
+        args.models = "resnet50"
     backend = "ort-cpu"
     budget_rows, model_rows, vs_rows, cost_rows = [], [], [], []
     for name in args.models.split(","):
@@ -96,9 +100,10 @@ def main():
                         backend,
                         points=(0.5,),
                         threads=args.threads,
-                        repeats=20,
+                        repeats=args.profile_repeats,
                         round_to=ROUND_TO,
                         progress=False,
+                        calibration_masks=0,
                     )
                     runs.append((time.perf_counter() - start, lut_half))
                 mult = [[p.multiplier for p in sorted(r[1].points, key=lambda p: p.group)] for r in runs]
@@ -109,8 +114,12 @@ def main():
                         edges=len(runs[0][1].points),
                         wall_s=round(runs[0][0], 1),
                         spearman=round(spearman(*mult), 3),
+                        repeats=args.profile_repeats,
+                        threads=args.threads,
                     )
                 )
+            if args.only_profile_cost:
+                continue
             start = time.perf_counter()
             lut = profile_edges(
                 model,
@@ -191,32 +200,33 @@ def main():
             )
             model_rows.append(dict(model=name, backend="torch-cpu", **val.summary()))
     env = f"{args.threads} threads, batch 1, {args.size}x{args.size}, channel counts multiples of {ROUND_TO}"
-    write(
-        budget_rows,
-        "budget",
-        f"# Latency budgets, closed loop ({env})\n\nGoal: every measured ratio within "
-        "+-3 % of the target. error_pct = (measured / target - 1) x 100; iterations of solve-measure-correct.",
-    )
-    write(
-        model_rows,
-        "latency_model",
-        f"# Latency model vs measurement, random aligned masks ({env})\n\n"
-        "Goal: >= 95 % of masks within +-5 %. Each group keeps a uniform random share in [0.1, 1].",
-    )
-    write(
-        vs_rows,
-        "latency_vs_flops",
-        f"# Latency-aware vs FLOPs-aware channel choice at equal FLOPs ({env})\n\n"
-        "Both greedy, same L1 importance and the same FLOPs cap (conv/linear MACs); one ranks channels by "
-        "importance lost per FLOP saved, the other per predicted millisecond saved. Goal: speedup >= 1.15.",
-    )
+    if not args.only_profile_cost:
+        write(
+            budget_rows,
+            "budget",
+            f"# Latency budgets, closed loop ({env})\n\nGoal: every measured ratio within "
+            "+-3 % of the target. error_pct = (measured / target - 1) x 100; iterations of solve-measure-correct.",
+        )
+        write(
+            model_rows,
+            "latency_model",
+            f"# Latency model vs measurement, random aligned masks ({env})\n\n"
+            "Goal: >= 95 % of masks within +-5 %. Each group keeps a uniform random share in [0.1, 1].",
+        )
+        write(
+            vs_rows,
+            "latency_vs_flops",
+            f"# Latency-aware vs FLOPs-aware channel choice at equal FLOPs ({env})\n\n"
+            "Both greedy, same L1 importance and the same FLOPs cap (conv/linear MACs); one ranks channels by "
+            "importance lost per FLOP saved, the other per predicted millisecond saved. Goal: speedup >= 1.15.",
+        )
     if cost_rows:
         write(
             cost_rows,
             "profile_cost",
             f"# Edge-profile cost ({env})\n\nOne point per group (half its "
-            "channels), 20 interleaved repeats. Goal: resnet50 <= 600 s; Spearman of the multipliers of two "
-            "runs >= 0.9.",
+            f"channels), {args.profile_repeats} interleaved repeats. Goal: resnet50 <= 600 s; Spearman of the "
+            "multipliers of two runs >= 0.9.",
         )
 
 
