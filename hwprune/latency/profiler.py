@@ -129,16 +129,13 @@ def profile_edges(
             _append(fh, header)
     try:
         with tempfile.TemporaryDirectory(prefix="hwprune-profile-") as tmp:
-            baseline = _baseline(model, example, backend, Path(tmp), exporter)
+            baseline = baseline_for(model, example, backend, Path(tmp), exporter)
             bar = tqdm(todo, desc=f"profiling {graph.model_name} on {backend}", unit="edge", disable=not progress)
             for group, point in bar:
                 kept = kept_for(group, point, round_to)
                 mask = ChannelMask.full(graph)
                 mask.keep[group.id] = top_k_mask(group, scores[group.id], kept)
-                candidate = compact_model(graph, mask)
-                base, cand = measure(
-                    backend, [baseline, candidate], example, threads=threads, repeats=repeats, exporter=exporter
-                )
+                base, cand, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter)
                 macs_after, _ = costs.cost({group.id: kept / group.size})
                 record = {
                     "kind": "edge",
@@ -148,8 +145,7 @@ def profile_edges(
                     "kept": kept,
                     "point": point,
                     "baseline_ms": base.median_ms,
-                    # paired rounds: drift shared by baseline and candidate cancels
-                    "latency_ms": base.median_ms - paired_delta_ms(base, cand),
+                    "latency_ms": latency_ms,
                     "iqr_ms": cand.iqr_ms,
                     "macs_before": costs.total_macs,
                     "macs_after": macs_after,
@@ -162,20 +158,13 @@ def profile_edges(
             rng = np.random.default_rng(seed)
             masks = [random_mask(graph, rng, round_to=round_to) for _ in range(calibration_masks)]
             for i, mask in enumerate(masks[len(calibration) :], start=len(calibration)):
-                base, cand = measure(
-                    backend,
-                    [baseline, compact_model(graph, mask)],
-                    example,
-                    threads=threads,
-                    repeats=repeats,
-                    exporter=exporter,
-                )
+                base, cand, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter)
                 record = {
                     "kind": "calibration",
                     "index": i,
                     "shares": {str(g): float(k.mean()) for g, k in mask.keep.items()},
                     "baseline_ms": base.median_ms,
-                    "latency_ms": base.median_ms - paired_delta_ms(base, cand),
+                    "latency_ms": latency_ms,
                     "device": base.device,
                     "versions": base.versions,
                 }
@@ -193,7 +182,19 @@ def profile_edges(
     return LUT(meta, pts, [{k: r[k] for k in ("index", "shares", "baseline_ms", "latency_ms")} for r in calibration])
 
 
-def _baseline(model, example, backend, tmp: Path, exporter: str):
+def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter):
+    """Time the compacted model of ``mask`` interleaved with ``baseline``.
+
+    Returns both Measurements and the candidate's latency as the baseline median minus the median of
+    round-by-round differences (drift shared by both within a round cancels).
+    """
+    base, cand = measure(
+        backend, [baseline, compact_model(graph, mask)], example, threads=threads, repeats=repeats, exporter=exporter
+    )
+    return base, cand, base.median_ms - paired_delta_ms(base, cand)
+
+
+def baseline_for(model, example, backend, tmp: Path, exporter: str):
     """The dense model as the backend should load it (ONNX exported once for onnxruntime backends)."""
     if backend.startswith("ort"):
         path = tmp / "baseline.onnx"

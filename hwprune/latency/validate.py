@@ -11,13 +11,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hwprune.export.compact import compact_model
-from hwprune.export.onnx_export import export_onnx
 from hwprune.graph_mapper.types import ChannelGraph
-from hwprune.latency.backends import measure
 from hwprune.latency.lut import LUT
 from hwprune.latency.model import LatencyModel
-from hwprune.latency.profiler import random_mask
+from hwprune.latency.profiler import baseline_for, random_mask, time_mask
 
 
 @dataclass
@@ -59,23 +56,13 @@ def validate(
     rng = np.random.default_rng(seed)
     predicted, measured, baselines = [], [], []
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-        dense = Path(tmp) / "dense.onnx"
-        if backend.startswith("ort"):
-            export_onnx(model, example, dense, "torchscript")
-        baseline = dense if backend.startswith("ort") else model
+        baseline = baseline_for(model, example, backend, Path(tmp), "torchscript")
         for _ in tqdm(range(n_masks), desc="validating latency model", disable=not progress):
             mask = random_mask(graph, rng, round_to=round_to)
             shares = {g: float(k.mean()) for g, k in mask.keep.items()}
-            base, cand = measure(
-                backend,
-                [baseline, compact_model(graph, mask)],
-                example,
-                threads=threads,
-                repeats=repeats,
-                exporter="torchscript",
-            )
+            base, _, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, "torchscript")
             # the model's prediction, rescaled to this measurement's baseline (drift between runs cancels)
             predicted.append(latency.predict(shares) / latency.baseline_ms * base.median_ms)
-            measured.append(cand.median_ms)
+            measured.append(latency_ms)
             baselines.append(base.median_ms)
     return Validation(predicted, measured, float(np.median(baselines)))
