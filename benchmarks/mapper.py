@@ -86,13 +86,13 @@ def speed_row(qualified, size, tp_build, tp_prune):
     model = get_model(qualified).eval()
     x = torch.randn(1, 3, size, size)
     build_channel_graph(model, x, qualified)
-    build_s = min_time(lambda: build_channel_graph(model, x, qualified), 5)
+    build_s = min_time(lambda: build_channel_graph(model, x, qualified), 7)
 
     def map_mask_compact():
         graph = build_channel_graph(model, x, qualified)
         compact_model(graph, mask_from_scores(graph, norm_scores(graph, model), 0.5))
 
-    full_s = min_time(map_mask_compact, 5)
+    full_s = min_time(map_mask_compact, 7)
     return dict(
         model=qualified,
         input=size,
@@ -134,6 +134,17 @@ def main():
     if args.models:
         wanted = set(args.models.split(","))
         cases = [c for c in cases if c[0].split(":")[-1] in wanted or c[0] in wanted]
+    if not args.skip_speed:  # first: a fresh process times most steadily
+        speed = pd.DataFrame([speed_row(*case) for case in SPEED_CASES])
+        write(
+            speed,
+            "mapper_speed",
+            "# Mapper speed (warm, min of 7, batch 1, 2 threads)\n\nbuild_s: trace + shape propagation + "
+            "groups. map_mask_compact_s: build + L1 scores + mask (50 %) + compaction. Goals from the "
+            "foundation issue: build_s <= Torch-Pruning's DependencyGraph build + grouping (tp_build_s); "
+            "map_mask_compact_s <= half of Torch-Pruning's pruner construction + step (tp_prune_s).",
+        )
+
     rows = []
     for qualified, size in cases:
         rows.append(coverage_row(qualified, size))
@@ -149,16 +160,6 @@ def main():
         "a prunable channel axis over fvcore's conv+linear+matmul total (1 multiply-add = 1 FLOP).",
         COVERAGE_COLUMNS,
     )
-    if not args.skip_speed:
-        speed = pd.DataFrame([speed_row(*case) for case in SPEED_CASES])
-        write(
-            speed,
-            "mapper_speed",
-            "# Mapper speed (warm, min of 5, batch 1, 2 threads)\n\nbuild_s: trace + shape propagation + "
-            "groups. map_mask_compact_s: build + L1 scores + mask (50 %) + compaction. Goals from the "
-            "foundation issue: build_s <= Torch-Pruning's DependencyGraph build + grouping (tp_build_s); "
-            "map_mask_compact_s <= half of Torch-Pruning's pruner construction + step (tp_prune_s).",
-        )
 
 
 if __name__ == "__main__":

@@ -73,21 +73,24 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
     """A new, smaller GraphModule computing what the masked model computes on exact groups."""
     mask.validate(graph)
     keep = keep_table(graph, mask)
-    gm = copy.deepcopy(graph.gm)
     by_tensor: dict[str, list[tuple[Site, np.ndarray]]] = defaultdict(list)
     for site, k in _changed_sites(graph, keep):
         by_tensor[site.tensor].append((site, k))
+    originals = dict(graph.gm.named_parameters()) | dict(graph.gm.named_buffers())
+    # tensors about to be replaced are not copied: the copy gets an empty placeholder for each
+    memo = {id(originals[name]): torch.empty(0) for name in by_tensor}
+    gm = copy.deepcopy(graph.gm, memo)
     touched = set()
     with torch.no_grad():
         for name, entries in by_tensor.items():
             owner_name, _, attr = name.rpartition(".")
             owner = gm.get_submodule(owner_name)
-            old = getattr(owner, attr)
+            old = originals[name]
             new = _shrink(old.detach(), entries)
             if isinstance(old, nn.Parameter):
-                setattr(owner, attr, nn.Parameter(new.contiguous(), requires_grad=old.requires_grad))
+                owner._parameters[attr] = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
             else:
-                owner.register_buffer(attr, new.contiguous())
+                owner._buffers[attr] = new.contiguous()
             touched.add(owner_name)
     for owner_name in touched:
         _sync_attributes(gm.get_submodule(owner_name))

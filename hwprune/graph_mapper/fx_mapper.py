@@ -263,23 +263,24 @@ def _assemble(ctx: MapContext, name: str, input_shape: tuple[int, ...]) -> Chann
         )
         for s in ctx.sites
     ]
-    # signature of a component: the (site, multiplicity) pairs it appears in
-    rows = []
-    for i, site in enumerate(sites):
-        r, counts = np.unique(site.roots[site.roots >= 0], return_counts=True)
-        rows.append(np.stack([r, np.full_like(r, i), counts], axis=1))
-    table = np.concatenate(rows) if rows else np.zeros((0, 3), dtype=np.int64)
-    pair_keys = table[:, 1] * (int(table[:, 2].max(initial=0)) + 1) + table[:, 2]
+    # every labelled position of every site, flattened: its root, site and position on the axis
+    flat = np.concatenate([site.roots for site in sites]) if sites else np.zeros(0, dtype=np.int64)
+    site_of = np.repeat(np.arange(len(sites)), [site.length for site in sites])
+    pos_in_site = np.concatenate([np.arange(site.length) for site in sites]) if sites else flat
+    n_atoms = len(ctx.atoms)
+    pos = np.flatnonzero(flat >= 0)
+
+    # signature of a component: the (site, multiplicity) pairs it appears in, hashed
+    pairs, counts = np.unique(flat[pos] * len(sites) + site_of[pos], return_counts=True)
+    table_root, table_site = pairs // len(sites), pairs % len(sites)
+    pair_keys = table_site * (int(counts.max(initial=0)) + 1) + counts
     _, pair_ids = np.unique(pair_keys, return_inverse=True)
     rng = np.random.default_rng(0)
     weights = rng.integers(1, 2**62, size=int(pair_ids.max(initial=0)) + 1, dtype=np.int64)
-    n_atoms = len(ctx.atoms)
     sig_hash = np.zeros(n_atoms, dtype=np.int64)
-    np.add.at(sig_hash, table[:, 0], weights[pair_ids.reshape(-1)])
+    np.add.at(sig_hash, table_root, weights[pair_ids.reshape(-1)])
 
     # order channels by first appearance (sites follow the graph), groups by their first channel
-    flat = np.concatenate([site.roots for site in sites]) if sites else np.zeros(0, dtype=np.int64)
-    pos = np.flatnonzero(flat >= 0)
     comp_roots, first = np.unique(flat[pos], return_index=True)
     comp_roots = comp_roots[np.argsort(first, kind="stable")]  # in order of first appearance
     _, first_of_sig, sig_of_comp = np.unique(sig_hash[comp_roots], return_index=True, return_inverse=True)
@@ -295,24 +296,21 @@ def _assemble(ctx: MapContext, name: str, input_shape: tuple[int, ...]) -> Chann
     for m in members:
         rank_of_root[m] = np.arange(m.size)
 
+    # slices: positions of each (site, group), channels in rank order, repeats in position order
+    r = flat[pos]
+    sites_, groups_, ranks_, positions = site_of[pos], group_of_root[r], rank_of_root[r], pos_in_site[pos]
+    order = np.lexsort((positions, ranks_, groups_, sites_))
+    sites_, groups_, positions = sites_[order], groups_[order], positions[order]
+    cuts = np.flatnonzero(np.diff(sites_ * (len(members) + 1) + groups_)) + 1
     slices: dict[int, list[ChannelSlice]] = defaultdict(list)
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, sites_.size], strict=True):
+        i, g = int(sites_[a]), int(groups_[a])
+        site, index = sites[i], positions[a:b]
+        inner = index.size // members[g].size
+        slices[g].append(ChannelSlice(site.tensor, site.axis, site.role, tuple(index.tolist()), inner, site.kind, i))
     frozen: dict[int, str] = {}
     blocks: dict[int, tuple] = {}
-    for i, site in enumerate(sites):
-        pos = np.flatnonzero(site.roots >= 0)
-        if pos.size == 0:
-            continue
-        r = site.roots[pos]
-        gs, ks = group_of_root[r], rank_of_root[r]
-        perm = np.lexsort((pos, ks, gs))
-        pos, gs, ks = pos[perm], gs[perm], ks[perm]
-        for g in np.unique(gs).tolist():
-            sel = gs == g
-            index = pos[sel]
-            inner = index.size // members[g].size
-            slices[g].append(
-                ChannelSlice(site.tensor, site.axis, site.role, tuple(index.tolist()), inner, site.kind, i)
-            )
+    for site in sites:
         if site.conv_groups > 1:
             _grouped_constraint(site, group_of_root, rank_of_root, blocks, frozen)
 
@@ -373,13 +371,18 @@ def _grouped_constraint(site, group_of_root, rank_of_root, blocks, frozen) -> No
 
 
 def _nodes_per_group(ctx: MapContext, root_of: np.ndarray, group_of_root: np.ndarray) -> dict[int, list[str]]:
+    """The fx nodes whose output carries each group, in graph order (one vectorised pass)."""
+    named = [(n, lab[lab >= 0]) for n, lab in ctx.labels.items() if isinstance(lab, np.ndarray) and lab.size]
+    named = [(n, a) for n, a in named if a.size]
+    if not named:
+        return {}
+    node_idx = np.repeat(np.arange(len(named)), [a.size for _, a in named])
+    groups = group_of_root[root_of[np.concatenate([a for _, a in named])]]
+    ok = groups >= 0
+    keys = np.unique(groups[ok] * len(named) + node_idx[ok])
     nodes: dict[int, list[str]] = defaultdict(list)
-    for name, label in ctx.labels.items():
-        if isinstance(label, np.ndarray) and label.size:
-            atoms = np.unique(label[label >= 0])
-            for g in np.unique(group_of_root[root_of[atoms]]).tolist():
-                if g >= 0:
-                    nodes[g].append(name)
+    for g, i in zip((keys // len(named)).tolist(), (keys % len(named)).tolist(), strict=True):
+        nodes[g].append(named[i][0])
     return nodes
 
 
