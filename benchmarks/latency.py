@@ -38,10 +38,28 @@ RESULTS = Path(__file__).parent / "results"
 ROUND_TO = 16
 
 
+# the columns the latency issue names (read by checks); extra columns go to the markdown only
+CSV_COLUMNS = {
+    "budget": ["model", "backend", "target", "measured_ratio", "predicted_ratio", "error_pct"],
+    "latency_model": ["model", "backend", "n_masks", "within_5pct", "within_10pct", "median_abs_err_pct"],
+    "latency_vs_flops": [
+        "model",
+        "backend",
+        "flops_ratio",
+        "flops_aware_ms",
+        "latency_aware_ms",
+        "speedup",
+        "importance_kept_flops_aware",
+        "importance_kept_latency_aware",
+    ],
+    "profile_cost": ["model", "backend", "edges", "wall_s", "spearman"],
+}
+
+
 def write(rows, name, note):
     frame = pd.DataFrame(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(RESULTS / f"{name}.csv", index=False)
+    frame[CSV_COLUMNS[name]].to_csv(RESULTS / f"{name}.csv", index=False)
     (RESULTS / f"{name}.md").write_text(f"{note}\n\n{frame.to_markdown(index=False)}\n")
     print(frame.to_markdown(index=False), flush=True)
 
