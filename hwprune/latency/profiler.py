@@ -100,7 +100,7 @@ def profile_edges(
     progress: bool = True,
     exporter: str = "torchscript",
     round_to: int = 1,
-    calibration_masks: int = 4,
+    calibration_masks: int = 8,
     seed: int = 0,
 ) -> LUT:
     """Measure every profiled group at each kept fraction in ``points`` against the dense model.
