@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.graph_mapper.types import PRODUCER, ChannelGraph, ChannelGroup
+from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup
 from hwprune.prune.masks import ChannelMask
 
 
@@ -80,7 +80,3 @@ def norm_scores(graph: ChannelGraph, model: nn.Module, p: int = 1) -> dict[int, 
             total += per_pos[np.asarray(sl.index)].reshape(group.size, sl.inner).sum(1)
         out[group.id] = total
     return out
-
-
-def is_producer(role: str) -> bool:
-    return role == PRODUCER
