@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
-from hwprune.prune.masks import write_atomically
+from hwprune.prune.masks import read_format_json, write_atomically
 
 LUT_FORMAT = "hwprune.lut/1"
 
@@ -99,13 +99,6 @@ class LUT:
 
     @classmethod
     def load(cls, path: str | Path) -> LUT:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise HwpruneError(f"LUT {path} does not exist: create it with hwprune profile-edges") from None
-        except (OSError, ValueError) as exc:
-            raise HwpruneError(f"cannot read LUT {path}: {exc}") from None
-        if data.get("format") != LUT_FORMAT:
-            raise HwpruneError(f"{path} is not a {LUT_FORMAT} file")
+        data = read_format_json(path, LUT_FORMAT, "LUT", ": create it with hwprune profile-edges")
         meta = dict(data["meta"], path=str(path))
         return cls(meta, [EdgePoint(**p) for p in data["points"]], data.get("calibration", []))

@@ -111,7 +111,7 @@ class ChannelMask:
 
     @classmethod
     def load(cls, path: str | Path) -> ChannelMask:
-        data = _read_json(path, CHANNEL_FORMAT)
+        data = read_format_json(path, CHANNEL_FORMAT)
         keep = {}
         for gid, entry in data["groups"].items():
             k = np.zeros(int(entry["size"]), dtype=bool)
@@ -169,7 +169,7 @@ class WeightMask:
 
     @classmethod
     def load(cls, path: str | Path) -> WeightMask:
-        data = _read_json(path, WEIGHT_FORMAT)
+        data = read_format_json(path, WEIGHT_FORMAT)
         keep = {}
         for name, entry in data["tensors"].items():
             shape = tuple(entry["shape"])
@@ -178,13 +178,14 @@ class WeightMask:
         return cls(keep, data.get("model", ""), data.get("meta", {}))
 
 
-def _read_json(path: str | Path, fmt: str) -> dict:
+def read_format_json(path: str | Path, fmt: str, what: str = "mask file", missing_hint: str = "") -> dict:
+    """Read a JSON file of hwprune format ``fmt``; one-line errors for missing, unreadable or foreign files."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise HwpruneError(f"mask file {path} does not exist") from None
+        raise HwpruneError(f"{what} {path} does not exist{missing_hint}") from None
     except (OSError, ValueError) as exc:
-        raise HwpruneError(f"cannot read mask file {path}: {exc}") from None
+        raise HwpruneError(f"cannot read {what} {path}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise HwpruneError(
             f"{path} is not a {fmt} file (format {data.get('format') if isinstance(data, dict) else '?'})"
