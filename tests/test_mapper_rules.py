@@ -653,7 +653,7 @@ def test_grouped_conv_over_several_groups_freezes_them():
     model, x, graph = _build(GroupedOverConcat())
     for name in ("a.weight", "b.weight"):
         g = group_of(graph, name, 0)
-        assert not g.prunable and "grouped conv gc.weight spans several channel groups" in g.reason
+        assert not g.prunable and "grouped gc.weight spans several channel groups" in g.reason
     out = group_of(graph, "gc.weight", 0)
     assert out.prunable and len(out.blocks) == 2
     assert_compacts_exactly(model, x, graph)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from hwprune.export.attention import PrunedMultiheadAttention
 from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
 
@@ -94,6 +95,7 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
             touched.add(owner_name)
     for owner_name in touched:
         _sync_attributes(gm.get_submodule(owner_name))
+    _replace_attention(gm, touched, by_tensor)
     _rewrite_nodes(gm, graph, keep)
     gm.recompile()
     return gm
@@ -146,6 +148,21 @@ def _sync_attributes(m: nn.Module) -> None:
         m.normalized_shape = (m.weight.shape[0],)
     elif isinstance(m, nn.PReLU):
         m.num_parameters = m.weight.shape[0]
+
+
+def _replace_attention(gm: fx.GraphModule, touched: set[str], by_tensor: dict) -> None:
+    """An nn.MultiheadAttention that lost channels becomes a PrunedMultiheadAttention (same call)."""
+    for name, m in list(gm.named_modules()):
+        if not isinstance(m, nn.MultiheadAttention) or not {name, f"{name}.out_proj"} & touched:
+            continue
+        rows = np.ones(3 * m.embed_dim, dtype=bool)
+        for site, k in by_tensor.get(f"{name}.in_proj_weight", []):
+            if site.axis == 0:
+                rows = k
+        e = m.embed_dim
+        owner_name, _, attr = name.rpartition(".")
+        new = PrunedMultiheadAttention.from_module(m, int(rows[:e].sum()), int(rows[2 * e :].sum()))
+        setattr(gm.get_submodule(owner_name), attr, new)
 
 
 def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) -> None:

@@ -75,10 +75,11 @@ class ChannelSlice:
 class ChannelGroup:
     """Channels that must be removed together; one entry per channel, in a fixed order.
 
-    ``blocks`` lists, for a group feeding a grouped convolution, the channels of each conv group:
-    a mask must keep the same number in every block. ``exact`` is False when a weight-free op that
-    mixes channels (LayerNorm over channels, GroupNorm) sees the group: removing channels then
-    changes what the kept channels compute, so equivalence with the masked model cannot hold.
+    ``blocks`` lists, for a group feeding a grouped convolution (or split into attention heads),
+    the channels of each block: a mask must keep the same number in every block. ``exact`` is
+    False when a weight-free op that mixes channels (LayerNorm over channels, GroupNorm) sees the
+    group: removing channels then changes what the kept channels compute, so equivalence with the
+    masked model cannot hold.
     """
 
     id: int
@@ -107,7 +108,7 @@ class ChannelGroup:
         if self.prunable and not self.exact:
             state += f" (inexact: {self.inexact_reason})"
         if self.blocks:
-            state += f"; equal count kept in each of {len(self.blocks)} conv groups"
+            state += f"; equal count kept in each of {len(self.blocks)} blocks"
         lines = [f"group {self.id} {self.name!r}: {self.size} channels, {state}"]
         lines += ["  " + s.explain() for s in self.slices]
         return "\n".join(lines)

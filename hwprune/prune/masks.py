@@ -91,8 +91,9 @@ class ChannelMask:
                 counts = {int(keep[list(b)].sum()) for b in group.blocks}
                 if len(counts) != 1:
                     raise MaskMismatchError(
-                        f"group {gid} ({group.name}) feeds a grouped conv: keep the same number of channels "
-                        f"in each of its {len(group.blocks)} conv groups (kept counts {sorted(counts)})"
+                        f"group {gid} ({group.name}) is split into blocks (conv groups or attention heads): keep "
+                        f"the same number of channels in each of its {len(group.blocks)} blocks "
+                        f"(kept counts {sorted(counts)})"
                     )
 
     def to_json(self) -> dict:

@@ -1,0 +1,132 @@
+"""nn.MultiheadAttention: mapped as query/key, value and output groups; compacted exactly."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hwprune.errors import MaskMismatchError
+from hwprune.export.attention import PrunedMultiheadAttention
+from hwprune.export.compact import compact_model, masked_model
+from hwprune.flops import count_flops
+from hwprune.graph_mapper import build_channel_graph
+from hwprune.prune.channel import mask_from_scores, random_scores
+from hwprune.prune.masks import ChannelMask
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block with a residual stream through attention and an MLP."""
+
+    def __init__(self, dim=16, heads=4, batch_first=True, **call):
+        super().__init__()
+        self.embed = nn.Linear(6, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=batch_first)
+        self.mlp = nn.Sequential(nn.Linear(dim, 32), nn.GELU(), nn.Linear(32, dim))
+        self.head = nn.Linear(dim, 3)
+        self.call = call
+
+    def forward(self, x):
+        x = self.embed(x)
+        y = self.norm(x)
+        x = x + self.attn(y, y, y, **self.call)[0]
+        x = x + self.mlp(x)
+        return self.head(x)
+
+
+def _groups_by_tensor(graph):
+    return {(s.tensor, s.axis): g for g in graph.groups for s in g.slices}
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_query_key_and_value_dims_are_head_blocked_groups(batch_first):
+    model = Block(batch_first=batch_first).eval()
+    x = torch.randn(2, 5, 6) if batch_first else torch.randn(5, 2, 6)
+    graph = build_channel_graph(model, x)
+    by = _groups_by_tensor(graph)
+    groups = {g.id: g for g in graph.groups if any(s.tensor == "attn.in_proj_weight" and s.axis == 0 for s in g.slices)}
+    assert len(groups) == 2
+    qk, v = sorted(groups.values(), key=lambda g: g.slices[0].inner, reverse=True)
+    assert qk.size == v.size == 16 and qk.prunable and v.prunable and qk.exact and v.exact
+    # query row i and key row 16 + i are one channel; value rows 32.. pair with out_proj columns
+    qk_rows = next(s for s in qk.slices if s.tensor == "attn.in_proj_weight")
+    assert qk_rows.inner == 2 and sorted(qk_rows.index) == list(range(32))
+    assert [s.tensor for s in v.consumers] == ["attn.out_proj.weight"]
+    assert len(qk.blocks) == len(v.blocks) == 4 and all(len(b) == 4 for b in qk.blocks)
+    # the residual stream runs through the attention output and the MLP; LayerNorm makes it inexact
+    stream = by[("attn.out_proj.weight", 0)]
+    assert stream is by[("mlp.2.weight", 0)] and stream.prunable and not stream.exact
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_pruned_attention_equals_masked_attention(batch_first):
+    torch.manual_seed(0)
+    model = Block(batch_first=batch_first).eval()
+    x = torch.randn(2, 5, 6) if batch_first else torch.randn(5, 2, 6)
+    graph = build_channel_graph(model, x)
+    mask = mask_from_scores(graph, random_scores(graph, seed=3), 0.5)
+    pruned = {graph.groups[g].name for g in mask.pruned_groups()}
+    assert "attn" in pruned and "mlp.0" in pruned
+    compacted = compact_model(graph, mask)
+    assert isinstance(compacted.attn, PrunedMultiheadAttention)
+    assert (compacted.attn.qk_dim, compacted.attn.v_dim) == (2, 2)  # half of 4 per head
+    assert compacted.attn.in_proj_weight.shape == (3 * 8, 16)
+    with torch.no_grad():
+        want = masked_model(model, graph, mask)(x)
+        got = compacted(x)
+        dense = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, dense, atol=1e-3)
+
+
+def test_mask_must_keep_equal_width_per_head():
+    model = Block().eval()
+    graph = build_channel_graph(model, torch.randn(1, 5, 6))
+    qk = next(g for g in graph.groups if g.blocks)
+    keep = np.ones(qk.size, dtype=bool)
+    keep[list(qk.blocks[0][:2])] = False  # two channels from the first head only
+    with pytest.raises(MaskMismatchError, match="same number of channels in each of its 4 blocks"):
+        ChannelMask({qk.id: keep}, graph.model_name, graph.fingerprint()).validate(graph)
+
+
+def test_unsupported_attention_calls_fail_closed():
+    mask = torch.zeros(5, 5, dtype=torch.bool)
+    model = Block(attn_mask=mask).eval()
+    graph = build_channel_graph(model, torch.randn(2, 5, 6))
+    by = _groups_by_tensor(graph)
+    stream = by[("embed.weight", 0)]
+    assert not stream.prunable and "MultiheadAttention attn with attention masks" in stream.reason
+    assert by[("mlp.0.weight", 0)].prunable  # the MLP hidden channels do not meet the attention
+
+
+def test_pruned_attention_matches_module_with_weights():
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(12, 3, batch_first=False).eval()
+    ours = PrunedMultiheadAttention.from_module(copy.deepcopy(mha), 12, 12).eval()
+    q, kv = torch.randn(4, 2, 12), torch.randn(6, 2, 12)
+    with torch.no_grad():
+        want, want_w = mha(q, kv, kv, need_weights=True)
+        got, got_w = ours(q, kv, kv, need_weights=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_w, want_w, rtol=1e-5, atol=1e-6)
+
+
+def test_flops_of_fused_attention_match_the_unfused_count():
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    ours = PrunedMultiheadAttention.from_module(copy.deepcopy(mha), 16, 16).eval()
+    x = torch.randn(2, 5, 16)
+
+    class Self(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x, x, x, need_weights=False)[0]
+
+    fused, unfused = count_flops(Self(mha), x), count_flops(Self(ours), x)
+    # 4 projections of 10 tokens x 16 x 16, and two 5 x 5 x 16 attention matmuls per sample
+    assert fused.flops == unfused.flops == 4 * 10 * 16 * 16 + 2 * 2 * 5 * 5 * 16
+    assert "aten::_native_multi_head_attention" not in fused.unsupported_ops
