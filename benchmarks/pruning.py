@@ -1,11 +1,10 @@
 """Prune-at-init benchmarks, measured on this machine (CPU, torch threads set by --threads, default 1).
 
 Writes to benchmarks/results/ (CSV + markdown twin each):
-- scoring_speed.csv   model,method,seconds: one scoring pass of each scorer (SynFlow: also its 100-round
+- scoring_speed.csv   model,method,seconds: one scoring pass of every registered scorer (SynFlow: also its 100-round
                       prune, ``synflow_100rounds``) on the reference pruning batch (10 x num_classes samples,
                       batches of 256) of random inputs; vgg16 (CIFAR seed model, 32 px, 10 classes) and
-                      torchvision resnet50 with 10 classes at --resnet-size px (64 by default: 224 px is too
-                      slow on 2 shared cores).
+                      torchvision resnet50 with 10 classes at --resnet-size px (224 by default, as the references).
 - layer_collapse.csv  model,method,max_compression_without_collapse: vgg16 at init, compressions
                       10^0.5 .. 10^4 in exponent steps of 0.25 (global masking). Single-shot scorers are
                       scored once and thresholded at every compression; SynFlow is re-run per compression
@@ -28,12 +27,14 @@ import pandas as pd
 import torch
 
 from hwprune.models import get_model
-from hwprune.prune.scorers import score_weights
+from hwprune.prune.scorers import WEIGHT_SCORERS, score_weights
 from hwprune.prune.weight_masking import density_from, detect_collapse, mask_from_scores, prune_weights
 from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, run_sweep
 from hwprune.train import TrainConfig
 
 RESULTS = Path(__file__).parent / "results"
+# the seed-004 five first, then the GCS family (gcs-grasp/gcs-snip: GCS presets mirroring those two)
+SCORING_ORDER = list(SEED_004_PRUNERS) + [m for m in WEIGHT_SCORERS.names() if m not in SEED_004_PRUNERS]
 
 
 # the columns the issue names (read by checks); the markdown twin shows every column
@@ -63,7 +64,7 @@ def scoring_speed(resnet_size: int) -> None:
         torch.manual_seed(0)
         model = get_model(model_name, num_classes=10, in_channels=3, input_size=size)
         batches = _batches(3, size)
-        for method in SEED_004_PRUNERS:
+        for method in SCORING_ORDER:
             start = time.perf_counter()
             score_weights(method, model, batches)
             rows.append({"model": model_name, "input": size, "method": method, "seconds": time.perf_counter() - start})
@@ -158,7 +159,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default="scoring,collapse,digits")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--resnet-size", type=int, default=64)
+    p.add_argument("--resnet-size", type=int, default=224)
     p.add_argument("--collapse-synflow-rounds", type=int, default=100)
     p.add_argument("--epochs", type=int, default=15)
     args = p.parse_args()

@@ -174,7 +174,7 @@ def _torch_count(model: nn.Module, inputs: Sequence[Any]) -> tuple[int, dict[str
     return total, per_module
 
 
-def _native_mha_flops(inputs: list, outputs: list) -> int:
+def native_mha_flops(inputs: list, outputs: list) -> int:
     """nn.MultiheadAttention's fused inference op (fvcore has no handler): projections + two matmuls.
 
     Counted as the unfused module computes it, so a compacted attention (plain linears and
@@ -211,7 +211,7 @@ def count_flops(model: nn.Module, example_input: Any) -> FlopsReport:
         torch_total, torch_per_module = _torch_count(model, inputs)
         try:
             analysis = FlopCountAnalysis(model, inputs)
-            analysis.set_op_handle("aten::_native_multi_head_attention", _native_mha_flops)
+            analysis.set_op_handle("aten::_native_multi_head_attention", native_mha_flops)
             analysis.unsupported_ops_warnings(False)
             analysis.uncalled_modules_warnings(False)
             analysis.tracer_warnings("none")

@@ -130,3 +130,128 @@ def test_flops_of_fused_attention_match_the_unfused_count():
     # 4 projections of 10 tokens x 16 x 16, and two 5 x 5 x 16 attention matmuls per sample
     assert fused.flops == unfused.flops == 4 * 10 * 16 * 16 + 2 * 2 * 5 * 5 * 16
     assert "aten::_native_multi_head_attention" not in fused.unsupported_ops
+
+
+class WrittenOutAttention(nn.Module):
+    """Attention as timm writes it: one qkv linear, reshape into heads, unbind, then SDPA or matmuls."""
+
+    def __init__(self, dim=16, heads=4, fused=True):
+        super().__init__()
+        self.embed = nn.Linear(6, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.heads, self.head_dim, self.fused = heads, dim // heads, fused
+        self.scale = self.head_dim**-0.5
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.fused:
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            y = attn.softmax(dim=-1) @ v
+        y = y.transpose(1, 2).reshape(b, n, c)
+        return self.head(x + self.proj(y))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_written_out_attention_prunes_head_dims_exactly(fused):
+    torch.manual_seed(0)
+    model = WrittenOutAttention(fused=fused).eval()
+    x = torch.randn(2, 5, 6)
+    graph = build_channel_graph(model, x)
+    by = _groups_by_tensor(graph)
+    inner = by[("qkv.weight", 0)]
+    # dimension j of every head, for q, k and v alike, is one channel: 4 channels of 12 rows each
+    assert inner.prunable and inner.exact and inner.size == 4
+    assert by[("proj.weight", 1)] is inner
+    mask = mask_from_scores(graph, random_scores(graph, seed=2), 0.5)
+    assert inner.id in mask.pruned_groups()
+    compacted = compact_model(graph, mask)
+    assert compacted.qkv.weight.shape[0] == 3 * 4 * 2  # 2 of 4 dims kept in every head
+    with torch.no_grad():
+        torch.testing.assert_close(compacted(x), masked_model(model, graph, mask)(x), rtol=1e-5, atol=1e-5)
+    if fused:  # the original softmax temperature is written into the compacted call
+        sdpa = next(n for n in compacted.graph.nodes if n.target is torch.nn.functional.scaled_dot_product_attention)
+        assert sdpa.kwargs["scale"] == pytest.approx(0.5)
+
+
+class FunctionalLayers(nn.Module):
+    """F.linear and F.batch_norm on parameters read directly (as timm's fused norm-act layers do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 4)
+
+    def forward(self, x):
+        bn = self.bn
+        x = torch.nn.functional.batch_norm(self.conv(x), bn.running_mean, bn.running_var, bn.weight, bn.bias)
+        x = x.mean((2, 3))
+        x = torch.relu(torch.nn.functional.linear(x, self.fc1.weight, self.fc1.bias))
+        return torch.nn.functional.linear(x, self.fc2.weight, self.fc2.bias)
+
+
+def test_functional_linear_and_batch_norm_map_like_their_modules():
+    model = FunctionalLayers().eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_channel_graph(model, x)
+    by = _groups_by_tensor(graph)
+    conv, hidden = by[("conv.weight", 0)], by[("fc1.weight", 0)]
+    assert conv.prunable and hidden.prunable and conv.size == 8 and hidden.size == 12
+    assert {s.tensor for s in conv.params} == {"bn.running_mean", "bn.running_var", "bn.weight", "bn.bias"}
+    assert [(s.tensor, s.axis) for s in conv.consumers] == [("fc1.weight", 1)]
+    assert [(s.tensor, s.axis) for s in hidden.consumers] == [("fc2.weight", 1)]
+    assert graph.prunable_macs_share() == 1.0
+    mask = mask_from_scores(graph, random_scores(graph, seed=0), 0.5)
+    compacted = compact_model(graph, mask)
+    with torch.no_grad():
+        torch.testing.assert_close(compacted(x), masked_model(model, graph, mask)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_functional_linear_on_frozen_input_freezes_its_weight_columns():
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(5, 4)
+
+        def forward(self, x):  # the network input is fixed: fc's input columns cannot shrink
+            return torch.nn.functional.linear(x, self.fc.weight, self.fc.bias)
+
+    graph = build_channel_graph(Frozen().eval(), torch.randn(2, 5))
+    assert not any(s.axis == 1 for g in graph.prunable_groups for s in g.slices)
+
+
+@pytest.mark.parametrize(
+    ("size", "shift", "v2"), [((8, 8), (2, 2), False), ((9, 7), (2, 2), True), ((4, 4), (0, 0), False)]
+)
+def test_window_attention_rewrite_equals_torchvision_at_full_width(size, shift, v2):
+    from torchvision.models.swin_transformer import shifted_window_attention
+
+    from hwprune.export.attention import pruned_shifted_window_attention
+
+    torch.manual_seed(0)
+    dim, heads, window = 12, 3, [4, 4]
+    x = torch.randn(2, *size, dim)
+    qkv_w, qkv_b = torch.randn(3 * dim, dim) / 4, torch.randn(3 * dim)
+    proj_w, proj_b = torch.randn(dim, dim) / 4, torch.randn(dim)
+    bias = torch.randn(1, heads, 16, 16)
+    logit_scale = torch.log(10 * torch.rand(heads, 1, 1) + 1) if v2 else None
+    common = dict(
+        window_size=window,
+        num_heads=heads,
+        shift_size=list(shift),
+        qkv_bias=qkv_b,
+        proj_bias=proj_b,
+        logit_scale=logit_scale,
+        training=False,
+    )
+    want = shifted_window_attention(x, qkv_w, proj_w, bias, **common)
+    got = pruned_shifted_window_attention(x, qkv_w, proj_w, bias, **common, qk_dim=4, v_dim=4, scale=0.5)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -315,3 +315,20 @@ def _has_tensorboard():
     except ImportError:
         return False
     return True
+
+
+@pytest.mark.skipif(not _has_tensorboard(), reason="tensorboard is not installed")
+def test_tensorboard_events_mirror_metrics_jsonl(digits, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train_loader, test_loader = digits
+    train(convnet(), train_loader, test_loader, TrainConfig(epochs=2, lr=0.05, log_dir=str(tmp_path)))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    numeric = {k for k, v in rows[0].items() if k != "epoch" and isinstance(v, (int, float))}
+    assert numeric and numeric <= set(tags)
+    for tag in numeric:
+        logged = {e.step: e.value for e in events.Scalars(tag)}
+        assert logged == pytest.approx({r["epoch"]: r[tag] for r in rows}, rel=1e-6)

@@ -1,22 +1,22 @@
-"""Every zoo model: a random 40 % channel mask compacts to a model equal to the masked model, and
-the ONNX export of the compacted model equals it in onnxruntime."""
+"""Every zoo model (seed models, the whole torchvision classification zoo, the timm set): a random
+40 % channel mask compacts to a model equal to the masked model, and the ONNX export of the
+compacted model equals it in onnxruntime."""
 
 import numpy as np
 import pytest
 import torch
 
+from hwprune.errors import HwpruneError
 from hwprune.export.pipeline import export_pruned
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.models.zoo import SEED_MODELS, SLOW, TORCHVISION_MODELS, zoo_case
+from hwprune.models.zoo import SLOW, UNTRACEABLE, timm_zoo, zoo_case, zoo_cases
 from hwprune.prune.channel import mask_from_scores, random_scores
 
-CASES = [(f"seed:{n}", n, None) for n in SEED_MODELS] + [
-    (qualified, n, size) for n, (qualified, size) in TORCHVISION_MODELS.items()
-]
+CASES = [(q, size) for q, size in zoo_cases() if q not in UNTRACEABLE]
 
 
-def _param(qualified, name, size):
-    marks = [pytest.mark.onnx] + ([pytest.mark.slow] if name in SLOW else [])
+def _param(qualified, size):
+    marks = [pytest.mark.onnx] + ([pytest.mark.slow] if qualified in SLOW else [])
     return pytest.param(qualified, size, id=qualified, marks=marks)
 
 
@@ -25,6 +25,7 @@ def test_random_mask_compacts_and_exports_exactly(qualified, size, tmp_path):
     model, x = zoo_case(qualified, size)
     graph = build_channel_graph(model, x, qualified)
     assert graph.prunable_groups, "nothing prunable"
+    assert graph.prunable_macs_share() >= 0.8  # conv/linear MACs in ops with a prunable channel axis
     for g in graph.groups:
         assert g.prunable or g.reason, f"group {g.id} frozen without a reason"
     mask = mask_from_scores(graph, random_scores(graph, seed=1), ratio=0.4)
@@ -54,3 +55,11 @@ def test_random_mask_compacts_and_exports_exactly(qualified, size, tmp_path):
         dense = model(x)
         pruned = compacted(x)
     assert not np.allclose(dense.numpy(), pruned.numpy(), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("qualified", sorted(q for q in UNTRACEABLE if q in {c for c, _ in timm_zoo().values()}))
+def test_untraceable_models_fail_with_one_clear_line(qualified):
+    model, x = zoo_case(qualified, dict(timm_zoo().values())[qualified])
+    with pytest.raises(HwpruneError, match=r"^torch\.fx cannot trace \w+: ") as err:
+        build_channel_graph(model, x, qualified)
+    assert "\n" not in str(err.value)

@@ -92,3 +92,85 @@ class PrunedMultiheadAttention(nn.Module):
         if not need_weights:
             return out, None
         return out, weights.mean(-3) if average_attn_weights else weights
+
+
+def _shift_mask(height: int, width: int, window: tuple[int, int], shift: tuple[int, int], like: torch.Tensor):
+    """The [windows, tokens, tokens] additive mask of shifted windows.
+
+    After a cyclic shift, tokens from different regions of the padded map must not attend to each
+    other: -100 before the softmax, as Swin does.
+    """
+
+    def regions(size: int, win: int, sh: int) -> torch.Tensor:
+        ids = torch.zeros(size, dtype=torch.long, device=like.device)
+        ids[size - win :] = 1
+        ids[size - sh :] = 2
+        return ids
+
+    ids = regions(height, window[0], shift[0])[:, None] * 3 + regions(width, window[1], shift[1])[None, :]
+    ids = ids.view(height // window[0], window[0], width // window[1], window[1]).permute(0, 2, 1, 3)
+    ids = ids.reshape(-1, window[0] * window[1])
+    differ = ids[:, None, :] != ids[:, :, None]
+    return torch.zeros(differ.shape, dtype=like.dtype, device=like.device).masked_fill(differ, -100.0)
+
+
+def pruned_shifted_window_attention(
+    input: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    proj_weight: torch.Tensor,
+    relative_position_bias: torch.Tensor,
+    window_size: list[int],
+    num_heads: int,
+    shift_size: list[int],
+    attention_dropout: float = 0.0,
+    dropout: float = 0.0,
+    qkv_bias: torch.Tensor | None = None,
+    proj_bias: torch.Tensor | None = None,
+    logit_scale: torch.Tensor | None = None,
+    training: bool = True,
+    *,
+    qk_dim: int,
+    v_dim: int,
+    scale: float,
+) -> torch.Tensor:
+    """Swin's (shifted-)window attention with explicit per-head widths and the original scale.
+
+    Same arguments as torchvision's ``shifted_window_attention`` (V1, and V2 when ``logit_scale``
+    is given), which derives the head width from the input channels; after compaction the
+    query/key width ``qk_dim``, value width ``v_dim`` and residual width differ.
+    """
+    batch, height, width, _ = input.shape
+    win = (window_size[0], window_size[1])
+    x = F.pad(input, (0, 0, 0, (-width) % win[1], 0, (-height) % win[0]))
+    pad_h, pad_w = x.shape[1], x.shape[2]
+    shift = (0 if win[0] >= pad_h else shift_size[0], 0 if win[1] >= pad_w else shift_size[1])
+    if sum(shift) > 0:
+        x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
+    rows, cols, tokens = pad_h // win[0], pad_w // win[1], win[0] * win[1]
+    x = x.view(batch, rows, win[0], cols, win[1], -1).permute(0, 1, 3, 2, 4, 5).reshape(-1, tokens, x.shape[-1])
+
+    qk = num_heads * qk_dim
+    if logit_scale is not None and qkv_bias is not None:  # V2 has no key bias
+        qkv_bias = torch.cat([qkv_bias[:qk], torch.zeros_like(qkv_bias[qk : 2 * qk]), qkv_bias[2 * qk :]])
+    qkv = F.linear(x, qkv_weight, qkv_bias)
+
+    def heads(part: torch.Tensor, dim: int) -> torch.Tensor:
+        return part.unflatten(-1, (num_heads, dim)).transpose(1, 2)  # [windows, heads, tokens, dim]
+
+    q, k, v = heads(qkv[..., :qk], qk_dim), heads(qkv[..., qk : 2 * qk], qk_dim), heads(qkv[..., 2 * qk :], v_dim)
+    if logit_scale is not None:  # cosine attention
+        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+        attn = attn * torch.clamp(logit_scale, max=math.log(100.0)).exp()
+    else:
+        attn = (q * scale) @ k.transpose(-2, -1)
+    attn = attn + relative_position_bias
+    if sum(shift) > 0:
+        mask = _shift_mask(pad_h, pad_w, win, shift, attn)
+        attn = (attn.view(batch, rows * cols, num_heads, tokens, tokens) + mask[None, :, None]).flatten(0, 1)
+    attn = F.dropout(attn.softmax(dim=-1), p=attention_dropout, training=training)
+    y = (attn @ v).transpose(1, 2).flatten(-2)
+    y = F.dropout(F.linear(y, proj_weight, proj_bias), p=dropout, training=training)
+    y = y.view(batch, rows, cols, win[0], win[1], -1).permute(0, 1, 3, 2, 4, 5).reshape(batch, pad_h, pad_w, -1)
+    if sum(shift) > 0:
+        y = torch.roll(y, shifts=shift, dims=(1, 2))
+    return y[:, :height, :width, :].contiguous()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from hwprune.export.attention import PrunedMultiheadAttention
+from hwprune.export.attention import PrunedMultiheadAttention, pruned_shifted_window_attention
 from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
 
@@ -25,13 +25,23 @@ def keep_table(graph: ChannelGraph, mask: ChannelMask) -> np.ndarray:
     """Keep flag per component root (indexable by any root id stored in the graph)."""
     n = 1 + max((int(s.roots.max(initial=-1)) for s in graph.sites), default=-1)
     for record in graph.rewrites.values():
-        arrays = [record[1]] if record[0] != "slice" else [v for _, v in record[1]]
+        arrays = _root_arrays(record)
         n = max([n] + [1 + int(np.max(a, initial=-1)) for a in arrays])
     keep = np.ones(n, dtype=bool)
     for gid, k in mask.keep.items():
         roots = np.asarray(graph.groups[gid].roots)
         keep[roots[~k]] = False
     return keep
+
+
+def _root_arrays(record: tuple) -> list[np.ndarray]:
+    """The root arrays a rewrite record holds (see ``graph_mapper.assemble``)."""
+    kind = record[0]
+    if kind == "slice":
+        return [v for _, v in record[1]]
+    if kind == "attention":
+        return [record[1], record[2]]
+    return [] if kind == "kwargs" else [record[1]]
 
 
 def kept(roots: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -178,6 +188,13 @@ def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) ->
             new_sizes = [int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
             node.op, node.target = "call_function", torch.split
             node.args, node.kwargs = (node.args[0], new_sizes), {"dim": dim}
+        elif record[0] == "kwargs":  # values fixed at mapping time (e.g. an attention scale)
+            node.kwargs = {**node.kwargs, **record[1]}
+        elif record[0] == "attention":  # window attention: explicit head widths, original scale
+            _, qk, v, heads, scale = record
+            node.target = pruned_shifted_window_attention
+            widths = {"qk_dim": int(kept(qk, keep).sum()) // heads, "v_dim": int(kept(v, keep).sum()) // heads}
+            node.kwargs = {**node.kwargs, **widths, "scale": scale}
         else:
             idx = list(node.args[1]) if isinstance(node.args[1], tuple) else [node.args[1]]
             for pos, roots in record[1]:

@@ -192,6 +192,10 @@ def _rewrite_to_roots(record: tuple, to_roots) -> tuple:
     kind = record[0]
     if kind == "shape":
         return ("shape", to_roots(record[1]))
+    if kind == "kwargs":
+        return record
+    if kind == "attention":
+        return ("attention", to_roots(record[1]), to_roots(record[2]), *record[3:])
     if kind == "split":
         return ("split", to_roots(record[1]), record[2], record[3])
     return ("slice", [(pos, to_roots(np.asarray(vec))) for pos, vec in record[1]])

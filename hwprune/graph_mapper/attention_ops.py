@@ -12,16 +12,26 @@ Heads must stay the same width, so both inner groups keep the same number of cha
 head (a block constraint, like the conv groups of a grouped convolution). The input channels are
 read by ``in_proj_weight``'s columns, as by a linear layer. Anything unusual (separate q/k/v
 projection weights, bias_k/bias_v, zero attention, attention masks) fails closed.
+
+Attention written out of plain ops (timm's ``qkv`` linear, reshape into heads, ``unbind``, then
+``q @ k^T`` or ``F.scaled_dot_product_attention``) maps through the same rules: query and key
+dimensions that meet in the scores are one channel, value dimensions pass to the output. The
+reshape into heads ties a dimension across heads, so every head keeps the same width.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import operator
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from hwprune.graph_mapper.atoms import fixed_label
+from hwprune.graph_mapper.atoms import Frozen, compact, fixed_label, labelled, right_align
 from hwprune.graph_mapper.ops import OPS
 from hwprune.graph_mapper.types import CONSUMER, PRODUCER
 
@@ -81,3 +91,185 @@ def multihead_attention(ctx: MapContext, node: fx.Node):
     weights_shape = ctx.shapes(node)[1]
     weights = fixed_label(len(weights_shape)) if weights_shape is not None else None
     return out.reshape((1,) * (len(out_shape) - 1) + (-1,)), weights
+
+
+# ----------------------------------------------------------------------------- attention written out
+
+
+def _both_labels(ctx: MapContext, node: fx.Node, a, b):
+    """Right-aligned labels of two tensor operands, or None after failing closed."""
+    la, lb = ctx.label(a), ctx.label(b)
+    if not (isinstance(la, np.ndarray) and isinstance(lb, np.ndarray)):
+        ctx.unknown(node, f"{node.name} multiplies an untracked or frozen tensor")
+        return None
+    shape_a, shape_b = ctx.shape(a), ctx.shape(b)
+    if len(shape_a) < 2 or len(shape_b) < 2:
+        ctx.unknown(node, f"matmul {node.name} of a vector")
+        return None
+    return right_align(la, len(shape_a)), right_align(lb, len(shape_b))
+
+
+def _tie_contraction(ctx: MapContext, node: fx.Node, ca: np.ndarray, cb: np.ndarray) -> bool:
+    """Union the atoms that meet in a contraction; a labelled atom meeting a fixed one freezes."""
+    ca, cb = np.broadcast_arrays(ca, cb)
+    clash = (ca >= 0) != (cb >= 0)
+    if clash.any():
+        ctx.atoms.freeze(np.concatenate([ca[clash], cb[clash]]), f"{node.name} contracts channels with fixed ones")
+        return False
+    ctx.atoms.union(ca, cb)
+    return True
+
+
+def _unfrozen(ctx: MapContext, label: np.ndarray) -> np.ndarray:
+    """Frozen atoms never leave their axis, so a product may treat them as fixed positions."""
+    frozen = np.isin(label, np.fromiter(ctx.atoms.frozen, dtype=np.int64, count=len(ctx.atoms.frozen)))
+    return np.where(frozen, -1, label) if frozen.any() else label
+
+
+@OPS.register(torch.matmul, operator.matmul, "matmul", torch.bmm, "bmm")
+def matmul(ctx: MapContext, node: fx.Node):
+    """Product of two activations, as written-out attention uses it.
+
+    Scores ``q @ k^T``: both operands vary along the contracted axis (query and key dimensions);
+    those that meet are one channel (removing a pair of zero entries leaves every score
+    unchanged) and the scores carry no channel. Weighted values ``attn @ v``: one operand carries
+    no channel and the other's channels pass to the result. Anything else fails closed.
+    """
+    labels = _both_labels(ctx, node, node.args[0], node.args[1])
+    if labels is None:
+        return Frozen(f"matmul {node.name}")
+    la, lb = (_unfrozen(ctx, label) for label in labels)
+    out_nd = len(ctx.shape(node))
+    if la.shape[-1] > 1 and lb.shape[-2] > 1 and la.shape[-2] == 1 and lb.shape[-1] == 1:
+        if not _tie_contraction(ctx, node, la[..., 0, :], lb[..., :, 0]):
+            return Frozen(f"matmul {node.name} contracts channels with fixed ones")
+        return fixed_label(out_nd)
+    if not labelled(la) and lb.shape[-2] == 1:
+        return right_align(lb, out_nd)
+    if not labelled(lb) and la.shape[-1] == 1:
+        return right_align(la, out_nd)
+    return ctx.unknown(node, f"matmul {node.name}: channels on an axis it cannot follow")
+
+
+@OPS.register(F.scaled_dot_product_attention)
+def scaled_dot_product_attention(ctx: MapContext, node: fx.Node):
+    """Fused attention: query/key dimensions meet in the scores, value dimensions pass through.
+
+    The default scale is ``1/sqrt(query width)``; compaction writes the original value in, so
+    removing query/key dimensions keeps the softmax temperature.
+    """
+    q, k, v = (node.args[i] if len(node.args) > i else node.kwargs[n] for i, n in enumerate(("query", "key", "value")))
+    if any(isinstance(ctx.label(t), Frozen) or ctx.label(t) is None for t in (q, k, v)):
+        return ctx.unknown(node, f"attention {node.name} reads frozen channels")
+    lq, lk, lv = (right_align(ctx.label(t), len(ctx.shape(t))) for t in (q, k, v))
+    if lq.shape[-2] > 1 or lk.shape[-2] > 1 or lv.shape[-2] > 1:
+        return ctx.unknown(node, f"attention {node.name}: channels vary along the token axis")
+    if not _tie_contraction(ctx, node, lq[..., 0, :], lk[..., 0, :]):
+        return Frozen(f"attention {node.name} contracts channels with fixed ones")
+    if labelled(lq) and node.kwargs.get("scale") is None and len(node.args) < 7:
+        ctx.rewrites[node.name] = ("kwargs", {"scale": 1.0 / math.sqrt(ctx.shape(q)[-1])})
+    return right_align(lv, len(ctx.shape(node)))
+
+
+def _einsum_spec(equation: str) -> tuple[list[str], str] | None:
+    """Operand and output subscripts of an explicit einsum equation (spaces allowed), else None."""
+    eq = equation.replace(" ", "")
+    if "->" not in eq or "." in eq:
+        return None
+    inputs, output = eq.split("->")
+    return inputs.split(","), output
+
+
+def _to_letters(label: np.ndarray, letters: str, space: str) -> np.ndarray:
+    """View ``label`` (axes named by ``letters``) in the axis order of ``space`` (size 1 where absent)."""
+    order = [letters.index(c) for c in space if c in letters]
+    moved = np.transpose(label, order)
+    return moved.reshape([label.shape[letters.index(c)] if c in letters else 1 for c in space])
+
+
+@OPS.register(torch.einsum)
+def einsum(ctx: MapContext, node: fx.Node):
+    """Two-operand einsum, with the same two rules as :func:`matmul` (scores, weighted values)."""
+    operands = node.args[1:] if len(node.args) > 2 else node.args[1]
+    spec = _einsum_spec(node.args[0]) if isinstance(node.args[0], str) else None
+    if spec is None or len(operands) != 2 or len(spec[0]) != 2:
+        return ctx.unknown(node, f"einsum {node.name}: only explicit two-operand equations are followed")
+    (sa, sb), out = spec
+    labels = _both_labels(ctx, node, operands[0], operands[1])
+    if labels is None:
+        return Frozen(f"einsum {node.name}")
+    la, lb = (_unfrozen(ctx, label) for label in labels)
+    space = "".join(dict.fromkeys(sa + sb + out))
+    ga, gb = _to_letters(la, sa, space), _to_letters(lb, sb, space)
+    vary_a = {space[d] for d in range(len(space)) if ga.shape[d] > 1}
+    vary_b = {space[d] for d in range(len(space)) if gb.shape[d] > 1}
+    contracted = set(sa + sb) - set(out)
+    shared = set(sa) & set(sb)
+    if vary_a & contracted and vary_b & contracted and vary_a <= shared and vary_b <= shared:
+        if not _tie_contraction(ctx, node, ga, gb):
+            return Frozen(f"einsum {node.name} contracts channels with fixed ones")
+        return fixed_label(len(out))
+    for fixed_side, g, vary in ((la, gb, vary_b), (lb, ga, vary_a)):
+        if not labelled(fixed_side) and not vary & contracted:  # weighted values: channels pass through
+            kept = "".join(c for c in space if c in out)
+            return compact(_to_letters(g.reshape([g.shape[space.index(c)] for c in kept]), kept, out))
+    return ctx.unknown(node, f"einsum {node.name}: channels on an axis it cannot follow")
+
+
+def _swin_attention(ctx: MapContext, node: fx.Node):
+    """Swin's window attention (torchvision), an fx leaf: one qkv and one output projection.
+
+    Mapped like nn.MultiheadAttention. Compaction calls
+    :func:`hwprune.export.attention.pruned_shifted_window_attention`, which takes the kept
+    per-head widths and the original scale instead of deriving them from the input width.
+    """
+    from torchvision.models.swin_transformer import shifted_window_attention
+
+    args = inspect.signature(shifted_window_attention).bind(*node.args, **node.kwargs).arguments
+    tensors = [args.get(k) for k in ("qkv_weight", "proj_weight", "qkv_bias", "proj_bias")]
+    if any(isinstance(t, fx.Node) and t.op != "get_attr" for t in tensors) or not isinstance(args["num_heads"], int):
+        return ctx.unknown(node, f"window attention {node.name} with computed weights")
+    qkv_w, proj_w, qkv_b, proj_b = tensors
+    heads, shape = args["num_heads"], ctx.shape(args["input"])
+    width = shape[-1]
+    vec = ctx.channel_labels(node, args["input"], dim=-1, size=width, what="window attention input")
+    if vec is None:
+        return ctx.unknown(node, f"window attention {node.name} reads frozen channels")
+    for per_head in (args.get("relative_position_bias"), args.get("logit_scale")):  # heads never shrink
+        if isinstance(ctx.label(per_head), np.ndarray):
+            ctx.atoms.freeze(ctx.label(per_head), f"per-head tensor of window attention {node.name}")
+    qk, v, out = ctx.atoms.new(width), ctx.atoms.new(width), ctx.atoms.new(width)
+    ctx.keep_equal_per_block(qk.reshape(heads, -1), f"attention heads of {node.name} (query/key)")
+    ctx.keep_equal_per_block(v.reshape(heads, -1), f"attention heads of {node.name} (value)")
+    tokens = math.prod(ctx.shape(node)[1:-1])
+    rows = np.concatenate([qk, qk, v])
+    ctx.site(qkv_w.target, 1, vec, CONSUMER, node, macs=3 * width * width * tokens)
+    ctx.site(qkv_w.target, 0, rows, PRODUCER, node, macs=3 * width * width * tokens)
+    ctx.site(proj_w.target, 1, v, CONSUMER, node, macs=width * width * tokens)
+    ctx.site(proj_w.target, 0, out, PRODUCER, node, macs=width * width * tokens)
+    for bias, atoms in ((qkv_b, rows), (proj_b, out)):
+        if isinstance(bias, fx.Node):
+            ctx.site(bias.target, 0, atoms, PRODUCER, node)
+    ctx.rewrites[node.name] = ("attention", qk, v, heads, (width // heads) ** -0.5)
+    return out.reshape((1,) * (len(shape) - 1) + (-1,))
+
+
+def _swin_patch_merging(ctx: MapContext, node: fx.Node):
+    """Swin's patch merging gathers 2x2 neighbours along channels: [..., C] -> [..., 4C], C tiled 4x."""
+    shape = ctx.shape(node.args[0])
+    vec = ctx.channel_labels(node, node.args[0], dim=-1, size=shape[-1], what="patch merging")
+    if vec is None:
+        return Frozen(f"patch merging {node.name} sees frozen channels")
+    return np.tile(vec, 4).reshape((1,) * (len(shape) - 1) + (-1,))
+
+
+def _register_swin() -> None:
+    try:
+        from torchvision.models.swin_transformer import _patch_merging_pad, shifted_window_attention
+    except ImportError:  # torchvision is optional for the mapper
+        return
+    OPS.register(shifted_window_attention)(_swin_attention)
+    OPS.register(_patch_merging_pad)(_swin_patch_merging)
+
+
+_register_swin()

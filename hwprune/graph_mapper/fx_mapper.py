@@ -28,7 +28,7 @@ class MapContext:
         self.sites: list[RawSite] = []
         self.rewrites: dict[str, tuple] = {}
         self.block_constraints: list[tuple[str, np.ndarray]] = []
-        self._site_atoms: dict[tuple[str, int], np.ndarray] = {}
+        self._site_index: dict[tuple[str, int], int] = {}
 
     # -- lookups
     def module(self, node: fx.Node) -> nn.Module:
@@ -58,13 +58,16 @@ class MapContext:
     def site(self, tensor, axis, atoms, role, node, kind="plain", conv_groups=1, macs=0) -> None:
         """Record that ``tensor``'s ``axis`` carries ``atoms``; a tensor used twice ties both uses."""
         atoms = np.asarray(atoms, dtype=np.int64)
-        seen = self._site_atoms.get((tensor, axis))
-        if seen is not None:  # shared weights: one tensor, one set of channels
-            if seen.shape != atoms.shape or ((seen < 0) != (atoms < 0)).any():
-                self.atoms.freeze(np.concatenate([seen, atoms]), f"{tensor} is used with different channels")
-            self.atoms.union(seen, atoms)
+        index = self._site_index.get((tensor, axis))
+        if index is not None:  # shared weights: one tensor, one set of channels
+            seen = self.sites[index]
+            if seen.atoms.shape != atoms.shape or ((seen.atoms < 0) != (atoms < 0)).any():
+                self.atoms.freeze(np.concatenate([seen.atoms, atoms]), f"{tensor} is used with different channels")
+            self.atoms.union(seen.atoms, atoms)
+            if seen.role == PARAM and role != PARAM:  # a get_attr seen first, then the op that uses it
+                self.sites[index] = RawSite(tensor, axis, seen.atoms, role, node.name, kind, conv_groups, macs)
             return
-        self._site_atoms[(tensor, axis)] = atoms
+        self._site_index[(tensor, axis)] = len(self.sites)
         self.sites.append(RawSite(tensor, axis, atoms, role, node.name, kind, conv_groups, macs))
 
     def channel_labels(self, node, arg, dim: int, size: int, what: str) -> np.ndarray | None:

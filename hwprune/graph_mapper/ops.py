@@ -446,7 +446,7 @@ def permute(ctx: MapContext, node: fx.Node):
     return np.transpose(label, [d % label.ndim for d in dims])
 
 
-@OPS.register("transpose", torch.transpose)
+@OPS.register("transpose", torch.transpose, "swapaxes", torch.swapaxes, "swapdims", torch.swapdims)
 def transpose(ctx: MapContext, node: fx.Node):
     label = ctx.label(node.args[0])
     if isinstance(label, Frozen):
@@ -477,6 +477,24 @@ def split(ctx: MapContext, node: fx.Node):
     return tuple(compact(vec[a:b].reshape(shape)) for a, b in zip(bounds[:-1], bounds[1:], strict=False))
 
 
+@OPS.register("unbind", torch.unbind)
+def unbind(ctx: MapContext, node: fx.Node):
+    """Unbind along an axis whose positions never shrink (e.g. the q/k/v axis tied by a reshape)."""
+    label = ctx.label(node.args[0])
+    n_out = len(ctx.shapes(node))
+    if isinstance(label, Frozen):
+        return tuple(label for _ in range(n_out))
+    in_shape = ctx.shape(node.args[0])
+    dim = _arg(node, 1, "dim") or 0
+    dim %= len(in_shape)
+    label = right_align(label, len(in_shape))
+    vary = varying_dims(label)
+    if dim in vary and dim == vary[-1]:  # the innermost varying axis is the one that shrinks
+        return ctx.unknown(node, f"unbind {node.name} along a channel axis")
+    full = np.broadcast_to(label, label.shape[:dim] + (n_out,) + label.shape[dim + 1 :])
+    return tuple(compact(np.take(full, i, axis=dim)) for i in range(n_out))
+
+
 @OPS.register(operator.getitem)
 def getitem(ctx: MapContext, node: fx.Node):
     src, idx = node.args
@@ -492,6 +510,9 @@ def getitem(ctx: MapContext, node: fx.Node):
 
 def _index_tensor(ctx: MapContext, node: fx.Node, label: np.ndarray, idx):
     in_shape = ctx.shape(node.args[0])
+    if isinstance(idx, fx.Node) and right_align(label, len(in_shape)).shape[0] == 1:
+        # rows picked by a tensor (a relative-position bias table): the other axes' channels pass
+        return right_align(label, len(in_shape))[0]
     idx = idx if isinstance(idx, tuple) else (idx,)
     if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in idx):
         return ctx.unknown(node, f"advanced indexing {node.name}")
@@ -622,25 +643,71 @@ def non_tensor(ctx: MapContext, node: fx.Node):
     return None
 
 
-@OPS.register(F.layer_norm)
-def functional_layer_norm(ctx: MapContext, node: fx.Node):
-    """F.layer_norm(x, shape, weight, bias) as torchvision's LayerNorm2d calls it."""
-    shape = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
-    if len(shape) != 1:
-        return ctx.unknown(node, f"layer_norm {node.name} over several axes")
-    size = ctx.shape(node.args[0])[-1]
-    vec = ctx.channel_labels(node, node.args[0], dim=-1, size=size, what="layer norm")
-    if vec is None:
-        return Frozen(f"layer norm {node.name} sees frozen channels")
-    for i, key in ((2, "weight"), (3, "bias")):
-        param = node.args[i] if len(node.args) > i else node.kwargs.get(key)
+def _arg(node: fx.Node, index: int, name: str):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name)
+
+
+def _functional_norm(ctx: MapContext, node: fx.Node, dim: int, params: dict[str, int], what: str):
+    """A functional norm with per-channel parameters passed as tensors: tie them to the channels."""
+    size = ctx.shape(node.args[0])[dim]
+    vec = ctx.channel_labels(node, node.args[0], dim=dim, size=size, what=what)
+    if vec is None:  # the parameters' own channels must not stay prunable
+        ctx.freeze_inputs(node, f"{what} {node.name} sees frozen channels")
+        return None
+    for key, i in params.items():
+        param = _arg(node, i, key)
         if isinstance(param, fx.Node):
             label = ctx.label(param)
             if not isinstance(label, np.ndarray) or label.size != size:
-                return ctx.unknown(node, f"layer_norm {node.name}: {key} is not a per-channel parameter")
+                ctx.unknown(node, f"{what} {node.name}: {key} is not a per-channel parameter")
+                return None
             ctx.atoms.union(vec, label.reshape(-1))
+    return vec
+
+
+@OPS.register(F.layer_norm)
+def functional_layer_norm(ctx: MapContext, node: fx.Node):
+    """F.layer_norm(x, shape, weight, bias) as torchvision's LayerNorm2d calls it."""
+    shape = _arg(node, 1, "normalized_shape")
+    if len(shape) != 1:
+        return ctx.unknown(node, f"layer_norm {node.name} over several axes")
+    vec = _functional_norm(ctx, node, -1, {"weight": 2, "bias": 3}, "layer norm")
+    if vec is None:
+        return Frozen(f"layer norm {node.name} sees frozen channels")
     ctx.atoms.mark_inexact(vec, f"layer_norm {node.name} normalises across channels")
     return ctx.label(node.args[0])
+
+
+@OPS.register(F.batch_norm)
+def functional_batch_norm(ctx: MapContext, node: fx.Node):
+    """F.batch_norm(x, running_mean, running_var, weight, bias, ...), as timm's BatchNormAct2d calls it."""
+    params = {"running_mean": 1, "running_var": 2, "weight": 3, "bias": 4}
+    if _functional_norm(ctx, node, 1, params, "batch norm") is None:
+        return Frozen(f"batch norm {node.name} sees frozen channels")
+    return ctx.label(node.args[0])
+
+
+@OPS.register(F.linear)
+def functional_linear(ctx: MapContext, node: fx.Node):
+    """F.linear(x, weight, bias) with parameters read by get_attr (timm, fx-wrapped modules)."""
+    weight, bias = node.args[1] if len(node.args) > 1 else node.kwargs["weight"], _arg(node, 2, "bias")
+    if not (isinstance(weight, fx.Node) and weight.op == "get_attr") or (
+        isinstance(bias, fx.Node) and bias.op != "get_attr"
+    ):
+        return ctx.unknown(node, f"linear {node.name} with a computed weight")
+    out_shape = ctx.shape(node)
+    c_out, c_in = ctx.shape(weight)
+    macs = c_out * c_in * math.prod(out_shape[1:-1])
+    vec = ctx.channel_labels(node, node.args[0], dim=-1, size=c_in, what="linear input")
+    if vec is not None:
+        ctx.site(weight.target, 1, vec, CONSUMER, node, macs=macs)
+    elif isinstance(ctx.label(weight), np.ndarray):  # its get_attr label must not stay prunable
+        ctx.atoms.freeze(ctx.label(weight), f"input of linear {node.name} is frozen")
+    out = ctx.atoms.new(c_out)
+    ctx.site(weight.target, 0, out, PRODUCER, node, macs=macs)
+    if isinstance(bias, fx.Node):
+        ctx.site(bias.target, 0, out, PRODUCER, node)
+    return out.reshape((1,) * (len(out_shape) - 1) + (-1,))
 
 
 def _register_torchvision_ops() -> None:
