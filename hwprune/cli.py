@@ -31,6 +31,15 @@ def _model_options(p: argparse.ArgumentParser, default_model: str | None = None)
     g.add_argument("--seed", type=int, default=0, help="seed for the example input and random scores")
 
 
+def _onnx_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--onnx",
+        type=Path,
+        default=None,
+        help="an ONNX file to work on instead of --model (no PyTorch model needed; importance l1, l2 or random)",
+    )
+
+
 def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
 
@@ -83,16 +92,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = add("map", "Map a model's channel groups and print them.")
     _model_options(p)
+    _onnx_option(p)
     p.add_argument("--explain", action="store_true", help="print every group with its slices")
     p.add_argument("--json", type=Path, default=None, help="also write the groups as JSON to this file")
 
     p = add("mask", "Compute a channel mask and save it as JSON.")
     _model_options(p)
+    _onnx_option(p)
     _mask_options(p)
     p.add_argument("--out", type=Path, default=None, help="(required) mask file to write (.json)")
 
     p = add("export", "Compact a model with a mask, export ONNX, verify it in onnxruntime, report.")
     _model_options(p)
+    _onnx_option(p)
     p.add_argument("--mask", type=Path, default=None, help="mask file from `hwprune mask` (default: compute one)")
     _mask_options(p)
     p.add_argument("--out", type=Path, default=None, help="(required) ONNX file to write")
@@ -184,7 +196,11 @@ REQUIRED = {
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse, fold in --config, then check required options (which a config may supply)."""
     args = _apply_config(parser, argv)
-    missing = [f"--{k.replace('_', '-')}" for k in REQUIRED.get(args.command, []) if getattr(args, k) is None]
+    missing = [
+        f"--{k.replace('_', '-')}" + (" (or --onnx)" if k == "model" and hasattr(args, "onnx") else "")
+        for k in REQUIRED.get(args.command, [])
+        if getattr(args, k) is None and not (k == "model" and getattr(args, "onnx", None) is not None)
+    ]
     if missing:
         raise HwpruneError(f"`hwprune {args.command}` needs {', '.join(missing)} (on the command line or in --config)")
     return args
@@ -225,6 +241,19 @@ def _job(args):
     from hwprune.jobs import ModelInput
 
     return ModelInput.build(args.model, args.input_size, args.batch, args.num_classes, args.in_channels, args.seed)
+
+
+def _model_or_onnx(args):
+    """The job of map/mask/export: a zoo model (--model) or an ONNX file (--onnx), never both."""
+    if args.onnx is None:
+        return _job(args)
+    if args.model is not None:
+        raise HwpruneError("give --model or --onnx, not both")
+    from hwprune.graph_mapper.onnx_mapper import OnnxJob, check_onnx_importance
+
+    if hasattr(args, "method"):
+        check_onnx_importance(args.method)
+    return OnnxJob.build(args.onnx)
 
 
 def cmd_demo(args) -> None:
@@ -269,7 +298,7 @@ def cmd_datasets(args) -> None:
 
 
 def cmd_map(args) -> None:
-    graph = _job(args).graph()
+    graph = _model_or_onnx(args).graph()
     print(graph.explain() if args.explain else graph.summary())
     if not args.explain:
         for g in graph.groups:
@@ -298,7 +327,7 @@ def cmd_mask(args) -> None:
     from hwprune.jobs import make_mask
 
     check_writable(args.out)
-    job = _job(args)
+    job = _model_or_onnx(args)
     graph = job.graph()
     mask = make_mask(job, graph, args.method, args.ratio, args.seed)
     mask.save(args.out)
@@ -312,9 +341,12 @@ def cmd_export(args) -> None:
     from hwprune.jobs import make_mask, prune_export_measure
     from hwprune.prune.masks import ChannelMask
 
-    job = _job(args)
+    job = _model_or_onnx(args)
     graph = job.graph()
     mask = ChannelMask.load(args.mask) if args.mask else make_mask(job, graph, args.method, args.ratio, args.seed)
+    if args.onnx is not None:
+        _export_onnx_file(args, job, graph, mask)
+        return
     method = mask.meta.get("method", args.method)
     outcome = prune_export_measure(
         job,
@@ -328,6 +360,24 @@ def cmd_export(args) -> None:
         exporter=args.exporter,
     )
     print(outcome.table())
+
+
+def _export_onnx_file(args, job, graph, mask) -> None:
+    """`export --onnx`: compact the file itself, verify it in onnxruntime, optionally time both files."""
+    from hwprune.export.onnx_compact import prune_onnx_file
+
+    if args.results is not None:
+        raise HwpruneError("--results needs --model: a results row counts the FLOPs of a PyTorch model")
+    report = prune_onnx_file(args.onnx, mask, args.out, graph=graph)
+    print(report.table())
+    if args.latency:
+        from hwprune.latency import measure
+
+        before, after = measure("ort-cpu", [args.onnx, args.out], job.example, threads=args.threads)
+        print(
+            f"onnxruntime CPU latency ({args.threads} thread(s)): dense {before.median_ms:.2f} ms, "
+            f"pruned {after.median_ms:.2f} ms, speed-up {before.median_ms / after.median_ms:.2f}x"
+        )
 
 
 def _budget(args) -> tuple[str, float]:

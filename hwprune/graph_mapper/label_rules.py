@@ -26,8 +26,6 @@ from hwprune.graph_mapper.atoms import (
 )
 from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PLAIN, PRODUCER
 
-Label = "np.ndarray | Frozen | None"
-
 
 class LabelRecorder:
     """Atoms, sites and rewrite records of one mapping pass.
@@ -41,7 +39,7 @@ class LabelRecorder:
         self.labels: dict[str, object] = {}
         self.sites: list[RawSite] = []
         self.rewrites: dict[str, tuple] = {}
-        self._site_atoms: dict[tuple[str, int], np.ndarray] = {}
+        self._site_index: dict[tuple[str, int], int] = {}
 
     def label(self, arg):
         raise NotImplementedError
@@ -52,13 +50,16 @@ class LabelRecorder:
     def site(self, tensor, axis, atoms, role, node, kind=PLAIN, conv_groups=1, macs=0) -> None:
         """Record that ``tensor``'s ``axis`` carries ``atoms``; a tensor used twice ties both uses."""
         atoms = np.asarray(atoms, dtype=np.int64)
-        seen = self._site_atoms.get((tensor, axis))
-        if seen is not None:  # shared weights: one tensor, one set of channels
-            if seen.shape != atoms.shape or ((seen < 0) != (atoms < 0)).any():
-                self.atoms.freeze(np.concatenate([seen, atoms]), f"{tensor} is used with different channels")
-            self.atoms.union(seen, atoms)
+        index = self._site_index.get((tensor, axis))
+        if index is not None:  # shared weights: one tensor, one set of channels
+            seen = self.sites[index]
+            if seen.atoms.shape != atoms.shape or ((seen.atoms < 0) != (atoms < 0)).any():
+                self.atoms.freeze(np.concatenate([seen.atoms, atoms]), f"{tensor} is used with different channels")
+            self.atoms.union(seen.atoms, atoms)
+            if seen.role == PARAM and role != PARAM:  # met as an operand first, then by the op that uses it
+                self.sites[index] = RawSite(tensor, axis, seen.atoms, role, node.name, kind, conv_groups, macs)
             return
-        self._site_atoms[(tensor, axis)] = atoms
+        self._site_index[(tensor, axis)] = len(self.sites)
         self.sites.append(RawSite(tensor, axis, atoms, role, node.name, kind, conv_groups, macs))
 
     def channel_labels(self, node, arg, dim: int, size: int, what: str) -> np.ndarray | None:

@@ -1,0 +1,327 @@
+"""Apply a ChannelMask to an ONNX-built ChannelGraph: the masked model, the compacted model, a verified file.
+
+The ONNX counterpart of :mod:`hwprune.export.compact`, working from the same sites and rewrite
+records (:func:`~hwprune.export.compact.keep_table`). The masked model keeps every shape and
+zeroes the removed channels' weights; the compacted model slices every initializer along every
+changed site, sets the attributes that count channels (a depthwise Conv's ``group``, a per-channel
+GroupNormalization's ``num_groups``) and rewrites the size arguments the mapper recorded
+(Reshape/Expand/Resize sizes, Split sizes, Slice bounds, Gather indices) as new initializers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from hwprune.errors import VerificationError
+from hwprune.export.compact import _changed_sites, _shrink, keep_table, kept
+from hwprune.export.onnx_export import ort_session, temp_path_beside
+from hwprune.export.pipeline import check_writable
+from hwprune.export.verify import DEFAULT_TOLERANCE, max_rel_diff
+from hwprune.graph_mapper.onnx_mapper import (
+    build_onnx_channel_graph,
+    first_line,
+    opset_of,
+    random_feeds,
+    remove_dead_code,
+    running_statistics,
+)
+from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, SIZE_INPUT, attr
+from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
+from hwprune.prune.masks import ChannelMask
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return out
+
+
+def _set_initializers(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
+    for i, t in enumerate(model.graph.initializer):
+        if t.name in arrays:
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arrays[t.name], t.name))
+
+
+def _by_tensor(graph: ChannelGraph, keep: np.ndarray) -> dict[str, list[tuple[Site, np.ndarray]]]:
+    out: dict[str, list[tuple[Site, np.ndarray]]] = defaultdict(list)
+    for site, k in _changed_sites(graph, keep):
+        out[site.tensor].append((site, k))
+    return out
+
+
+# ----------------------------------------------------------------------------- masked
+
+
+def _zero_removed(w: np.ndarray, site: Site, k: np.ndarray) -> None:
+    """Zero the positions of ``site`` whose channel is removed (in place, shapes unchanged)."""
+    drop = np.flatnonzero(~k)
+    if site.kind == GROUPED_IN:  # position i: column i % cin_g of the rows of conv group i // cin_g
+        cin_g, cout_g = w.shape[1], w.shape[0] // site.conv_groups
+        for i in drop.tolist():
+            w[(i // cin_g) * cout_g : (i // cin_g + 1) * cout_g, i % cin_g] = 0
+    else:
+        index = [slice(None)] * w.ndim
+        index[site.axis] = drop
+        w[tuple(index)] = 0
+
+
+def masked_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
+    """The graph's model with the removed channels' weights zeroed; every shape unchanged.
+
+    Running statistics of BatchNormalization are left alone, as the PyTorch masked model leaves
+    buffers: the zeroed scale and shift already silence the channel.
+    """
+    mask.validate(graph)
+    model = _copy(graph.gm)
+    stats = running_statistics(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    arrays: dict[str, np.ndarray] = {}
+    for name, entries in _by_tensor(graph, keep_table(graph, mask)).items():
+        if name in stats:
+            continue
+        w = arrays.setdefault(name, numpy_helper.to_array(inits[name]).copy())
+        for site, k in entries:
+            _zero_removed(w, site, k)
+    _set_initializers(model, arrays)
+    return model
+
+
+# ----------------------------------------------------------------------------- compacted
+
+
+def compact_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
+    """A smaller model computing what the masked model computes on exact groups (checked by onnx.checker).
+
+    Pruning an inexact group (a LayerNorm or GroupNorm sees it) changes what the kept channels
+    compute, as in :func:`hwprune.export.compact.compact_model`.
+    """
+    mask.validate(graph)
+    keep = keep_table(graph, mask)
+    model = _copy(graph.gm)
+    inits = {t.name: t for t in model.graph.initializer}
+    old_shapes = {name: tuple(t.dims) for name, t in inits.items()}
+    arrays = {}
+    for name, entries in _by_tensor(graph, keep).items():
+        arrays[name] = _shrink(torch.from_numpy(numpy_helper.to_array(inits[name]).copy()), entries).numpy()
+    _set_initializers(model, arrays)
+    _sync_attributes(model, old_shapes, {n: a.shape for n, a in arrays.items()})
+    _rewrite_nodes(model, graph, keep)
+    remove_dead_code(model)  # the size initializers that were replaced
+    del model.graph.value_info[:]
+    strict = all(n.domain in DEFAULT_DOMAINS for n in model.graph.node)  # custom ops have no shape functions
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=strict)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # checker and inference raise several types
+        raise VerificationError(f"compacted {graph.model_name} is not a valid ONNX model: {first_line(exc)}") from exc
+    return model
+
+
+def _sync_attributes(model: onnx.ModelProto, old: dict, new: dict) -> None:
+    """Attributes that count channels follow the new initializer shapes."""
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.input[1] in new:
+            groups, rows = int(attr(node, "group", 1)), old[node.input[1]][0]
+            if groups > 1 and old[node.input[1]][1] == 1:  # depthwise: groups follow the kept channels
+                _set_attr(node, "group", new[node.input[1]][0] // (rows // groups))
+        elif node.op_type == "GroupNormalization" and node.input[1] in new:
+            if int(attr(node, "num_groups")) == old[node.input[1]][0]:  # one group per channel
+                _set_attr(node, "num_groups", new[node.input[1]][0])
+
+
+def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    kept_attrs = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(kept_attrs + [helper.make_attribute(name, value)])
+
+
+def _const(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name))
+
+
+def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, i: int, value: np.ndarray) -> None:
+    """Point input ``i`` of ``node`` at a new initializer of its own (the old one may be shared)."""
+    names = {t.name for t in model.graph.initializer}
+    name = f"{node.name}_input{i}_compacted"
+    while name in names:
+        name += "_"
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    while len(node.input) <= i:
+        node.input.append("")
+    node.input[i] = name
+
+
+def _rewrite_nodes(model: onnx.ModelProto, graph: ChannelGraph, keep: np.ndarray) -> None:
+    nodes = {n.name: n for n in model.graph.node}
+    for name, record in graph.rewrites.items():
+        node = nodes[name]
+        if record[0] == "shape":
+            _rewrite_sizes(model, node, kept(record[1], keep))
+        elif record[0] == "split":
+            _rewrite_split(model, node, kept(record[1], keep), record[3])
+        elif node.op_type == "Gather":
+            ((_, roots),) = record[1]
+            _rewrite_gather(model, node, kept(roots, keep))
+        else:
+            _rewrite_slice(model, node, [(pos, kept(roots, keep)) for pos, roots in record[1]])
+
+
+def _rewrite_sizes(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray) -> None:
+    """Write the kept count along every axis where channels vary (-1 entries stay inferred)."""
+    i = SIZE_INPUT[node.op_type]
+    sizes = _const(model, node.input[i]).copy()
+    offset = sizes.size - k.ndim
+    for d in range(k.ndim):
+        if k.shape[d] > 1 and sizes[d + offset] != -1:
+            sizes[d + offset] = int(np.moveaxis(k, d, 0).reshape(k.shape[d], -1).any(1).sum())
+    _set_input(model, node, i, sizes)
+
+
+def _rewrite_split(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray, sizes) -> None:
+    bounds = np.cumsum([0] + list(sizes))
+    new = np.asarray([int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dtype=np.int64)
+    if opset_of(model) < 13:
+        _set_attr(node, "split", new.tolist())
+        return
+    kept_attrs = [a for a in node.attribute if a.name != "num_outputs"]
+    del node.attribute[:]
+    node.attribute.extend(kept_attrs)
+    _set_input(model, node, 1, new)
+
+
+def _rewrite_slice(model: onnx.ModelProto, node: onnx.NodeProto, entries) -> None:
+    """New bounds for the slice entries along channel axes: kept channels before start and stop."""
+    starts, ends = _const(model, node.input[1]).copy(), _const(model, node.input[2]).copy()
+    for j, k in entries:
+        start, stop, _ = slice(int(starts[j]), int(ends[j])).indices(k.size)
+        starts[j], ends[j] = int(k[:start].sum()), int(k[:stop].sum())
+    _set_input(model, node, 1, starts)
+    _set_input(model, node, 2, ends)
+
+
+def _rewrite_gather(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray) -> None:
+    """Constant indices into a channel axis: drop the removed ones, renumber the kept ones."""
+    idx = _const(model, node.input[1]) % k.size
+    picked = k[idx]
+    axes_keep = [picked.any(axis=tuple(a for a in range(idx.ndim) if a != d)) for d in range(idx.ndim)]
+    grid = np.ix_(*axes_keep)
+    if not picked[grid].all() or picked.sum() != picked[grid].size:
+        raise VerificationError(f"cannot compact Gather {node.name}: its kept indices do not form a rectangle")
+    new_pos = np.cumsum(k) - 1
+    _set_input(model, node, 1, new_pos[idx][grid].astype(idx.dtype))
+
+
+# ----------------------------------------------------------------------------- file to file
+
+
+@dataclass
+class OnnxPruneReport:
+    """What :func:`prune_onnx_file` wrote and how well it matched the masked model."""
+
+    model: str
+    path: str
+    params_before: int
+    params_after: int
+    max_rel_diff: float | None  # compacted vs masked in onnxruntime (None when inexact groups were pruned)
+    groups_pruned: int
+    channel_density: float
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        ratio = self.params_after / self.params_before if self.params_before else 1.0
+        lines = [
+            f"## {self.model}: compacted ONNX",
+            "",
+            "| | before | after | ratio |",
+            "|---|---:|---:|---:|",
+            f"| params | {self.params_before:,} | {self.params_after:,} | {ratio:.3f} |",
+            "",
+            f"Groups pruned: {self.groups_pruned}; channel density over prunable groups {self.channel_density:.3f}.",
+        ]
+        if self.max_rel_diff is not None:
+            lines.append(f"Compacted vs masked model in onnxruntime: max relative difference {self.max_rel_diff:.2e}.")
+        lines.append(f"Written to {self.path}")
+        return "\n".join(lines + [f"Note: {n}" for n in self.notes])
+
+
+def float_params(model: onnx.ModelProto) -> int:
+    """Elements of the floating-point initializers that are tensors (weights, not scalar constants)."""
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    sizes = [math.prod(t.dims) for t in model.graph.initializer if t.data_type in floats]
+    return sum(n for n in sizes if n > 1)
+
+
+def run_model(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort_session(path).run(None, feeds)
+
+
+def prune_onnx_file(
+    src,
+    mask: ChannelMask,
+    dst: str | Path,
+    input_shape=None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+    graph: ChannelGraph | None = None,
+) -> OnnxPruneReport:
+    """Compact ``src`` with ``mask``, check it against the masked model in onnxruntime, write ``dst``.
+
+    ``dst`` is written only when the check passes (through a temporary file renamed into place).
+    Pass ``graph`` when it was already built from ``src`` (at ``input_shape``).
+    """
+    dst = check_writable(dst)
+    graph = graph or build_onnx_channel_graph(src, input_shape=input_shape)
+    mask.validate(graph)
+    compacted = compact_onnx(graph, mask)
+    inexact = [graph.groups[g].name for g in mask.pruned_groups() if not graph.groups[g].exact]
+    feeds = random_feeds(graph.gm, seed)
+    tmp = temp_path_beside(dst)
+    diff, notes = None, []
+    try:
+        onnx.save(compacted, str(tmp))
+        if inexact:
+            notes.append(f"inexact groups pruned ({', '.join(inexact[:3])}): not compared with the masked model")
+        else:
+            diff = _compare_with_masked(graph, mask, tmp, feeds)
+            if not diff <= tolerance:
+                raise VerificationError(
+                    f"compacted {graph.model_name} differs from the masked model by {diff:.2e} in onnxruntime "
+                    f"(relative, tolerance {tolerance:.0e}); nothing was written: this is a mapper bug, please "
+                    "report it with the model and mask"
+                )
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return OnnxPruneReport(
+        model=graph.model_name,
+        path=str(dst),
+        params_before=float_params(graph.gm),
+        params_after=float_params(compacted),
+        max_rel_diff=diff,
+        groups_pruned=len(mask.pruned_groups()),
+        channel_density=mask.channel_density(graph),
+        notes=notes,
+    )
+
+
+def _compare_with_masked(graph: ChannelGraph, mask: ChannelMask, compacted_path: Path, feeds: dict) -> float:
+    with tempfile.TemporaryDirectory(prefix="hwprune-onnx-") as tmp:
+        masked_path = Path(tmp) / "masked.onnx"
+        onnx.save(masked_onnx(graph, mask), str(masked_path))
+        try:
+            reference = run_model(masked_path, feeds)
+            return max_rel_diff(run_model(compacted_path, feeds), reference)
+        except Exception as exc:  # onnxruntime raises its own types (custom ops, unsupported kernels)
+            raise VerificationError(
+                f"onnxruntime cannot run {graph.model_name} to verify it ({first_line(exc)[:200]}); nothing was written"
+            ) from exc
