@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from hwprune.graph_mapper.atoms import Frozen, compact, fixed_label, labelled, right_align
+from hwprune.graph_mapper import label_rules as rules
+from hwprune.graph_mapper.atoms import Frozen, fixed_label, labelled, right_align
 from hwprune.graph_mapper.ops import OPS
 from hwprune.graph_mapper.types import CONSUMER, PRODUCER
 
@@ -109,46 +110,27 @@ def _both_labels(ctx: MapContext, node: fx.Node, a, b):
     return right_align(la, len(shape_a)), right_align(lb, len(shape_b))
 
 
-def _tie_contraction(ctx: MapContext, node: fx.Node, ca: np.ndarray, cb: np.ndarray) -> bool:
-    """Union the atoms that meet in a contraction; a labelled atom meeting a fixed one freezes."""
-    ca, cb = np.broadcast_arrays(ca, cb)
-    clash = (ca >= 0) != (cb >= 0)
-    if clash.any():
-        ctx.atoms.freeze(np.concatenate([ca[clash], cb[clash]]), f"{node.name} contracts channels with fixed ones")
-        return False
-    ctx.atoms.union(ca, cb)
-    return True
-
-
-def _unfrozen(ctx: MapContext, label: np.ndarray) -> np.ndarray:
-    """Frozen atoms never leave their axis, so a product may treat them as fixed positions."""
-    frozen = np.isin(label, np.fromiter(ctx.atoms.frozen, dtype=np.int64, count=len(ctx.atoms.frozen)))
-    return np.where(frozen, -1, label) if frozen.any() else label
-
-
 @OPS.register(torch.matmul, operator.matmul, "matmul", torch.bmm, "bmm")
 def matmul(ctx: MapContext, node: fx.Node):
-    """Product of two activations, as written-out attention uses it.
-
-    Scores ``q @ k^T``: both operands vary along the contracted axis (query and key dimensions);
-    those that meet are one channel (removing a pair of zero entries leaves every score
-    unchanged) and the scores carry no channel. Weighted values ``attn @ v``: one operand carries
-    no channel and the other's channels pass to the result. Anything else fails closed.
-    """
+    """Product of two activations, as written-out attention uses it (see ``label_rules.matmul``)."""
     labels = _both_labels(ctx, node, node.args[0], node.args[1])
     if labels is None:
         return Frozen(f"matmul {node.name}")
-    la, lb = (_unfrozen(ctx, label) for label in labels)
-    out_nd = len(ctx.shape(node))
-    if la.shape[-1] > 1 and lb.shape[-2] > 1 and la.shape[-2] == 1 and lb.shape[-1] == 1:
-        if not _tie_contraction(ctx, node, la[..., 0, :], lb[..., :, 0]):
-            return Frozen(f"matmul {node.name} contracts channels with fixed ones")
-        return fixed_label(out_nd)
-    if not labelled(la) and lb.shape[-2] == 1:
-        return right_align(lb, out_nd)
-    if not labelled(lb) and la.shape[-1] == 1:
-        return right_align(la, out_nd)
-    return ctx.unknown(node, f"matmul {node.name}: channels on an axis it cannot follow")
+    out = rules.matmul(ctx.atoms, *labels, len(ctx.shape(node)), f"matmul {node.name}")
+    return ctx.unknown(node, f"matmul {node.name}: channels on an axis it cannot follow") if out is None else out
+
+
+@OPS.register(torch.einsum)
+def einsum(ctx: MapContext, node: fx.Node):
+    """Two-operand einsum, with the rules of :func:`matmul` (scores, weighted values)."""
+    operands = node.args[1:] if len(node.args) > 2 else node.args[1]
+    if not isinstance(node.args[0], str) or len(operands) != 2:
+        return ctx.unknown(node, f"einsum {node.name}: only explicit two-operand equations are followed")
+    labels = _both_labels(ctx, node, operands[0], operands[1])
+    if labels is None:
+        return Frozen(f"einsum {node.name}")
+    out = rules.einsum(ctx.atoms, node.args[0], *labels, f"einsum {node.name}")
+    return ctx.unknown(node, f"einsum {node.name}: channels on an axis it cannot follow") if out is None else out
 
 
 @OPS.register(F.scaled_dot_product_attention)
@@ -164,56 +146,11 @@ def scaled_dot_product_attention(ctx: MapContext, node: fx.Node):
     lq, lk, lv = (right_align(ctx.label(t), len(ctx.shape(t))) for t in (q, k, v))
     if lq.shape[-2] > 1 or lk.shape[-2] > 1 or lv.shape[-2] > 1:
         return ctx.unknown(node, f"attention {node.name}: channels vary along the token axis")
-    if not _tie_contraction(ctx, node, lq[..., 0, :], lk[..., 0, :]):
+    if not rules.tie_contraction(ctx.atoms, lq[..., 0, :], lk[..., 0, :], f"attention {node.name}"):
         return Frozen(f"attention {node.name} contracts channels with fixed ones")
     if labelled(lq) and node.kwargs.get("scale") is None and len(node.args) < 7:
         ctx.rewrites[node.name] = ("kwargs", {"scale": 1.0 / math.sqrt(ctx.shape(q)[-1])})
     return right_align(lv, len(ctx.shape(node)))
-
-
-def _einsum_spec(equation: str) -> tuple[list[str], str] | None:
-    """Operand and output subscripts of an explicit einsum equation (spaces allowed), else None."""
-    eq = equation.replace(" ", "")
-    if "->" not in eq or "." in eq:
-        return None
-    inputs, output = eq.split("->")
-    return inputs.split(","), output
-
-
-def _to_letters(label: np.ndarray, letters: str, space: str) -> np.ndarray:
-    """View ``label`` (axes named by ``letters``) in the axis order of ``space`` (size 1 where absent)."""
-    order = [letters.index(c) for c in space if c in letters]
-    moved = np.transpose(label, order)
-    return moved.reshape([label.shape[letters.index(c)] if c in letters else 1 for c in space])
-
-
-@OPS.register(torch.einsum)
-def einsum(ctx: MapContext, node: fx.Node):
-    """Two-operand einsum, with the same two rules as :func:`matmul` (scores, weighted values)."""
-    operands = node.args[1:] if len(node.args) > 2 else node.args[1]
-    spec = _einsum_spec(node.args[0]) if isinstance(node.args[0], str) else None
-    if spec is None or len(operands) != 2 or len(spec[0]) != 2:
-        return ctx.unknown(node, f"einsum {node.name}: only explicit two-operand equations are followed")
-    (sa, sb), out = spec
-    labels = _both_labels(ctx, node, operands[0], operands[1])
-    if labels is None:
-        return Frozen(f"einsum {node.name}")
-    la, lb = (_unfrozen(ctx, label) for label in labels)
-    space = "".join(dict.fromkeys(sa + sb + out))
-    ga, gb = _to_letters(la, sa, space), _to_letters(lb, sb, space)
-    vary_a = {space[d] for d in range(len(space)) if ga.shape[d] > 1}
-    vary_b = {space[d] for d in range(len(space)) if gb.shape[d] > 1}
-    contracted = set(sa + sb) - set(out)
-    shared = set(sa) & set(sb)
-    if vary_a & contracted and vary_b & contracted and vary_a <= shared and vary_b <= shared:
-        if not _tie_contraction(ctx, node, ga, gb):
-            return Frozen(f"einsum {node.name} contracts channels with fixed ones")
-        return fixed_label(len(out))
-    for fixed_side, g, vary in ((la, gb, vary_b), (lb, ga, vary_a)):
-        if not labelled(fixed_side) and not vary & contracted:  # weighted values: channels pass through
-            kept = "".join(c for c in space if c in out)
-            return compact(_to_letters(g.reshape([g.shape[space.index(c)] for c in kept]), kept, out))
-    return ctx.unknown(node, f"einsum {node.name}: channels on an axis it cannot follow")
 
 
 def _swin_attention(ctx: MapContext, node: fx.Node):

@@ -268,3 +268,83 @@ def normalise_over(atoms: AtomTable, label: np.ndarray, nd: int, dims, what: str
     if any(label.shape[d % nd] > 1 for d in dims):
         atoms.freeze(label, f"{what} normalises across channels")
     return label
+
+
+# ----------------------------------------------------------------------------- products of activations
+
+
+def unfrozen(atoms: AtomTable, label: np.ndarray) -> np.ndarray:
+    """Frozen atoms never leave their axis, so a product may treat them as fixed positions."""
+    frozen = np.isin(label, np.fromiter(atoms.frozen, dtype=np.int64, count=len(atoms.frozen)))
+    return np.where(frozen, -1, label) if frozen.any() else label
+
+
+def tie_contraction(atoms: AtomTable, ca: np.ndarray, cb: np.ndarray, what: str) -> bool:
+    """Union the atoms that meet in a contraction; a labelled atom meeting a fixed one freezes both."""
+    ca, cb = np.broadcast_arrays(ca, cb)
+    clash = (ca >= 0) != (cb >= 0)
+    if clash.any():
+        atoms.freeze(np.concatenate([ca[clash], cb[clash]]), f"{what} contracts channels with fixed ones")
+        return False
+    atoms.union(ca, cb)
+    return True
+
+
+def matmul(atoms: AtomTable, la: np.ndarray, lb: np.ndarray, out_nd: int, what: str):
+    """Product of two activations ``a [..., n, m] @ b [..., m, p]`` (right-aligned labels).
+
+    Scores ``q @ k^T``: both operands vary along the contracted axis (query and key dimensions);
+    those that meet are one channel (removing a pair of zero entries leaves every score
+    unchanged) and the result carries no channel. Weighted values ``attn @ v``: one operand
+    carries no channel and the other's channels pass to the result. Returns None for anything
+    else (the caller fails closed).
+    """
+    la, lb = unfrozen(atoms, la), unfrozen(atoms, lb)
+    if la.shape[-1] > 1 and lb.shape[-2] > 1 and la.shape[-2] == 1 and lb.shape[-1] == 1:
+        if not tie_contraction(atoms, la[..., 0, :], lb[..., :, 0], what):
+            return Frozen(f"{what} contracts channels with fixed ones")
+        return fixed_label(out_nd)
+    if not labelled(la) and lb.shape[-2] == 1:
+        return right_align(lb, out_nd)
+    if not labelled(lb) and la.shape[-1] == 1:
+        return right_align(la, out_nd)
+    return None
+
+
+def _einsum_spec(equation: str) -> tuple[list[str], str] | None:
+    """Operand and output subscripts of an explicit einsum equation (spaces allowed), else None."""
+    eq = equation.replace(" ", "")
+    if "->" not in eq or "." in eq:
+        return None
+    inputs, output = eq.split("->")
+    return inputs.split(","), output
+
+
+def _to_letters(label: np.ndarray, letters: str, space: str) -> np.ndarray:
+    """View ``label`` (axes named by ``letters``) in the axis order of ``space`` (size 1 where absent)."""
+    order = [letters.index(c) for c in space if c in letters]
+    moved = np.transpose(label, order)
+    return moved.reshape([label.shape[letters.index(c)] if c in letters else 1 for c in space])
+
+
+def einsum(atoms: AtomTable, equation: str, la: np.ndarray, lb: np.ndarray, what: str):
+    """Two-operand einsum with the two rules of :func:`matmul`; None when they do not apply."""
+    spec = _einsum_spec(equation)
+    if spec is None or len(spec[0]) != 2:
+        return None
+    (sa, sb), out = spec
+    la, lb = unfrozen(atoms, la), unfrozen(atoms, lb)
+    space = "".join(dict.fromkeys(sa + sb + out))
+    ga, gb = _to_letters(la, sa, space), _to_letters(lb, sb, space)
+    vary_a = {space[d] for d in range(len(space)) if ga.shape[d] > 1}
+    vary_b = {space[d] for d in range(len(space)) if gb.shape[d] > 1}
+    contracted, shared = set(sa + sb) - set(out), set(sa) & set(sb)
+    if vary_a & contracted and vary_b & contracted and vary_a <= shared and vary_b <= shared:
+        if not tie_contraction(atoms, ga, gb, what):
+            return Frozen(f"{what} contracts channels with fixed ones")
+        return fixed_label(len(out))
+    for fixed_side, g, vary in ((la, gb, vary_b), (lb, ga, vary_a)):
+        if not labelled(fixed_side) and not vary & contracted:  # weighted values: channels pass through
+            kept = "".join(c for c in space if c in out)
+            return compact(_to_letters(g.reshape([g.shape[space.index(c)] for c in kept]), kept, out))
+    return None

@@ -20,7 +20,15 @@ import onnx
 from onnx import helper
 
 from hwprune.graph_mapper import label_rules as rules
-from hwprune.graph_mapper.atoms import Frozen, channel_vector, compact, fixed_label, labelled, right_align
+from hwprune.graph_mapper.atoms import (
+    Frozen,
+    channel_vector,
+    compact,
+    fixed_label,
+    labelled,
+    right_align,
+    varying_dims,
+)
 from hwprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -155,15 +163,30 @@ def gemm(ctx: OnnxContext, node: onnx.NodeProto):
     return rules.channel_shaped(out, 2)
 
 
+def _activation_product(ctx: OnnxContext, node: onnx.NodeProto, rule):
+    """A product of two activations (attention scores, weighted values): the shared product rules."""
+    a, b = node.input[:2]
+    la, lb = ctx.label(a), ctx.label(b)
+    if not (isinstance(la, np.ndarray) and isinstance(lb, np.ndarray)):
+        return ctx.unknown(node, f"{_what(node)} multiplies an untracked or frozen tensor")
+    if len(ctx.shape(a)) < 2 or len(ctx.shape(b)) < 2:
+        return ctx.unknown(node, f"{_what(node)} of a vector")
+    out = rule(right_align(la, len(ctx.shape(a))), right_align(lb, len(ctx.shape(b))))
+    return ctx.unknown(node, f"{_what(node)}: channels on an axis it cannot follow") if out is None else out
+
+
 @_handles("MatMul")
 def matmul(ctx: OnnxContext, node: onnx.NodeProto):
     """Activation @ 2-D initializer (a Linear layer exported as MatMul): outputs on the weight's columns.
 
-    A product of two activations (attention) ties channels across tensors in ways no rule here
-    proves: it fails closed, as the fx front-end does for matmul.
+    A product of two activations follows the shared rules: query/key dimensions meeting in attention
+    scores are one channel, value dimensions pass through ``attn @ v``; anything else fails closed.
     """
     a, b = node.input
     weight, a_shape = ctx.const(b), ctx.shape(a)
+    if weight is None and ctx.const(a) is None:
+        out_nd = len(_out_shape(ctx, node))
+        return _activation_product(ctx, node, lambda la, lb: rules.matmul(ctx.atoms, la, lb, out_nd, _what(node)))
     if weight is None or weight.ndim != 2 or ctx.const(a) is not None or len(a_shape) < 2:
         return ctx.unknown(node, f"MatMul {node.name} is not activation @ 2-D initializer")
     out_shape = _out_shape(ctx, node)
@@ -370,8 +393,13 @@ def slice_(ctx: OnnxContext, node: onnx.NodeProto):
         return ctx.unknown(node, f"Slice {node.name} of channels with computed bounds")
     label = right_align(label, nd)
     index, records = [slice(None)] * nd, []
+    vary = varying_dims(label)
     for j, (start, end, axis, step) in enumerate(zip(*params, strict=True)):
         if label.shape[axis] == 1:
+            continue
+        if len(vary) > 1 and axis % nd != vary[-1]:  # an outer axis of a split channel axis never shrinks
+            rules.tie_outer_axes(ctx.atoms, label, f"Slice {node.name}")
+            index[axis] = slice(int(start), int(end), int(step))
             continue
         if int(step) != 1:
             return ctx.unknown(node, f"Slice {node.name} picks channels with a step")
@@ -398,6 +426,11 @@ def gather(ctx: OnnxContext, node: onnx.NodeProto):
     if label.shape[axis] == 1:
         return label.reshape(label.shape[:axis] + (1,) * len(idx_shape) + label.shape[axis + 1 :])
     idx, vec = ctx.const(indices), channel_vector(label, axis)
+    vary = varying_dims(label)
+    if idx is not None and len(vary) > 1 and axis != vary[-1]:
+        # an outer axis of a split channel axis (q/k/v of a fused projection): it never shrinks
+        rules.tie_outer_axes(ctx.atoms, label, f"Gather {node.name}")
+        return compact(np.take(label, idx % in_shape[axis], axis=axis))
     if idx is None or vec is None or idx.ndim == 0:
         return ctx.unknown(node, f"Gather {node.name} picks channels with computed or scalar indices")
     picked = vec[idx % in_shape[axis]]
@@ -567,6 +600,16 @@ def arg_reduction(ctx: OnnxContext, node: onnx.NodeProto):
     return rules.reduce(
         ctx.atoms, label, nd, [int(attr(node, "axis", 0))], keep, len(_out_shape(ctx, node)), _what(node)
     )
+
+
+@_handles("Einsum")
+def einsum(ctx: OnnxContext, node: onnx.NodeProto):
+    """Two-operand Einsum of activations, with the rules of MatMul."""
+    equation = attr(node, "equation")
+    equation = equation.decode() if isinstance(equation, bytes) else equation
+    if len(node.input) != 2 or any(ctx.const(x) is not None for x in node.input):
+        return ctx.unknown(node, f"Einsum {node.name}: only products of two activations are followed")
+    return _activation_product(ctx, node, lambda la, lb: rules.einsum(ctx.atoms, equation, la, lb, _what(node)))
 
 
 @_handles("Softmax", "LogSoftmax", "Hardmax")
