@@ -105,7 +105,8 @@ def assemble(
     sites_, groups_, positions = sites_[order], groups_[order], positions[order]
     cuts = np.flatnonzero(np.diff(sites_ * (len(members) + 1) + groups_)) + 1
     slices: dict[int, list[ChannelSlice]] = defaultdict(list)
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, sites_.size], strict=True):
+    runs = zip(np.r_[0, cuts], np.r_[cuts, sites_.size], strict=True) if sites_.size else ()  # no weights: none
+    for a, b in runs:
         i, g = int(sites_[a]), int(groups_[a])
         site, index = sites[i], positions[a:b]
         inner = index.size // members[g].size

@@ -43,8 +43,12 @@ class GroupMatch:
 
 
 def _weights(tensors: dict[str, np.ndarray], graph: ChannelGraph) -> dict[str, np.ndarray]:
-    """The tensors of two or more dimensions that a site of ``graph`` names."""
-    named = {s.tensor for s in graph.sites}
+    """The conv/linear weights of ``graph``: tensors a site with multiply-adds names.
+
+    Per-channel or per-head tensors (norm scales, layer scales, class tokens, position tables)
+    are left out: exporters fold them into constants that no longer resemble the parameter.
+    """
+    named = {s.tensor for s in graph.sites if s.macs > 0}
     return {n: t for n, t in tensors.items() if n in named and t.ndim >= 2}
 
 
@@ -150,3 +154,34 @@ def _compare(fx_group, onnx_group) -> list[str]:
         if a != b:
             out.append(f"fx group {fx_group.id} / ONNX group {onnx_group.id} ({fx_group.name}): {attr} {a} vs {b}")
     return out
+
+
+def onnx_groups_of(fx_graph: ChannelGraph, onnx_graph: ChannelGraph, resolved: dict) -> dict[int, set[int]]:
+    """Fx group id -> the ONNX groups its channels fall in, position by position on shared weights.
+
+    Every set has one element when the ONNX front-end is the same as, or coarser than, the fx one
+    (an ONNX group may join fx groups, e.g. query, key and value of a fused projection that the
+    exported reshape keeps rectangular); a set of two or more means the ONNX side split an fx group.
+    """
+
+    def group_per_position(graph: ChannelGraph) -> dict[tuple[str, int], np.ndarray]:
+        gid_of = {root: g.id for g in graph.groups for root in g.roots}
+        return {
+            (s.tensor, s.axis): np.array([gid_of.get(int(r), -1) for r in s.roots])
+            for s in graph.sites
+            if (s.roots >= 0).any()
+        }
+
+    fx_pos, onnx_pos = group_per_position(fx_graph), group_per_position(onnx_graph)
+    found: dict[int, set[int]] = defaultdict(set)
+    for (tensor, axis), onnx_gids in onnx_pos.items():
+        if tensor not in resolved:
+            continue
+        fx_name, transposed = resolved[tensor]
+        fx_gids = fx_pos.get((fx_name, 1 - axis if transposed else axis))
+        if fx_gids is None or fx_gids.shape != onnx_gids.shape:
+            continue
+        for f, o in zip(fx_gids.tolist(), onnx_gids.tolist(), strict=True):
+            if f >= 0 and o >= 0:
+                found[f].add(o)
+    return dict(found)

@@ -10,25 +10,21 @@ from torch import fx, nn
 
 from hwprune.errors import HwpruneError
 from hwprune.graph_mapper import attention_ops  # noqa: F401  (registers the attention handlers)
-from hwprune.graph_mapper.assemble import RawSite, assemble
-from hwprune.graph_mapper.atoms import AtomTable, Frozen, channel_vector, fixed_label, right_align
+from hwprune.graph_mapper.assemble import assemble
+from hwprune.graph_mapper.atoms import Frozen, fixed_label
+from hwprune.graph_mapper.label_rules import LabelRecorder, channel_shaped
 from hwprune.graph_mapper.ops import OPS, op_key, op_name
 from hwprune.graph_mapper.types import PARAM, ChannelGraph
 
 
-class MapContext:
-    """What handlers see: labels and shapes of nodes, the atom table, and the site recorder."""
+class MapContext(LabelRecorder):
+    """What handlers see: labels and shapes of nodes, modules and tensors, and the site recorder."""
 
     def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.tensors = dict(gm.named_parameters()) | dict(gm.named_buffers())
-        self.atoms = AtomTable()
-        self.labels: dict[str, object] = {}
-        self.sites: list[RawSite] = []
-        self.rewrites: dict[str, tuple] = {}
-        self.block_constraints: list[tuple[str, np.ndarray]] = []
-        self._site_index: dict[tuple[str, int], int] = {}
 
     # -- lookups
     def module(self, node: fx.Node) -> nn.Module:
@@ -54,39 +50,7 @@ class MapContext:
         shape = self.shapes(arg)
         return shape if isinstance(shape, tuple) else None
 
-    # -- recording
-    def site(self, tensor, axis, atoms, role, node, kind="plain", conv_groups=1, macs=0) -> None:
-        """Record that ``tensor``'s ``axis`` carries ``atoms``; a tensor used twice ties both uses."""
-        atoms = np.asarray(atoms, dtype=np.int64)
-        index = self._site_index.get((tensor, axis))
-        if index is not None:  # shared weights: one tensor, one set of channels
-            seen = self.sites[index]
-            if seen.atoms.shape != atoms.shape or ((seen.atoms < 0) != (atoms < 0)).any():
-                self.atoms.freeze(np.concatenate([seen.atoms, atoms]), f"{tensor} is used with different channels")
-            self.atoms.union(seen.atoms, atoms)
-            if seen.role == PARAM and role != PARAM:  # a get_attr seen first, then the op that uses it
-                self.sites[index] = RawSite(tensor, axis, seen.atoms, role, node.name, kind, conv_groups, macs)
-            return
-        self._site_index[(tensor, axis)] = len(self.sites)
-        self.sites.append(RawSite(tensor, axis, atoms, role, node.name, kind, conv_groups, macs))
-
-    def channel_labels(self, node, arg, dim: int, size: int, what: str) -> np.ndarray | None:
-        """The atom of each channel along ``dim`` of ``arg``; None (and freeze) if it has none."""
-        label = self.label(arg)
-        if isinstance(label, Frozen) or label is None:
-            return None
-        label = right_align(label, len(self.shape(arg)))
-        vec = channel_vector(label, dim)
-        if vec is None:
-            self.atoms.freeze(label, f"{what} at {node.name}: channels vary along other axes")
-            return None
-        return np.broadcast_to(vec, (size,)).copy()
-
-    def new_frozen(self, n: int, reason: str) -> np.ndarray:
-        atoms = self.atoms.new(n)
-        self.atoms.freeze(atoms, reason)
-        return atoms
-
+    # -- failing closed
     def freeze_inputs(self, node: fx.Node, reason: str) -> None:
         for arg in node.all_input_nodes:
             for label in _flat(self.labels.get(arg.name)):
@@ -103,19 +67,6 @@ class MapContext:
         if isinstance(shapes, tuple):
             return Frozen(reason)
         return tuple(None if s is None else Frozen(reason) for s in shapes)
-
-    def keep_equal_per_block(self, atoms: np.ndarray, what: str) -> None:
-        """``atoms`` [blocks, n]: a mask must keep the same number of channels in every block."""
-        self.block_constraints.append((what, np.asarray(atoms, dtype=np.int64)))
-
-    def record_shape_rewrite(self, node: fx.Node, out_label: np.ndarray) -> None:
-        self.rewrites[node.name] = ("shape", out_label)
-
-    def record_split_rewrite(self, node: fx.Node, vec: np.ndarray, dim: int, sizes: list[int]) -> None:
-        self.rewrites[node.name] = ("split", vec, dim, sizes)
-
-    def record_slice_rewrite(self, node: fx.Node, slices: list) -> None:
-        self.rewrites[node.name] = ("slice", slices)
 
 
 def _flat(label):
@@ -236,4 +187,4 @@ def _param_label(ctx: MapContext, node: fx.Node):
     axis = axes[-1]
     atoms = ctx.atoms.new(shape[axis])
     ctx.site(node.target, axis, atoms, PARAM, node)  # a second get_attr of it is tied to the first
-    return atoms.reshape(tuple(-1 if d == axis else 1 for d in range(len(shape))))
+    return channel_shaped(atoms, len(shape), axis)

@@ -28,7 +28,7 @@ from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PLAIN, PRODU
 
 
 class LabelRecorder:
-    """Atoms, sites and rewrite records of one mapping pass.
+    """Atoms, sites, block constraints and rewrite records of one mapping pass.
 
     Subclasses say how to find the label and the shape of an operand (``label``, ``shape``); nodes
     are anything with a ``name`` (an fx node, an ONNX NodeProto).
@@ -39,6 +39,7 @@ class LabelRecorder:
         self.labels: dict[str, object] = {}
         self.sites: list[RawSite] = []
         self.rewrites: dict[str, tuple] = {}
+        self.block_constraints: list[tuple[str, np.ndarray]] = []
         self._site_index: dict[tuple[str, int], int] = {}
 
     def label(self, arg):
@@ -78,6 +79,10 @@ class LabelRecorder:
         atoms = self.atoms.new(n)
         self.atoms.freeze(atoms, reason)
         return atoms
+
+    def keep_equal_per_block(self, atoms: np.ndarray, what: str) -> None:
+        """``atoms`` [blocks, n]: a mask must keep the same number of channels in every block."""
+        self.block_constraints.append((what, np.asarray(atoms, dtype=np.int64)))
 
     def record_shape_rewrite(self, node, out_label: np.ndarray) -> None:
         self.rewrites[node.name] = ("shape", out_label)

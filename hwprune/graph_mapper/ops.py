@@ -18,15 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from hwprune.graph_mapper.atoms import (
-    Frozen,
-    compact,
-    fixed_label,
-    labelled,
-    right_align,
-    varying_dims,
-)
-from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PRODUCER
+from hwprune.graph_mapper import label_rules as rules
+from hwprune.graph_mapper.atoms import Frozen, compact, labelled, right_align, varying_dims
 
 if TYPE_CHECKING:
     from hwprune.graph_mapper.fx_mapper import MapContext
@@ -74,33 +67,22 @@ def op_name(node: fx.Node, module: nn.Module | None = None) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+def _what(ctx: MapContext, node: fx.Node) -> str:
+    """How reasons name a node: its op and its name."""
+    return f"{op_name(node, ctx.module_or_none(node))} {node.name}"
+
+
 # ----------------------------------------------------------------------------- weights
 
 
 def _conv(ctx: MapContext, node: fx.Node) -> np.ndarray:
     m = ctx.module(node)
     name, out_shape = node.target, ctx.shape(node)
-    groups, c_in, c_out = m.groups, m.in_channels, m.out_channels
-    cin_g, cout_g = c_in // groups, c_out // groups  # cout_g: depthwise multiplier when cin_g == 1
     macs = m.weight.numel() * math.prod(out_shape[2:])
-    vec = ctx.channel_labels(node, node.args[0], dim=1, size=c_in, what="conv input")
-    bias = m.bias is not None
-    if groups > 1 and cin_g == 1:
-        # depthwise (with multiplier cout_g): output channel o is input channel o // cout_g
-        in_vec = vec if vec is not None else ctx.new_frozen(c_in, f"input of {name} is frozen")
-        out = np.repeat(in_vec, cout_g)
-        ctx.site(f"{name}.weight", 0, out, PRODUCER, node, macs=macs)
-        if bias:
-            ctx.site(f"{name}.bias", 0, out, PRODUCER, node)
-    else:
-        if vec is not None:
-            kind = GROUPED_IN if groups > 1 else "plain"
-            ctx.site(f"{name}.weight", 1, vec, CONSUMER, node, kind=kind, conv_groups=groups, macs=macs)
-        out = ctx.atoms.new(c_out)
-        ctx.site(f"{name}.weight", 0, out, PRODUCER, node, conv_groups=groups, macs=macs)
-        if bias:
-            ctx.site(f"{name}.bias", 0, out, PRODUCER, node, conv_groups=groups)
-    return out.reshape((1, -1) + (1,) * (len(out_shape) - 2))
+    vec = ctx.channel_labels(node, node.args[0], dim=1, size=m.in_channels, what="conv input")
+    bias = f"{name}.bias" if m.bias is not None else None
+    out = rules.conv_sites(ctx, node, vec, f"{name}.weight", bias, m.groups, m.in_channels, m.out_channels, macs)
+    return rules.channel_shaped(out, len(out_shape))
 
 
 def _linear(ctx: MapContext, node: fx.Node) -> np.ndarray:
@@ -108,20 +90,15 @@ def _linear(ctx: MapContext, node: fx.Node) -> np.ndarray:
     name, out_shape = node.target, ctx.shape(node)
     macs = m.weight.numel() * math.prod(out_shape[1:-1])
     vec = ctx.channel_labels(node, node.args[0], dim=-1, size=m.in_features, what="linear input")
-    if vec is not None:
-        ctx.site(f"{name}.weight", 1, vec, CONSUMER, node, macs=macs)
-    out = ctx.atoms.new(m.out_features)
-    ctx.site(f"{name}.weight", 0, out, PRODUCER, node, macs=macs)
-    if m.bias is not None:
-        ctx.site(f"{name}.bias", 0, out, PRODUCER, node)
-    return out.reshape((1,) * (len(out_shape) - 1) + (-1,))
+    bias = (f"{name}.bias", 0) if m.bias is not None else None
+    out = rules.linear_sites(ctx, node, vec, f"{name}.weight", 0, m.out_features, macs, bias)
+    return rules.channel_shaped(out, len(out_shape), -1)
 
 
-def _norm_params(ctx: MapContext, node: fx.Node, vec: np.ndarray, names: tuple[str, ...]) -> None:
+def _norm_params(ctx: MapContext, node: fx.Node, vec: np.ndarray, names: tuple[str, ...], conv_groups: int = 1):
     m = ctx.module(node)
-    for attr in names:
-        if getattr(m, attr, None) is not None:
-            ctx.site(f"{node.target}.{attr}", 0, vec, PARAM, node)
+    tensors = [f"{node.target}.{attr}" for attr in names if getattr(m, attr, None) is not None]
+    rules.param_sites(ctx, node, vec, tensors, conv_groups)
 
 
 def _per_channel(ctx: MapContext, node: fx.Node, dim: int, params: tuple[str, ...], what: str):
@@ -167,9 +144,7 @@ def group_norm(ctx: MapContext, node: fx.Node):
     vec = ctx.channel_labels(node, node.args[0], dim=1, size=size, what="group norm")
     if vec is None:
         return Frozen(f"group norm {node.target} sees frozen channels")
-    for attr in ("weight", "bias"):
-        if getattr(m, attr, None) is not None:
-            ctx.site(f"{node.target}.{attr}", 0, vec, PARAM, node, conv_groups=1 if per_channel else m.num_groups)
+    _norm_params(ctx, node, vec, ("weight", "bias"), 1 if per_channel else m.num_groups)
     if not per_channel:
         ctx.atoms.mark_inexact(vec, f"GroupNorm {node.target} normalises across channels")
     return ctx.label(node.args[0])
@@ -309,43 +284,9 @@ def binary(ctx: MapContext, node: fx.Node):
 
 
 def align(ctx: MapContext, node: fx.Node, args: list) -> np.ndarray | Frozen:
-    """Elementwise op over broadcast operands: positions that meet must be pruned together.
-
-    An operand that is full-size along the axes where channels vary ties its labels to the
-    others'; a fixed (unlabelled) full-size operand freezes the channels it meets, because its
-    size cannot shrink with them.
-    """
-    out_shape = ctx.shape(node)
-    nd = len(out_shape)
-    operands = []
-    for a in args:
-        shape = ctx.shape(a) if isinstance(a, fx.Node) else None
-        if shape is None:
-            continue
-        label = ctx.label(a)
-        if label is None:  # a tensor the mapper could not follow: fail closed
-            label = Frozen(f"{node.name} combines channels with an untracked tensor ({a.name})")
-        if isinstance(label, Frozen):
-            ctx.freeze_inputs(node, label.reason)
-            return label
-        operands.append((right_align(label, nd), (1,) * (nd - len(shape)) + tuple(shape)))
-    if not operands:
-        return fixed_label(nd)
-    joint = tuple(max(lab.shape[d] for lab, _ in operands) for d in range(nd))
-    vary = [d for d in range(nd) if joint[d] > 1]
-    full = [lab for lab, shape in operands if all(shape[d] == out_shape[d] for d in vary)]
-    for lab, shape in operands:
-        if not all(shape[d] == out_shape[d] for d in vary) and labelled(lab):
-            reason = f"{op_name(node, ctx.module_or_none(node))} {node.name} broadcasts channels across axes"
-            ctx.freeze_inputs(node, reason)
-            return Frozen(reason)
-    stack = np.stack([np.broadcast_to(lab, joint) for lab in full])
-    clash = (stack < 0).any(0) & (stack >= 0).any(0)
-    if clash.any():
-        ctx.atoms.freeze(stack[:, clash], f"{node.name} combines channels with a fixed-size tensor")
-    for lab in stack[1:]:
-        ctx.atoms.union(stack[0], lab)
-    return compact(stack.max(0))
+    """Elementwise op over broadcast tensor operands (scalars skipped): see ``label_rules.align``."""
+    operands = [(ctx.label(a), shape) for a in args if (shape := ctx.shape(a)) is not None]
+    return rules.align(ctx.atoms, operands, ctx.shape(node), _what(ctx, node))
 
 
 # ----------------------------------------------------------------------------- structure
@@ -355,27 +296,8 @@ def align(ctx: MapContext, node: fx.Node, args: list) -> np.ndarray | Frozen:
 def cat(ctx: MapContext, node: fx.Node):
     tensors = node.args[0]
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-    nd = len(ctx.shape(node))
-    dim %= nd
-    labels = [ctx.label(t) for t in tensors]
-    if any(isinstance(lab, Frozen) for lab in labels):
-        ctx.freeze_inputs(node, "concatenated with a frozen tensor")
-        return Frozen("concatenated with a frozen tensor")
-    labels = [right_align(lab, nd) for lab in labels]
-    other_axes = {d for lab in labels for d in varying_dims(lab) if d != dim}
-    if other_axes:
-        if any(lab.shape[dim] > 1 for lab in labels):
-            reason = f"concat {node.name} along axis {dim} of tensors whose channels vary on another axis"
-            ctx.freeze_inputs(node, reason)
-            return Frozen(reason)
-        # the channels live on another axis (e.g. a class token before the patch tokens): every
-        # operand carries the same channels there, so they are tied position by position
-        return align(ctx, node, list(tensors))
-    pieces = []
-    for lab, t in zip(labels, tensors, strict=True):
-        pieces.append(np.broadcast_to(lab.reshape(-1), (ctx.shape(t)[dim],)))
-    vec = np.concatenate(pieces)
-    return vec.reshape(tuple(-1 if d == dim else 1 for d in range(nd)))
+    labels, shapes = [ctx.label(t) for t in tensors], [ctx.shape(t) for t in tensors]
+    return rules.concat(ctx.atoms, labels, shapes, dim, ctx.shape(node), f"concat {node.name}")
 
 
 RESHAPES = (
@@ -400,28 +322,14 @@ def reshape(ctx: MapContext, node: fx.Node):
     """Reshape the label with the tensor; a split channel axis keeps a product structure.
 
     When the channels end up varying along several axes (a channel shuffle's [g, C/g] view, heads
-    x head-dim), only the innermost axis may shrink: atoms along the outer axes are tied together,
-    so that every outer index keeps the same inner channels and the view stays rectangular.
+    x head-dim), only the innermost axis may shrink (see ``label_rules.tie_outer_axes``).
     """
     src = node.args[0]
     label = ctx.label(src)
     if isinstance(label, Frozen):
         return label
-    in_shape, out_shape = ctx.shape(src), ctx.shape(node)
-    if not labelled(label):
-        return fixed_label(len(out_shape))
-    full = np.broadcast_to(right_align(label, len(in_shape)), in_shape).reshape(out_shape)
-    out = compact(full)
-    vary = varying_dims(out)
-    if len(vary) > 1:
-        inner = vary[-1]
-        moved = np.moveaxis(np.broadcast_to(out, out.shape), inner, -1).reshape(-1, out.shape[inner])
-        fixed = (moved < 0).any(0) & (moved >= 0).any(0)
-        if fixed.any():
-            ctx.atoms.freeze(moved[:, fixed], f"view {node.name} mixes fixed and prunable channels")
-        for row in moved[1:]:
-            ctx.atoms.union(moved[0], row)
-    if node.target in SIZED_RESHAPES:
+    out = rules.reshape(ctx.atoms, label, ctx.shape(src), ctx.shape(node), f"view {node.name}")
+    if node.target in SIZED_RESHAPES and labelled(out):
         ctx.record_shape_rewrite(node, out)
     return out
 
@@ -464,17 +372,14 @@ def split(ctx: MapContext, node: fx.Node):
     dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
     in_shape = ctx.shape(node.args[0])
     dim %= len(in_shape)
-    label = right_align(label, len(in_shape))
     sizes = [s[dim] for s in out_meta]
-    if label.shape[dim] == 1:
-        return tuple(label for _ in sizes)
-    if [d for d in varying_dims(label) if d != dim]:
+    result = rules.split(label, in_shape, dim, sizes)
+    if result is None:
         return ctx.unknown(node, f"split {node.name} of channels that vary along several axes")
-    vec = label.reshape(-1)
-    ctx.record_split_rewrite(node, vec, dim, sizes)
-    bounds = np.cumsum([0] + sizes)
-    shape = tuple(-1 if d == dim else 1 for d in range(len(in_shape)))
-    return tuple(compact(vec[a:b].reshape(shape)) for a, b in zip(bounds[:-1], bounds[1:], strict=False))
+    pieces, vec = result
+    if vec is not None:
+        ctx.record_split_rewrite(node, vec, dim, sizes)
+    return tuple(pieces)
 
 
 @OPS.register("unbind", torch.unbind)
@@ -588,7 +493,7 @@ def spatial(ctx: MapContext, node: fx.Node):
     vec = ctx.channel_labels(node, node.args[0], dim=1, size=size, what="pooling input")
     if vec is None:
         return Frozen(f"spatial op {node.name} sees channels varying along space")
-    return compact(vec.reshape((1, -1) + (1,) * (len(ctx.shape(node)) - 2)))
+    return compact(rules.channel_shaped(vec, len(ctx.shape(node))))
 
 
 @OPS.register(F.pad)
@@ -612,13 +517,8 @@ def reduction(ctx: MapContext, node: fx.Node):
     keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
     if dims is None:
         dims = list(range(nd))
-    dims = [d % nd for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
-    label = right_align(label, nd)
-    if any(label.shape[d] > 1 for d in dims):
-        reason = f"{op_name(node)} {node.name} reduces over channels"
-        ctx.atoms.freeze(label, reason)
-        return fixed_label(len(ctx.shape(node)))
-    return label if keep else label.reshape([s for d, s in enumerate(label.shape) if d not in dims])
+    dims = dims if isinstance(dims, (list, tuple)) else [dims]
+    return rules.reduce(ctx.atoms, label, nd, dims, keep, len(ctx.shape(node)), _what(ctx, node))
 
 
 @OPS.register(F.softmax, F.log_softmax, torch.softmax, "softmax", "log_softmax", nn.Softmax, nn.LogSoftmax)
@@ -628,11 +528,12 @@ def softmax(ctx: MapContext, node: fx.Node):
         return label
     m = ctx.module_or_none(node)
     dim = m.dim if m is not None else node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
-    nd = len(ctx.shape(node))
-    label = right_align(label, nd)
-    if dim is None or label.shape[dim % nd] > 1:
-        ctx.atoms.freeze(label, f"softmax {node.name} normalises across channels")
-    return label
+    nd, what = len(ctx.shape(node)), f"softmax {node.name}"
+    if dim is None:  # torch picks the axis itself: every channel is taken as normalised over
+        label = right_align(label, nd)
+        ctx.atoms.freeze(label, f"{what} normalises across channels")
+        return label
+    return rules.normalise_over(ctx.atoms, label, nd, [dim], what)
 
 
 NON_TENSOR = ("size", "dim", "numel", getattr, torch._assert, "__getattr__")
@@ -699,15 +600,11 @@ def functional_linear(ctx: MapContext, node: fx.Node):
     c_out, c_in = ctx.shape(weight)
     macs = c_out * c_in * math.prod(out_shape[1:-1])
     vec = ctx.channel_labels(node, node.args[0], dim=-1, size=c_in, what="linear input")
-    if vec is not None:
-        ctx.site(weight.target, 1, vec, CONSUMER, node, macs=macs)
-    elif isinstance(ctx.label(weight), np.ndarray):  # its get_attr label must not stay prunable
+    if vec is None and isinstance(ctx.label(weight), np.ndarray):  # its get_attr label must not stay prunable
         ctx.atoms.freeze(ctx.label(weight), f"input of linear {node.name} is frozen")
-    out = ctx.atoms.new(c_out)
-    ctx.site(weight.target, 0, out, PRODUCER, node, macs=macs)
-    if isinstance(bias, fx.Node):
-        ctx.site(bias.target, 0, out, PRODUCER, node)
-    return out.reshape((1,) * (len(out_shape) - 1) + (-1,))
+    bias = (bias.target, 0) if isinstance(bias, fx.Node) else None
+    out = rules.linear_sites(ctx, node, vec, weight.target, 0, c_out, macs, bias)
+    return rules.channel_shaped(out, len(out_shape), -1)
 
 
 def _register_torchvision_ops() -> None:
