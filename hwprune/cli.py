@@ -38,6 +38,12 @@ def _onnx_option(p: argparse.ArgumentParser) -> None:
         default=None,
         help="an ONNX file to work on instead of --model (no PyTorch model needed; importance l1, l2 or random)",
     )
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        help="with --onnx: fix the input shape, e.g. 1,3,224,224 (default: the file's; a dynamic batch maps at 1, "
+        "and channels that only a shape computed from it reaches stay frozen)",
+    )
 
 
 def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
@@ -251,9 +257,23 @@ def _model_or_onnx(args):
         raise HwpruneError("give --model or --onnx, not both")
     from hwprune.graph_mapper.onnx_mapper import OnnxJob, check_onnx_importance
 
+    if args.input_size is not None or args.in_channels is not None:
+        raise HwpruneError("--input-size/--in-channels are for --model; with --onnx give --input-shape (1,3,32,32)")
     if hasattr(args, "method"):
         check_onnx_importance(args.method)
-    return OnnxJob.build(args.onnx)
+    return OnnxJob.build(args.onnx, _shape_arg(args.input_shape))
+
+
+def _shape_arg(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise HwpruneError(f"--input-shape {text!r} is not a comma-separated list of positive sizes, e.g. 1,3,224,224")
+    return shape
 
 
 def cmd_demo(args) -> None:

@@ -135,8 +135,9 @@ def test_flops_of_fused_attention_match_the_unfused_count():
 class WrittenOutAttention(nn.Module):
     """Attention as timm writes it: one qkv linear, reshape into heads, unbind, then SDPA or matmuls."""
 
-    def __init__(self, dim=16, heads=4, fused=True):
+    def __init__(self, dim=16, heads=4, fused=True, indexed=False):
         super().__init__()
+        self.indexed = indexed
         self.embed = nn.Linear(6, dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -148,7 +149,7 @@ class WrittenOutAttention(nn.Module):
         x = self.embed(x)
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+        q, k, v = (qkv[0], qkv[1], qkv[2]) if self.indexed else qkv.unbind(0)
         if self.fused:
             y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
         else:
@@ -158,10 +159,10 @@ class WrittenOutAttention(nn.Module):
         return self.head(x + self.proj(y))
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_written_out_attention_prunes_head_dims_exactly(fused):
+@pytest.mark.parametrize(("fused", "indexed"), [(True, False), (False, False), (False, True)])
+def test_written_out_attention_prunes_head_dims_exactly(fused, indexed):
     torch.manual_seed(0)
-    model = WrittenOutAttention(fused=fused).eval()
+    model = WrittenOutAttention(fused=fused, indexed=indexed).eval()
     x = torch.randn(2, 5, 6)
     graph = build_channel_graph(model, x)
     by = _groups_by_tensor(graph)

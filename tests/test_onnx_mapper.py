@@ -370,6 +370,8 @@ def test_cli_maps_masks_and_exports_an_onnx_file(exported, tmp_path, capsys):
     assert main(["export", "--onnx", str(path), "--mask", str(mask_path), "--out", str(small)]) == 0
     assert "Compacted vs masked model in onnxruntime" in capsys.readouterr().out
     assert small.stat().st_size < 0.4 * path.stat().st_size
+    assert main(["map", "--onnx", str(path), "--input-shape", "2,3,32,32"]) == 0  # the file's own shape
+    assert "13 channel groups, 12 prunable" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -380,6 +382,9 @@ def test_cli_maps_masks_and_exports_an_onnx_file(exported, tmp_path, capsys):
         (["export", "--onnx", "m.onnx", "--out", "s.onnx", "--results", "r.csv"], "--results needs --model"),
         (["map", "--onnx", "missing.onnx"], "missing.onnx does not exist"),
         (["map"], "needs --model (or --onnx)"),
+        (["map", "--onnx", "m.onnx", "--input-size", "64"], "with --onnx give --input-shape"),
+        (["map", "--onnx", "m.onnx", "--input-shape", "1,x"], "is not a comma-separated list"),
+        (["map", "--onnx", "m.onnx", "--input-shape", "1,3,64,64"], "does not fit"),
     ],
 )
 def test_cli_onnx_errors(argv, message, exported, tmp_path, monkeypatch, capsys):

@@ -426,13 +426,17 @@ def _index_tensor(ctx: MapContext, node: fx.Node, label: np.ndarray, idx):
     # which input dim each index entry addresses (None adds an axis, Ellipsis fills the rest)
     n_addr = sum(1 for i in idx if i is not None and i is not Ellipsis)
     dim, slices = 0, []
+    vary = varying_dims(label)
     for pos, i in enumerate(idx):
         if i is Ellipsis:
             dim += len(in_shape) - n_addr
             continue
         if i is None:
             continue
-        if label.shape[dim] > 1:
+        if label.shape[dim] > 1 and len(vary) > 1 and dim != vary[-1]:
+            # an outer axis of a split channel axis (q/k/v of a fused projection) never shrinks
+            rules.tie_outer_axes(ctx.atoms, label, f"indexing {node.name}")
+        elif label.shape[dim] > 1:
             if isinstance(i, int) or (isinstance(i, slice) and i.step not in (None, 1)):
                 return ctx.unknown(node, f"indexing {node.name} picks single channels")
             if any(isinstance(v, fx.Node) for v in (i.start, i.stop)):
