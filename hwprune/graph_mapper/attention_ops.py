@@ -178,7 +178,8 @@ def _swin_attention(ctx: MapContext, node: fx.Node):
     qk, v, out = ctx.atoms.new(width), ctx.atoms.new(width), ctx.atoms.new(width)
     ctx.keep_equal_per_block(qk.reshape(heads, -1), f"attention heads of {node.name} (query/key)")
     ctx.keep_equal_per_block(v.reshape(heads, -1), f"attention heads of {node.name} (value)")
-    tokens = math.prod(ctx.shape(node)[1:-1])
+    win = args["window_size"]  # the projections run on the map padded to whole windows
+    tokens = math.prod(-(-size // w) * w for size, w in zip(shape[1:-1], win, strict=True))
     rows = np.concatenate([qk, qk, v])
     ctx.site(qkv_w.target, 1, vec, CONSUMER, node, macs=3 * width * width * tokens)
     ctx.site(qkv_w.target, 0, rows, PRODUCER, node, macs=3 * width * width * tokens)
