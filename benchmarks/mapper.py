@@ -1,10 +1,11 @@
-"""Mapper coverage and speed on the foundation zoo.
+"""Mapper coverage (seed models, the whole torchvision classification zoo, the timm set) and speed.
 
-Writes benchmarks/results/mapper_coverage.csv (+ .md): per model, groups, prunable groups, the
-share of conv/linear/matmul FLOPs in ops with a prunable channel axis (denominator: fvcore), graph
-build time (warm, min of 3), and the equivalence of a random 40 % mask (compacted vs masked, ONNX vs
-compacted). And benchmarks/results/mapper_speed.csv (+ .md): warm min-of-5 timings at the input
-sizes of the Torch-Pruning reference numbers given in the foundation issue.
+Writes benchmarks/results/mapper_coverage.csv (+ .md): per model, both front-ends (fx: map, random
+40 % mask, compact, export, verify; ONNX: map the dense export, compact the ONNX file, verify in
+onnxruntime), groups, prunable groups, the share of conv/linear/matmul FLOPs in ops with a prunable
+channel axis (denominator: fvcore), graph build time, and a "N/M models pass" line. And
+benchmarks/results/mapper_speed.csv (+ .md): warm min-of-7 timings at the input sizes of the
+Torch-Pruning reference numbers given in the foundation issue.
 
     python benchmarks/mapper.py [--models resnet18,resnet50] [--skip-speed]
 """
@@ -17,16 +18,32 @@ from pathlib import Path
 import pandas as pd
 import torch
 from fvcore.nn import FlopCountAnalysis
+from tqdm import tqdm
 
 from hwprune.export.compact import compact_model
+from hwprune.export.onnx_compact import prune_onnx_file
+from hwprune.export.onnx_export import export_onnx
 from hwprune.export.pipeline import export_pruned
+from hwprune.flops import native_mha_flops
 from hwprune.graph_mapper import build_channel_graph
+from hwprune.graph_mapper.crosscheck import match_groups, onnx_groups_of
+from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
 from hwprune.models import get_model
 from hwprune.models.zoo import zoo_case, zoo_cases
 from hwprune.prune.channel import mask_from_scores, norm_scores, random_scores
 
 RESULTS = Path(__file__).parent / "results"
-MATMUL_OPS = {"conv", "linear", "addmm", "matmul", "bmm", "einsum", "mm", "_convolution"}
+MATMUL_OPS = {
+    "conv",
+    "linear",
+    "addmm",
+    "matmul",
+    "bmm",
+    "einsum",
+    "mm",
+    "_convolution",
+    "_native_multi_head_attention",
+}
 
 # Torch-Pruning 1.6.1 reference timings from the foundation issue (same machine class, warm, min of 5)
 SPEED_CASES = [
@@ -40,6 +57,7 @@ SPEED_CASES = [
 
 def conv_linear_flops(model, x):
     counter = FlopCountAnalysis(model, x)
+    counter.set_op_handle("aten::_native_multi_head_attention", native_mha_flops)
     counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     return sum(v for k, v in counter.by_operator().items() if k in MATMUL_OPS)
 
@@ -53,32 +71,44 @@ def min_time(fn, repeats):
     return best
 
 
-def coverage_row(qualified, size):
+def coverage_row(qualified, size, tmp: Path):
+    """fx front-end (map, mask, compact, export) and ONNX front-end (map the dense export, compact it)."""
+    row = dict(model=qualified, source=qualified.split(":")[0], fx_ok=False, onnx_ok=False, ok=False, error="")
     model, x = zoo_case(qualified, size)
-    build_channel_graph(model, x, qualified)  # warm
-    build_s = min_time(lambda: build_channel_graph(model, x, qualified), 3)
-    graph = build_channel_graph(model, x, qualified)
-    # fvcore counts the whole batch; the graph's MACs are per sample
-    share = graph.prunable_macs_share(conv_linear_flops(model, x) / x.shape[0])
-    mask = mask_from_scores(graph, random_scores(graph, 1), 0.4)
-    row = dict(
-        model=qualified,
-        input=f"{tuple(x.shape)}",
-        groups=len(graph.groups),
-        prunable_groups=len(graph.prunable_groups),
-        prunable_flops_share=round(share, 4),
-        build_s=round(build_s, 4),
-        max_rel_diff=None,
-        onnx_max_rel_diff=None,
-        ok=False,
-        error="",
-    )
+    row["input"] = f"{tuple(x.shape)}"
+    mask = fx_graph = None
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            _, report = export_pruned(model, graph, mask, x, Path(tmp) / "m.onnx")
-        row.update(max_rel_diff=report.max_rel_diff, onnx_max_rel_diff=report.onnx_max_rel_diff, ok=True)
+        build_channel_graph(model, x, qualified)  # warm
+        row["build_s"] = round(min_time(lambda: build_channel_graph(model, x, qualified), 3), 4)
+        start = time.perf_counter()
+        fx_graph = build_channel_graph(model, x, qualified)
+        mask = mask_from_scores(fx_graph, random_scores(fx_graph, 1), 0.4)
+        compact_model(fx_graph, mask)
+        row["map_mask_compact_s"] = round(time.perf_counter() - start, 3)
+        # fvcore counts the whole batch; the graph's MACs are per sample
+        share = fx_graph.prunable_macs_share(conv_linear_flops(model, x) / x.shape[0])
+        row.update(groups=len(fx_graph.groups), prunable_groups=len(fx_graph.prunable_groups))
+        row["prunable_flops_share"] = round(share, 4)
+        _, report = export_pruned(model, fx_graph, mask, x, tmp / "fx.onnx")
+        row.update(max_rel_diff=report.max_rel_diff, export_rel_diff=report.onnx_max_rel_diff, fx_ok=True)
     except Exception as exc:  # a benchmark records failures instead of stopping
-        row["error"] = str(exc).splitlines()[0][:200]
+        row["error"] = f"fx: {str(exc).splitlines()[0][:160]}"
+    try:
+        export_onnx(model, x, tmp / "dense.onnx")
+        onnx_graph = build_onnx_channel_graph(tmp / "dense.onnx", qualified)
+        row["onnx_groups"] = len(onnx_graph.groups)
+        row["onnx_prunable_groups"] = len(onnx_graph.prunable_groups)
+        onnx_mask = mask_from_scores(onnx_graph, random_scores(onnx_graph, 1), 0.4)
+        report = prune_onnx_file(tmp / "dense.onnx", onnx_mask, tmp / "onnx_pruned.onnx", graph=onnx_graph)
+        row.update(onnx_max_rel_diff=report.max_rel_diff, onnx_ok=report.max_rel_diff is not None)
+        if fx_graph is not None:
+            match = match_groups(fx_graph, onnx_graph)
+            split = any(len(ids) > 1 for ids in onnx_groups_of(fx_graph, onnx_graph, match.resolved).values())
+            row["fx_onnx_match"] = "same" if match.ok else "fx group split" if split else "onnx coarser"
+            row["match_note"] = "; ".join(match.differences[:2])[:160]
+    except Exception as exc:
+        row["error"] += f" onnx: {str(exc).splitlines()[0][:160]}"
+    row["ok"] = row["fx_ok"] and row["onnx_ok"]
     return row
 
 
@@ -107,6 +137,9 @@ def speed_row(qualified, size, tp_build, tp_prune):
 
 COVERAGE_COLUMNS = [
     "model",
+    "source",
+    "fx_ok",
+    "onnx_ok",
     "groups",
     "prunable_groups",
     "prunable_flops_share",
@@ -146,18 +179,26 @@ def main():
         )
 
     rows = []
-    for qualified, size in cases:
-        rows.append(coverage_row(qualified, size))
-        print(rows[-1], flush=True)
+    for qualified, size in tqdm(cases, desc="mapper coverage", unit="model"):
+        with tempfile.TemporaryDirectory() as tmp:
+            rows.append(coverage_row(qualified, size, Path(tmp)))
+        tqdm.write(str(rows[-1]))
     frame = pd.DataFrame(rows)
     n_ok = int(frame.ok.sum())
     write(
         frame,
         "mapper_coverage",
-        f"# Mapper coverage ({torch.__version__}, 2 threads)\n\n{n_ok}/{len(frame)} models pass. "
-        "Random 40 % channel mask on every prunable exact group; max_rel_diff: compacted vs masked model; "
-        "onnx_max_rel_diff: onnxruntime vs compacted. prunable_flops_share: FLOPs of conv/linear ops with "
-        "a prunable channel axis over fvcore's conv+linear+matmul total (1 multiply-add = 1 FLOP).",
+        f"# Mapper coverage ({torch.__version__}, 2 threads)\n\n{n_ok}/{len(frame)} models pass.\n\n"
+        "Seed models, every torchvision classification model, the timm set. fx_ok: the fx front-end maps "
+        "the model, a random 40 % channel mask on every prunable exact group compacts it with "
+        "max_rel_diff (compacted vs masked model) and export_rel_diff (onnxruntime vs compacted) within "
+        "1e-4. onnx_ok: the ONNX front-end maps the dense ONNX export, a random 40 % mask compacts the ONNX "
+        "file and onnx_max_rel_diff (compacted vs masked ONNX, both in onnxruntime) is within 1e-4. "
+        "fx_onnx_match: `same` when both front-ends find the same groups on conv/linear weights, `onnx coarser` "
+        "when an ONNX group joins fx groups (fused q/k/v reshapes; see tests/test_onnx_zoo.py). ok = fx_ok and "
+        "onnx_ok. prunable_flops_share: FLOPs of conv/linear ops with a prunable channel axis over "
+        "fvcore's conv+linear+matmul (+ fused attention) total (1 multiply-add = 1 FLOP). build_s: fx "
+        "graph build, warm, min of 3; map_mask_compact_s: one warm build + mask + compaction.",
         COVERAGE_COLUMNS,
     )
 
