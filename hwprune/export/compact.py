@@ -49,7 +49,8 @@ def kept(roots: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return np.where(roots >= 0, keep[np.maximum(roots, 0)], True)
 
 
-def _changed_sites(graph: ChannelGraph, keep: np.ndarray) -> list[tuple[Site, np.ndarray]]:
+def changed_sites(graph: ChannelGraph, keep: np.ndarray) -> list[tuple[Site, np.ndarray]]:
+    """The sites that lose positions, each with its keep flag per position."""
     out = []
     for site in graph.sites:
         k = kept(site.roots, keep)
@@ -58,25 +59,41 @@ def _changed_sites(graph: ChannelGraph, keep: np.ndarray) -> list[tuple[Site, np
     return out
 
 
+def zero_removed(w, site: Site, k: np.ndarray) -> None:
+    """Zero, in place, the positions of ``site`` whose channel is removed (a tensor or an array)."""
+    drop = np.flatnonzero(~k).tolist()
+    if site.kind == GROUPED_IN:  # position i: column i % cin_g of the rows of conv group i // cin_g
+        cin_g, cout_g = w.shape[1], w.shape[0] // site.conv_groups
+        for i in drop:
+            w[(i // cin_g) * cout_g : (i // cin_g + 1) * cout_g, i % cin_g] = 0
+    else:
+        index = [slice(None)] * w.ndim
+        index[site.axis] = drop
+        w[tuple(index)] = 0
+
+
+def kept_sizes(k: np.ndarray) -> dict[int, int]:
+    """New size of every axis along which channels vary: the indices that hold a kept channel."""
+    return {d: int(np.moveaxis(k, d, 0).reshape(k.shape[d], -1).any(1).sum()) for d in range(k.ndim) if k.shape[d] > 1}
+
+
+def kept_split_sizes(k: np.ndarray, sizes) -> list[int]:
+    """Piece sizes of a split whose pieces had ``sizes``, after removing the channels ``k`` drops."""
+    bounds = np.cumsum([0] + list(sizes))
+    return [int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
 def masked_model(model: nn.Module, graph: ChannelGraph, mask: ChannelMask) -> nn.Module:
     """A copy of ``model`` with the removed channels' weights zeroed; shapes unchanged."""
     mask.validate(graph)
     masked = copy.deepcopy(model)
     params = dict(masked.named_parameters())
     with torch.no_grad():
-        for site, k in _changed_sites(graph, keep_table(graph, mask)):
+        for site, k in changed_sites(graph, keep_table(graph, mask)):
             w = params.get(site.tensor)
             if w is None:  # buffers (running statistics) are left alone
                 continue
-            drop = torch.as_tensor(np.flatnonzero(~k))
-            if site.kind == GROUPED_IN:
-                cin_g = w.shape[1]
-                cout_g = w.shape[0] // site.conv_groups
-                for i in drop.tolist():
-                    block = i // cin_g
-                    w[block * cout_g : (block + 1) * cout_g, i % cin_g] = 0
-            else:
-                w.index_fill_(site.axis, drop, 0.0)
+            zero_removed(w, site, k)
     return masked
 
 
@@ -85,7 +102,7 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
     mask.validate(graph)
     keep = keep_table(graph, mask)
     by_tensor: dict[str, list[tuple[Site, np.ndarray]]] = defaultdict(list)
-    for site, k in _changed_sites(graph, keep):
+    for site, k in changed_sites(graph, keep):
         by_tensor[site.tensor].append((site, k))
     originals = dict(graph.gm.named_parameters()) | dict(graph.gm.named_buffers())
     # tensors about to be replaced are not copied: the copy gets an empty placeholder for each
@@ -97,7 +114,7 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
             owner_name, _, attr = name.rpartition(".")
             owner = gm.get_submodule(owner_name)
             old = originals[name]
-            new = _shrink(old.detach(), entries)
+            new = shrink(old.detach(), entries)
             if isinstance(old, nn.Parameter):
                 owner._parameters[attr] = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
             else:
@@ -111,7 +128,7 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
     return gm
 
 
-def _shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Tensor:
+def shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Tensor:
     plain = [(s, k) for s, k in entries if s.kind != GROUPED_IN]
     grouped = [(s, k) for s, k in entries if s.kind == GROUPED_IN]
     n_rows_old = t.shape[0]
@@ -183,9 +200,7 @@ def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) ->
             _rewrite_sizes(node, kept(record[1], keep))
         elif record[0] == "split":
             _, roots, dim, sizes = record
-            k = kept(roots, keep)
-            bounds = np.cumsum([0] + list(sizes))
-            new_sizes = [int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
+            new_sizes = kept_split_sizes(kept(roots, keep), sizes)
             node.op, node.target = "call_function", torch.split
             node.args, node.kwargs = (node.args[0], new_sizes), {"dim": dim}
         elif record[0] == "kwargs":  # values fixed at mapping time (e.g. an attention scale)
@@ -211,10 +226,7 @@ def _rewrite_sizes(node: fx.Node, k: np.ndarray) -> None:
     Computed sizes (``c // g``) are replaced too: they derive from channel counts that compaction
     changed, and a channel axis has a fixed size in the compacted model.
     """
-    new = {}
-    for d in range(k.ndim):
-        if k.shape[d] > 1:
-            new[d] = int(np.moveaxis(k, d, 0).reshape(k.shape[d], -1).any(1).sum())
+    new = kept_sizes(k)
     if not new:
         return
     packed = len(node.args) == 2 and isinstance(node.args[1], (tuple, list))

@@ -23,7 +23,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from hwprune.errors import VerificationError
-from hwprune.export.compact import _changed_sites, _shrink, keep_table, kept
+from hwprune.export.compact import changed_sites, keep_table, kept, kept_sizes, kept_split_sizes, shrink, zero_removed
 from hwprune.export.onnx_export import ort_session, temp_path_beside
 from hwprune.export.pipeline import check_writable
 from hwprune.export.verify import DEFAULT_TOLERANCE, max_rel_diff
@@ -36,7 +36,7 @@ from hwprune.graph_mapper.onnx_mapper import (
     running_statistics,
 )
 from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, SIZE_INPUT, attr
-from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
+from hwprune.graph_mapper.types import ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
 
 
@@ -54,25 +54,12 @@ def _set_initializers(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> 
 
 def _by_tensor(graph: ChannelGraph, keep: np.ndarray) -> dict[str, list[tuple[Site, np.ndarray]]]:
     out: dict[str, list[tuple[Site, np.ndarray]]] = defaultdict(list)
-    for site, k in _changed_sites(graph, keep):
+    for site, k in changed_sites(graph, keep):
         out[site.tensor].append((site, k))
     return out
 
 
 # ----------------------------------------------------------------------------- masked
-
-
-def _zero_removed(w: np.ndarray, site: Site, k: np.ndarray) -> None:
-    """Zero the positions of ``site`` whose channel is removed (in place, shapes unchanged)."""
-    drop = np.flatnonzero(~k)
-    if site.kind == GROUPED_IN:  # position i: column i % cin_g of the rows of conv group i // cin_g
-        cin_g, cout_g = w.shape[1], w.shape[0] // site.conv_groups
-        for i in drop.tolist():
-            w[(i // cin_g) * cout_g : (i // cin_g + 1) * cout_g, i % cin_g] = 0
-    else:
-        index = [slice(None)] * w.ndim
-        index[site.axis] = drop
-        w[tuple(index)] = 0
 
 
 def masked_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
@@ -91,7 +78,7 @@ def masked_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
             continue
         w = arrays.setdefault(name, numpy_helper.to_array(inits[name]).copy())
         for site, k in entries:
-            _zero_removed(w, site, k)
+            zero_removed(w, site, k)
     _set_initializers(model, arrays)
     return model
 
@@ -112,7 +99,7 @@ def compact_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
     old_shapes = {name: tuple(t.dims) for name, t in inits.items()}
     arrays = {}
     for name, entries in _by_tensor(graph, keep).items():
-        arrays[name] = _shrink(torch.from_numpy(numpy_helper.to_array(inits[name]).copy()), entries).numpy()
+        arrays[name] = shrink(torch.from_numpy(numpy_helper.to_array(inits[name]).copy()), entries).numpy()
     _set_initializers(model, arrays)
     _sync_attributes(model, old_shapes, {n: a.shape for n, a in arrays.items()})
     _rewrite_nodes(model, graph, keep)
@@ -181,15 +168,14 @@ def _rewrite_sizes(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray) 
     i = SIZE_INPUT[node.op_type]
     sizes = _const(model, node.input[i]).copy()
     offset = sizes.size - k.ndim
-    for d in range(k.ndim):
-        if k.shape[d] > 1 and sizes[d + offset] != -1:
-            sizes[d + offset] = int(np.moveaxis(k, d, 0).reshape(k.shape[d], -1).any(1).sum())
+    for d, size in kept_sizes(k).items():
+        if sizes[d + offset] != -1:
+            sizes[d + offset] = size
     _set_input(model, node, i, sizes)
 
 
 def _rewrite_split(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray, sizes) -> None:
-    bounds = np.cumsum([0] + list(sizes))
-    new = np.asarray([int(k[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dtype=np.int64)
+    new = np.asarray(kept_split_sizes(k, sizes), dtype=np.int64)
     if opset_of(model) < 13:
         _set_attr(node, "split", new.tolist())
         return
