@@ -26,3 +26,9 @@ class VerificationError(HwpruneError):
 
 class DataNotFoundError(HwpruneError):
     """A dataset is not on disk where it was looked for."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

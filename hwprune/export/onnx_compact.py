@@ -22,14 +22,13 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from hwprune.errors import VerificationError
+from hwprune.errors import VerificationError, first_line
 from hwprune.export.compact import changed_sites, keep_table, kept, kept_sizes, kept_split_sizes, shrink, zero_removed
 from hwprune.export.onnx_export import ort_session, temp_path_beside
 from hwprune.export.pipeline import check_writable
 from hwprune.export.verify import DEFAULT_TOLERANCE, max_rel_diff
 from hwprune.graph_mapper.onnx_mapper import (
     build_onnx_channel_graph,
-    first_line,
     opset_of,
     random_feeds,
     remove_dead_code,

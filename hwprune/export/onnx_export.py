@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, first_line
 
 EXPORTERS = ("dynamo", "torchscript")
 
@@ -58,7 +58,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, expor
                     )
             return name
         except Exception as exc:  # the exporters raise many types; keep the first line of each
-            errors.append(f"{name}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            errors.append(f"{name}: {first_line(exc)}")
     raise HwpruneError(f"ONNX export failed ({'; '.join(errors)})")
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, first_line
 from hwprune.graph_mapper import attention_ops  # noqa: F401  (registers the attention handlers)
 from hwprune.graph_mapper.assemble import assemble
 from hwprune.graph_mapper.atoms import Frozen, fixed_label
@@ -81,7 +81,7 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for untraceable code
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise HwpruneError(f"torch.fx cannot trace {type(model).__name__}: {first}") from exc
 
 
@@ -138,7 +138,7 @@ def _propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor, name: str
             _ShapeRecorder(gm).run(example_input)
     except Exception as exc:  # the model's own error, for this input shape
         cause = exc.__cause__ or exc
-        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        first = first_line(cause)
         raise HwpruneError(
             f"{name} does not run on an input of shape {tuple(example_input.shape)} ({first}): "
             "check --input-size and --in-channels"

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, first_line
 from hwprune.graph_mapper.assemble import assemble
 from hwprune.graph_mapper.atoms import Frozen, fixed_label, labelled
 from hwprune.graph_mapper.label_rules import LabelRecorder
@@ -47,12 +47,6 @@ FLOAT_TYPES = (np.float16, np.float32, np.float64)
 
 
 # ----------------------------------------------------------------------------- loading, normalising
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type when it has none), for one-line errors."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_onnx(source) -> onnx.ModelProto:
