@@ -25,7 +25,7 @@ import torch
 from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import export_onnx
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.jobs import BUDGET_POINTS, _next_budget
+from hwprune.jobs import BUDGET_POINTS, closed_loop
 from hwprune.latency.backends import measure
 from hwprune.latency.model import LatencyModel
 from hwprune.latency.profiler import profile_edges, profiled_groups, spearman
@@ -69,18 +69,21 @@ def ratio(backend, dense, model, x, threads):
     return cand.median_ms / base.median_ms, base.median_ms, cand.median_ms
 
 
-def closed_loop(graph, groups, scores, cost, target, backend, dense, x, threads, tolerance=0.03, max_iter=6):
-    iterations, best, budget = [], None, target
-    for _ in range(max_iter):
-        sol = solve(graph, groups, scores, cost, budget, round_to=ROUND_TO)
-        measured, _, _ = ratio(backend, dense, compact_model(graph, sol.mask), x, threads)
-        iterations.append({"budget": budget, "predicted": sol.ratio, "measured": measured})
-        if best is None or abs(measured - target) < abs(best["measured"] - target):
-            best = iterations[-1]
-        if abs(measured / target - 1) <= tolerance or not sol.reachable:
-            break
-        budget = _next_budget(iterations, target)
-    return best, len(iterations)
+def budget_row(graph, groups, scores, latency, target, backend, dense, x, threads):
+    """The closed loop of prune_to_budget on a latency target, as one budget.csv row."""
+    sol, measured, iterations = closed_loop(
+        lambda budget: solve(graph, groups, scores, latency, budget, round_to=ROUND_TO),
+        lambda sol: ratio(backend, dense, compact_model(graph, sol.mask), x, threads)[0],
+        target,
+        max_iterations=6,
+    )
+    return dict(
+        target=target,
+        measured_ratio=round(measured, 4),
+        predicted_ratio=round(sol.ratio, 4),
+        error_pct=round((measured / target - 1) * 100, 2),
+        iterations=len(iterations),
+    )
 
 
 def main():
@@ -102,7 +105,7 @@ def main():
         model = get_model(f"torchvision:{name}").eval()
         x = torch.randn(1, 3, args.size, args.size)
         graph = build_channel_graph(model, x, name)
-        groups = profiled_groups(graph)
+        groups = profiled_groups(graph, ROUND_TO)
         scores = norm_scores(graph, model)
         with tempfile.TemporaryDirectory() as tmp:
             dense = Path(tmp) / "dense.onnx"
@@ -157,18 +160,8 @@ def main():
             model_rows.append(dict(model=name, backend=backend, **val.summary()))
             latency = CostFn.latency(LatencyModel(lut, graph))
             for target in (0.3, 0.5, 0.7):
-                best, n = closed_loop(graph, groups, scores, latency, target, backend, dense, x, args.threads)
-                budget_rows.append(
-                    dict(
-                        model=name,
-                        backend=backend,
-                        target=target,
-                        measured_ratio=round(best["measured"], 4),
-                        predicted_ratio=round(best["predicted"], 4),
-                        error_pct=round((best["measured"] / target - 1) * 100, 2),
-                        iterations=n,
-                    )
-                )
+                row = budget_row(graph, groups, scores, latency, target, backend, dense, x, args.threads)
+                budget_rows.append(dict(model=name, backend=backend, **row))
             macs = CostFn.macs(graph)
             for cap in (0.5, 0.3):
                 flops_aware = solve(graph, groups, scores, macs, cap, round_to=ROUND_TO)

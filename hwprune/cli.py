@@ -148,7 +148,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--round-to",
         type=int,
         default=None,
-        help="keep channel counts multiples of this (default per backend: 16 on CPU, 8 on GPU)",
+        help="keep channel counts multiples of this (default: for --latency per backend, 16 on CPU and 8 on GPU, "
+        "where smaller groups stay whole; for --flops/--params 1)",
     )
     p.add_argument("--out", type=Path, default=Path("out/prune"), help="output folder (default out/prune)")
     p.add_argument("--results", type=Path, default=Path("runs/results.csv"), help="results store to append to")

@@ -185,6 +185,26 @@ def _next_budget(iterations: list[dict], target: float) -> float:
     return min(1.0, max(1e-3, last["budget"] * target / last["measured"]))
 
 
+def closed_loop(solve_at, measured_ratio, target: float, tolerance: float = 0.03, max_iterations: int = 5):
+    """Solve at a budget, measure the solution, correct the budget until measured within tolerance.
+
+    ``solve_at(budget)`` returns a Solution, ``measured_ratio(solution)`` its measured cost ratio.
+    Stops early when the solver says the budget is unreachable. Returns the solution measured
+    closest to ``target``, its measured ratio and every iteration (budget, predicted, measured).
+    """
+    iterations, best, budget = [], None, target
+    for _ in range(max_iterations):
+        sol = solve_at(budget)
+        measured = measured_ratio(sol)
+        iterations.append({"budget": budget, "predicted": sol.ratio, "measured": measured})
+        if best is None or abs(measured - target) < abs(best[1] - target):
+            best = (sol, measured)
+        if abs(measured / target - 1.0) <= tolerance or not sol.reachable:
+            break
+        budget = _next_budget(iterations, target)
+    return best[0], best[1], iterations
+
+
 @dataclass
 class BudgetOutcome:
     target_kind: str
@@ -242,10 +262,11 @@ def prune_to_budget(
     if finetune_epochs and data is None:
         raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    round_to = DEFAULT_ROUND_TO.get(backend, 1) if round_to is None else round_to
+    if round_to is None:  # alignment buys speed: it matters to latency budgets, FLOPs/params are exact counts
+        round_to = DEFAULT_ROUND_TO.get(backend, 1) if target_kind == "latency" else 1
     graph = job.graph()
     scores = importance_scores(job, graph, importance, data, data_dir)
-    groups = profiled_groups(graph)
+    groups = profiled_groups(graph, round_to)
     if target_kind == "latency":
         if lut_path is not None and lut_path.exists():
             lut = LUT.load(lut_path)
@@ -276,36 +297,36 @@ def prune_to_budget(
     else:
         cost = CostFn.macs(graph) if target_kind == "flops" else CostFn.params(graph)
 
-    iterations = []
-    budget = target
-    best = None
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-        dense = Path(tmp) / "dense.onnx"
         if target_kind == "latency":
-            export_onnx(job.model, job.example, dense, "torchscript")
-        for _ in range(max_iterations):
-            sol = solve(graph, groups, scores, cost, budget, round_to=round_to)
-            predicted = sol.ratio
-            if target_kind == "latency":
-                from hwprune.export.compact import compact_model
+            from hwprune.export.compact import compact_model
 
-                compacted = compact_model(graph, sol.mask)
+            dense = Path(tmp) / "dense.onnx"
+            export_onnx(job.model, job.example, dense, "torchscript")
+
+            def measured_ratio(sol):
                 base, cand = measure(
-                    backend, [dense, compacted], job.example, threads=threads, repeats=repeats, exporter="torchscript"
+                    backend,
+                    [dense, compact_model(graph, sol.mask)],
+                    job.example,
+                    threads=threads,
+                    repeats=repeats,
+                    exporter="torchscript",
                 )
-                measured = cand.median_ms / base.median_ms
-            else:
-                measured = predicted  # exact: the cost formula is the count, and the budget a hard cap
-                iterations.append({"budget": budget, "predicted": predicted, "measured": measured})
-                best = (sol, measured, predicted)
-                break
-            iterations.append({"budget": budget, "predicted": predicted, "measured": measured})
-            if best is None or abs(measured - target) < abs(best[1] - target):
-                best = (sol, measured, predicted)
-            if abs(measured / target - 1.0) <= tolerance or not sol.reachable:
-                break
-            budget = _next_budget(iterations, target)
-    sol, measured, predicted = best
+                return cand.median_ms / base.median_ms
+        else:
+
+            def measured_ratio(sol):
+                return sol.ratio  # exact: the cost formula is the count, and the budget a hard cap
+
+        sol, measured, iterations = closed_loop(
+            lambda budget: solve(graph, groups, scores, cost, budget, round_to=round_to),
+            measured_ratio,
+            target,
+            tolerance,
+            max_iterations if target_kind == "latency" else 1,  # a FLOPs/params budget is a cap, met at once
+        )
+    predicted = sol.ratio
     sol.mask.meta.update(
         {"method": importance, "target_kind": target_kind, "target": target, "input_shape": list(job.example.shape)}
     )

@@ -65,7 +65,7 @@ def test_timer_prefers_the_runners_own_clock():
 
 def test_measure_on_cpu_uses_host_time():
     [m] = measure("torch-cpu", [small_model()], torch.randn(1, 3, 8, 8), repeats=3)
-    assert m.backend == "torch-cpu" and m.samples == 3 and m.median_ms > 0
+    assert m.backend == "torch-cpu" and 3 <= m.samples <= 15 and m.median_ms > 0  # more rounds until precise
 
 
 XLA_SCRIPT = textwrap.dedent(
@@ -109,7 +109,7 @@ def test_xla_times_a_model_for_real_without_compiling_in_the_timed_region():
     m = res["m"]
     assert res["before"] >= 1 and res["after"] == res["before"]  # compiled in warm-up, never while timed
     assert res["close"] and res["model_device"] == "cpu"  # it computes the model; the caller's copy stays put
-    assert m["backend"] == "xla" and m["samples"] == 5 and 0 < m["median_ms"] < 10_000 and m["iqr_ms"] >= 0
+    assert m["backend"] == "xla" and 5 <= m["samples"] <= 25 and 0 < m["median_ms"] < 10_000 and m["iqr_ms"] >= 0
     assert m["batch"] == 2 and m["input_shape"] == [2, 3, 16, 16] and m["threads"] == 1
     assert m["device"].startswith("xla:CPU") and m["provider"] == "torch_xla/PJRT:CPU"
     assert m["versions"]["PJRT_DEVICE"] == "CPU" and m["versions"]["torch_xla"]

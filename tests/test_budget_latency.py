@@ -12,7 +12,7 @@ from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.cost import CostModel, kept_shares
 from hwprune.latency.lut import LUT
 from hwprune.latency.model import LatencyModel
-from hwprune.latency.profiler import profile_edges, profiled_groups
+from hwprune.latency.profiler import profile_edges, profiled_groups, random_mask
 from hwprune.prune.budget import CostFn, solve
 from hwprune.prune.channel import norm_scores, unit_of
 
@@ -100,21 +100,85 @@ def test_lut_round_trip_and_mismatch_refused(setup, tmp_path):
         assert p.kept % unit_of(group, 4) == 0
 
 
-def test_latency_model_reproduces_single_group_points(setup):
-    model, x, graph = setup
-    lut = profile_edges(
-        model, graph, x, "torch-cpu", points=(0.25, 0.5, 0.75), repeats=2, progress=False, calibration_masks=0
-    )
-    lm = LatencyModel(lut, graph)
-    assert lm.scale == 1.0
-    for p in lut.points:
-        predicted = lm.predict({p.group: p.kept / p.size})
-        assert predicted == pytest.approx(lm.baseline_ms - p.delta_ms, rel=1e-9, abs=1e-9)
+def synthetic_lut(graph, latency_of, points=(0.25, 0.5, 0.75), calibration=4, seed=0):
+    """A LUT whose 'measurements' come from a known latency function of the kept shares."""
+    from hwprune.latency.lut import EdgePoint
+
+    base = latency_of({})
+    cm = CostModel(graph)
+    pts = []
+    for g in profiled_groups(graph):
+        for point in points:
+            kept = max(1, round(g.size * point))
+            shares = {g.id: kept / g.size}
+            after, _ = cm.cost(shares)
+            pts.append(
+                EdgePoint(g.id, g.name, g.size, kept, point, base, latency_of(shares), 0.0, cm.total_macs, after)
+            )
+    rng = np.random.default_rng(seed)
+    cal = []
+    for i in range(calibration):
+        shares = kept_shares(graph, random_mask(graph, rng))
+        cal.append(
+            {
+                "index": i,
+                "shares": {str(k): v for k, v in shares.items()},
+                "baseline_ms": base,
+                "latency_ms": latency_of(shares),
+            }
+        )
+    meta = {"model": graph.model_name, "fingerprint": graph.fingerprint(), "backend": "torch-cpu"}
+    return LUT(meta, pts, cal)
+
+
+def test_latency_model_recovers_a_per_op_cost_exactly(setup):
+    """Latency = 0.2 ms fixed + a time per MAC that differs by op class: any mask is predicted exactly."""
+    from hwprune.latency.model import op_class
+
+    _, _, graph = setup
+    cm = CostModel(graph)
+    per_mac = {"conv": 1e-6, "pointwise": 3e-6, "linear": 5e-6}  # ms per MAC, by class
+
+    def latency_of(shares):
+        return 0.2 + sum(
+            per_mac[op_class(graph, t)] * e["macs"] * cm.fraction(t, shares) for t, e in cm.tensors.items() if e["macs"]
+        )
+
+    lm = LatencyModel(synthetic_lut(graph, latency_of), graph)
+    assert lm.baseline_ms == pytest.approx(latency_of({}))
+    rng = np.random.default_rng(1)
+    for _ in range(20):  # whole-network masks: the groups interact through shared convs
+        shares = kept_shares(graph, random_mask(graph, rng))
+        assert lm.predict(shares) == pytest.approx(latency_of(shares), rel=1e-6)
     # the change of one group equals the difference of two predictions
-    g = lut.points[0].group
-    shares = {q.group: 0.5 for q in lut.points}
+    g = profiled_groups(graph)[0].id
+    shares = {q.id: 0.5 for q in profiled_groups(graph)}
     change = lm.predict_change(shares, g, 0.25)
     assert change == pytest.approx(lm.predict({**shares, g: 0.25}) - lm.predict(shares), rel=1e-9, abs=1e-12)
+
+
+def test_calibration_masks_identify_what_single_group_points_cannot(setup):
+    """Two 3x3 convs at very different times per MAC, each between two groups.
+
+    Single-group points measure only what a group's ops cost together, so without calibration the
+    fit leans on the class prior (one time per MAC per class); masks shrinking many groups at once
+    separate the ops, and the prediction of other such masks becomes near exact.
+    """
+    _, _, graph = setup
+    cm = CostModel(graph)
+    per_mac = {"c1.weight": 1e-6, "g.weight": 8e-6, "c2.weight": 0.5e-6, "c3.weight": 2e-6, "head.weight": 2e-6}
+
+    def latency_of(shares):
+        return 0.2 + sum(rate * cm.tensors[t]["macs"] * cm.fraction(t, shares) for t, rate in per_mac.items())
+
+    rng = np.random.default_rng(2)
+    masks = [kept_shares(graph, random_mask(graph, rng)) for _ in range(20)]
+
+    def error(calibration):
+        lm = LatencyModel(synthetic_lut(graph, latency_of, calibration=calibration, seed=3), graph)
+        return max(abs(lm.predict(s) / latency_of(s) - 1) for s in masks)
+
+    assert error(calibration=12) < 0.01 and error(calibration=12) < 0.5 * error(calibration=0)
 
 
 @pytest.mark.parametrize("kind", ["macs", "params"])
@@ -153,3 +217,14 @@ def test_solver_respects_blocks_round_to_and_reports_unreachable(setup):
             assert len({int(keep[list(b)].sum()) for b in group.blocks}) == 1
     low = solve(graph, groups, norm_scores(graph, model), CostFn.macs(graph), 0.001)
     assert not low.reachable and "unreachable" in low.notes[0] and low.ratio > 0.001
+
+
+def test_group_no_larger_than_the_alignment_step_is_left_whole(setup):
+    """round_to=32: the 32-channel groups cannot shrink by a whole step, the 48-channel one can (to 32)."""
+    model, x, graph = setup
+    sizes = {g.id: g.size for g in profiled_groups(graph)}
+    aligned = {g.id for g in profiled_groups(graph, round_to=32)}
+    assert aligned == {gid for gid, size in sizes.items() if size > 32} and aligned
+    sol = solve(graph, profiled_groups(graph, 32), norm_scores(graph, model), CostFn.macs(graph), 0.3, round_to=32)
+    for gid, keep in sol.mask.keep.items():
+        assert gid in aligned and keep.sum() == 32

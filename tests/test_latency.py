@@ -7,7 +7,7 @@ from torch import nn
 
 from hwprune.errors import UnknownNameError
 from hwprune.latency import BACKENDS, measure
-from hwprune.latency.measurement import robust_stats, time_interleaved
+from hwprune.latency.measurement import relative_precision, robust_stats, time_interleaved
 
 
 def small_model():
@@ -25,23 +25,49 @@ def test_robust_stats_known_values_and_outlier_rejection():
     assert iqr == pytest.approx(1.0, abs=1e-6)
 
 
-def test_interleaving_alternates_runners():
+def test_interleaving_alternates_runners_and_their_order():
     calls = []
 
     def timer(name):
         return lambda: calls.append(name) or 0.001
 
-    samples = time_interleaved([timer("a"), timer("b")], repeats=5)
-    assert [len(s) for s in samples] == [5, 5]
-    timed = calls[-10:]
-    assert timed == ["a", "b"] * 5
+    samples = time_interleaved([timer("a"), timer("b")], repeats=4)
+    assert [len(s) for s in samples] == [4, 4]
+    assert calls[-8:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # no runner always goes first
+
+
+def test_position_bias_cancels_in_paired_difference():
+    """Identical runners, the one timed first in a round 2 % slower: alternation leaves no difference."""
+    state = {"first": True}
+
+    def runner():
+        def timed():
+            slow = state["first"]
+            state["first"] = not state["first"]
+            return 0.0102 if slow else 0.0100
+
+        return timed
+
+    a, b = time_interleaved([runner(), runner()], repeats=40)
+    assert np.mean(a) == pytest.approx(np.mean(b), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "spread, rounds", [(0.0, 10), (0.5, 60)]
+)  # exact timers stop at `repeats`; noisy ones run to the cap
+def test_rounds_added_until_precise(spread, rounds):
+    rng = np.random.default_rng(0)
+    timers = [lambda: 0.01 * (1 + spread * rng.random()), lambda: 0.005 * (1 + spread * rng.random())]
+    samples = time_interleaved(timers, repeats=10, precision=0.005, max_repeats=60)
+    assert [len(s) for s in samples] == [rounds, rounds]
+    assert (relative_precision(samples) <= 0.005) == (spread == 0.0)
 
 
 @pytest.mark.parametrize("backend", ["torch-cpu", pytest.param("ort-cpu", marks=pytest.mark.onnx)])
 def test_backend_times_a_model_for_real(backend):
     model = small_model()
     x = torch.randn(2, 3, 16, 16)
-    [m] = measure(backend, [model], x, threads=1, repeats=5)
+    [m] = measure(backend, [model], x, threads=1, repeats=5, precision=None)
     assert m.backend == backend and m.threads == 1 and m.batch == 2 and m.input_shape == (2, 3, 16, 16)
     assert m.samples == 5 and 0 < m.median_ms < 10_000 and m.iqr_ms >= 0
     assert m.versions and m.device.startswith("cpu") and m.provider

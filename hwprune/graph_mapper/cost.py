@@ -42,7 +42,7 @@ class CostModel:
         self.fixed_params = sum(p.numel() for p in params.values()) - sum(e["numel"] for e in self.tensors.values())
         self.total_params = self.fixed_params + sum(e["numel"] for e in self.tensors.values())
 
-    def _tensors_of(self, gid: int) -> list[str]:
+    def tensors_of(self, gid: int) -> list[str]:
         if not hasattr(self, "_by_group"):
             self._by_group: dict[int, list[str]] = defaultdict(list)
             for name, entry in self.tensors.items():
@@ -50,7 +50,7 @@ class CostModel:
                     self._by_group[g].append(name)
         return self._by_group.get(gid, [])
 
-    def _fraction(self, name: str, shares: dict[int, float]) -> float:
+    def fraction(self, name: str, shares: dict[int, float]) -> float:
         frac = 1.0
         for gids, weights in self.tensors[name]["axes"]:
             frac *= float(np.dot(weights, [shares.get(g, 1.0) for g in gids]))
@@ -60,15 +60,15 @@ class CostModel:
         """(MACs, params) change when group ``gid`` moves to ``new_share``: only its tensors are visited."""
         after = {**shares, gid: new_share}
         dm = dp = 0.0
-        for name in self._tensors_of(gid):
-            delta = self._fraction(name, after) - self._fraction(name, shares)
+        for name in self.tensors_of(gid):
+            delta = self.fraction(name, after) - self.fraction(name, shares)
             dm += self.tensors[name]["macs"] * delta
             dp += self.tensors[name]["numel"] * delta
         return dm, dp
 
     def fractions(self, kept_per_group: dict[int, float]) -> dict[str, float]:
         """Kept fraction of each tensor's elements, given the kept share of each group."""
-        return {name: self._fraction(name, kept_per_group) for name in self.tensors}
+        return {name: self.fraction(name, kept_per_group) for name in self.tensors}
 
     def cost(self, kept_per_group: dict[int, float]) -> tuple[float, float]:
         """(MACs, params) of the weights under the mask, with kept shares per group."""

@@ -96,13 +96,24 @@ def ort_cpu(
 
 
 def measure(
-    backend: str, models: list, example: torch.Tensor, threads: int = 1, repeats: int = 30, **opts
+    backend: str,
+    models: list,
+    example: torch.Tensor,
+    threads: int = 1,
+    repeats: int = 30,
+    precision: float | None = 0.005,
+    max_repeats: int | None = None,
+    **opts,
 ) -> list[Measurement]:
-    """Time ``models`` (modules or ONNX paths) interleaved on one backend; ``opts`` go to the backend."""
+    """Time ``models`` (modules or ONNX paths) interleaved on one backend; ``opts`` go to the backend.
+
+    At least ``repeats`` rounds; more (up to ``max_repeats``, default 5x) until the standard error of
+    each model's difference from the first is within ``precision`` of the first's median (None: fixed).
+    """
     require_available(backend)
     make = BACKENDS.get(backend)
     runners = [make(m, example, threads=threads, **opts) for m in models]
-    samples = time_interleaved([r.timer() for r in runners], repeats)
+    samples = time_interleaved([r.timer() for r in runners], repeats, precision, max_repeats)
     out = []
     for r, s in zip(runners, samples, strict=False):
         median, iqr, rejected = robust_stats(s)

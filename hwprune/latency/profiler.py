@@ -29,9 +29,9 @@ from hwprune.prune.channel import norm_scores, top_k_mask, unit_of
 from hwprune.prune.masks import ChannelMask
 
 
-def profiled_groups(graph: ChannelGraph) -> list[ChannelGroup]:
-    """Groups the profiler and the solver act on: prunable, exact, with something to remove."""
-    return [g for g in graph.prunable_groups if g.exact and g.size >= 2]
+def profiled_groups(graph: ChannelGraph, round_to: int = 1) -> list[ChannelGroup]:
+    """Groups the profiler and the solver act on: prunable, exact, able to shrink by a whole step."""
+    return [g for g in graph.prunable_groups if g.exact and unit_of(g, round_to) < g.size]
 
 
 def kept_for(group: ChannelGroup, point: float, round_to: int = 1) -> int:
@@ -43,7 +43,7 @@ def kept_for(group: ChannelGroup, point: float, round_to: int = 1) -> int:
 def random_mask(graph: ChannelGraph, rng: np.random.Generator, min_keep: float = 0.1, round_to: int = 1) -> ChannelMask:
     """Each profiled group keeps a uniform random share in [min_keep, 1] (whole units) of random channels."""
     mask = ChannelMask.full(graph)
-    for g in profiled_groups(graph):
+    for g in profiled_groups(graph, round_to):
         unit = unit_of(g, round_to)
         lo = max(unit, int(np.ceil(g.size * min_keep / unit)) * unit)
         kept = int(rng.integers(lo // unit, g.size // unit + 1)) * unit
@@ -100,7 +100,7 @@ def profile_edges(
     progress: bool = True,
     exporter: str = "torchscript",
     round_to: int = 1,
-    calibration_masks: int = 8,
+    calibration_masks: int = 16,
     seed: int = 0,
 ) -> LUT:
     """Measure every profiled group at each kept fraction in ``points`` against the dense model.
@@ -116,7 +116,7 @@ def profile_edges(
     done = [r for r in records if r["kind"] == "edge"]
     calibration = [r for r in records if r["kind"] == "calibration"]
     done_keys = {(r["group"], r["point"]) for r in done}
-    groups = profiled_groups(graph)
+    groups = profiled_groups(graph, round_to)
     scores = norm_scores(graph, model, p=1)
     costs = CostModel(graph)
     todo = [(g, p) for g in groups for p in points if (g.id, p) not in done_keys]

@@ -16,12 +16,12 @@ def unit_of(group: ChannelGroup, round_to: int = 1) -> int:
     """The step in which a group's kept count may change.
 
     A multiple of the number of conv-group blocks (equal count per block) and of ``round_to``
-    (hardware alignment: on ONNX Runtime CPU a conv with 24 channels can be slower than one with 32);
-    alignment is dropped for groups smaller than the step.
+    (hardware alignment: on ONNX Runtime CPU a conv with 24 channels can be slower than one with 32).
+    A group no larger than its step cannot shrink aligned and is left whole (the step is its size):
+    mobilenet_v2's 16-channel group cut to 12 made the whole network 6 % slower on ONNX Runtime.
     """
     blocks = len(group.blocks) if group.blocks else 1
-    unit = math.lcm(blocks, max(1, round_to, group.round_to))
-    return unit if unit < group.size else blocks
+    return min(group.size, math.lcm(blocks, max(1, round_to, group.round_to)))
 
 
 def keep_count(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
