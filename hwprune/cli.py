@@ -167,6 +167,19 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out/lut.json"), help="LUT file (default out/lut.json)")
     p.add_argument("--journal", type=Path, default=None, help="journal (default: next to --out)")
     p.add_argument("--round-to", type=int, default=16, help="profiled channel counts are multiples of this (16)")
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=1,
+        help="passes over all groups; each point keeps the median saving, averaging the host's drift (default 1)",
+    )
+    p.add_argument(
+        "--calibration-masks",
+        type=int,
+        default=16,
+        help="random whole-network masks measured after the groups; the latency model learns interactions "
+        "from them (default 16)",
+    )
 
     p = add(
         "latency",
@@ -460,6 +473,8 @@ def cmd_profile_edges(args) -> None:
         repeats=args.repeats,
         journal=journal,
         round_to=args.round_to,
+        passes=args.passes,
+        calibration_masks=args.calibration_masks,
     )
     lut.save(args.out)
     print(

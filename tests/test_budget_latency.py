@@ -69,6 +69,25 @@ def test_profile_resumes_without_remeasuring(setup, tmp_path):
     assert [p.latency_ms for p in again.points] == [p.latency_ms for p in resumed.points]
 
 
+def test_second_pass_extends_a_one_pass_journal_and_points_keep_the_median(setup, tmp_path):
+    model, x, graph = setup
+    journal = tmp_path / "j.jsonl"
+    kw = dict(points=(0.5,), repeats=2, journal=journal, progress=False, calibration_masks=0)
+    one = profile_edges(model, graph, x, "torch-cpu", **kw)
+    first = journal.read_text().splitlines()
+    two = profile_edges(model, graph, x, "torch-cpu", passes=3, **kw)
+    lines = journal.read_text().splitlines()
+    assert lines[: len(first)] == first and len(lines) == len(first) + 2 * len(one.points)  # passes 2, 3 only
+    records = [json.loads(line) for line in lines[1:]]
+    for p in two.points:
+        mine = [r for r in records if r["group"] == p.group]
+        assert p.passes == 3 and sorted(r["pass"] for r in mine) == [0, 1, 2]
+        assert p.baseline_ms == pytest.approx(np.median([r["baseline_ms"] for r in mine]))
+        assert p.delta_ms == pytest.approx(np.median([r["baseline_ms"] - r["latency_ms"] for r in mine]))
+    with pytest.raises(HwpruneError, match="passes"):
+        profile_edges(model, graph, x, "torch-cpu", passes=0, **kw)
+
+
 def test_journal_of_another_run_is_refused(setup, tmp_path):
     model, x, graph = setup
     journal = tmp_path / "j.jsonl"

@@ -32,6 +32,7 @@ class EdgePoint:
     iqr_ms: float
     macs_before: float
     macs_after: float
+    passes: int = 1  # measurements (passes over the groups) this point is the median of
 
     @property
     def delta_ms(self) -> float:

@@ -52,7 +52,7 @@ def random_mask(graph: ChannelGraph, rng: np.random.Generator, min_keep: float =
     return mask
 
 
-def _header(graph, example, backend, threads, points, repeats, round_to) -> dict:
+def _header(graph, example, backend, threads, points, repeats, round_to, passes=1) -> dict:
     return {
         "kind": "header",
         "model": graph.model_name,
@@ -63,6 +63,7 @@ def _header(graph, example, backend, threads, points, repeats, round_to) -> dict
         "points": list(points),
         "repeats": repeats,
         "round_to": round_to,
+        "passes": passes,
     }
 
 
@@ -102,24 +103,29 @@ def profile_edges(
     round_to: int = 1,
     calibration_masks: int = 16,
     seed: int = 0,
+    passes: int = 1,
 ) -> LUT:
     """Measure every profiled group at each kept fraction in ``points`` against the dense model.
 
-    Then ``calibration_masks`` random masks (every group shrunk at once) are measured too: the
-    latency model uses them to correct the bias of adding single-group savings.
+    With ``passes`` > 1 every group is measured again in later passes over the whole list and its
+    point keeps the median saving: a host's speed drifts over minutes, which repeats within one
+    measurement cannot average out. Then ``calibration_masks`` random masks (every group shrunk at
+    once) are measured: the latency model learns from them how groups interact.
     """
+    if passes < 1:
+        raise HwpruneError(f"--passes is a whole number of passes over the groups, at least 1 (got {passes})")
     if not points or any(not 0.0 < p < 1.0 for p in points):
         raise HwpruneError(f"--points are kept fractions strictly between 0 and 1 (got {list(points)})")
-    header = _header(graph, example, backend, threads, points, repeats, round_to)
+    header = _header(graph, example, backend, threads, points, repeats, round_to, passes)
     journal = Path(journal) if journal else None
     records = _read_journal(journal, header) if journal else []
     done = [r for r in records if r["kind"] == "edge"]
     calibration = [r for r in records if r["kind"] == "calibration"]
-    done_keys = {(r["group"], r["point"]) for r in done}
+    done_keys = {(r["group"], r["point"], r.get("pass", 0)) for r in done}
     groups = profiled_groups(graph, round_to)
     scores = norm_scores(graph, model, p=1)
     costs = CostModel(graph)
-    todo = [(g, p) for g in groups for p in points if (g.id, p) not in done_keys]
+    todo = [(g, p, k) for k in range(passes) for g in groups for p in points if (g.id, p, k) not in done_keys]
     model.eval()
     fh = None
     if journal:
@@ -131,7 +137,7 @@ def profile_edges(
         with tempfile.TemporaryDirectory(prefix="hwprune-profile-") as tmp:
             baseline = baseline_for(model, example, backend, Path(tmp), exporter)
             bar = tqdm(todo, desc=f"profiling {graph.model_name} on {backend}", unit="edge", disable=not progress)
-            for group, point in bar:
+            for group, point, pass_ in bar:
                 kept = kept_for(group, point, round_to)
                 mask = ChannelMask.full(graph)
                 mask.keep[group.id] = top_k_mask(group, scores[group.id], kept)
@@ -144,6 +150,7 @@ def profile_edges(
                     "size": group.size,
                     "kept": kept,
                     "point": point,
+                    "pass": pass_,
                     "baseline_ms": base.median_ms,
                     "latency_ms": latency_ms,
                     "iqr_ms": cand.iqr_ms,
@@ -177,9 +184,24 @@ def profile_edges(
     meta = {k: v for k, v in header.items() if k != "kind"}
     last = (done + calibration)[-1] if done or calibration else {}
     meta["versions"], meta["device"] = last.get("versions", {}), last.get("device", "")
-    fields = set(EdgePoint.__dataclass_fields__)
-    pts = [EdgePoint(**{k: v for k, v in r.items() if k in fields}) for r in done]
+    pts = _median_over_passes([r for r in done if r.get("pass", 0) < passes])
     return LUT(meta, pts, [{k: r[k] for k in ("index", "shares", "baseline_ms", "latency_ms")} for r in calibration])
+
+
+def _median_over_passes(records: list[dict]) -> list[EdgePoint]:
+    """One EdgePoint per (group, point): median baseline, baseline minus the median saving."""
+    fields = set(EdgePoint.__dataclass_fields__)
+    by_key: dict[tuple, list[dict]] = {}
+    for r in records:
+        by_key.setdefault((r["group"], r["point"]), []).append(r)
+    out = []
+    for rs in by_key.values():
+        baseline = float(np.median([r["baseline_ms"] for r in rs]))
+        saving = float(np.median([r["baseline_ms"] - r["latency_ms"] for r in rs]))
+        merged = {**rs[0], "baseline_ms": baseline, "latency_ms": baseline - saving, "passes": len(rs)}
+        merged["iqr_ms"] = float(np.median([r["iqr_ms"] for r in rs]))
+        out.append(EdgePoint(**{k: v for k, v in merged.items() if k in fields}))
+    return out
 
 
 def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter):
