@@ -477,6 +477,9 @@ def cmd_profile_edges(args) -> None:
         calibration_masks=args.calibration_masks,
     )
     lut.save(args.out)
+    from hwprune.latency.model import LatencyModel
+
+    print(LatencyModel(lut, graph).fit_summary())
     print(
         f"{args.out}: {len(lut.points)} measurements over {len({p.group for p in lut.points})} groups, "
         f"baseline {lut.baseline_ms:.2f} ms ({args.backend}, {args.threads} thread(s)); CSV twin "

@@ -214,12 +214,14 @@ class BudgetOutcome:
     within_tolerance: bool
     iterations: list[dict]
     outcome: PruneOutcome | None
+    model_fit: str = ""  # the latency model's held-out check, for latency budgets
 
     def table(self) -> str:
         lines = [
             f"## {self.target_kind} budget {self.target:.3f}: measured ratio {self.measured_ratio:.3f} "
             f"(predicted {self.predicted_ratio:.3f}) -> {'met' if self.within_tolerance else 'NOT met'}",
             "",
+            *([self.model_fit, ""] if self.model_fit else []),
             "| iteration | solver budget | predicted ratio | measured ratio |",
             "|---:|---:|---:|---:|",
         ]
@@ -293,8 +295,11 @@ def prune_to_budget(
             backend=backend,
             threads=threads,
         )
-        cost = CostFn.latency(LatencyModel(lut, graph))
+        latency_model = LatencyModel(lut, graph)
+        model_fit = latency_model.fit_summary()
+        cost = CostFn.latency(latency_model)
     else:
+        model_fit = ""
         cost = CostFn.macs(graph) if target_kind == "flops" else CostFn.params(graph)
 
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
@@ -365,6 +370,7 @@ def prune_to_budget(
         abs(measured / target - 1.0) <= tolerance if target_kind == "latency" else measured <= target + 1e-9,
         iterations,
         outcome,
+        model_fit,
     )
 
 

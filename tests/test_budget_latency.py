@@ -193,11 +193,18 @@ def test_calibration_masks_identify_what_single_group_points_cannot(setup):
     rng = np.random.default_rng(2)
     masks = [kept_shares(graph, random_mask(graph, rng)) for _ in range(20)]
 
-    def error(calibration):
-        lm = LatencyModel(synthetic_lut(graph, latency_of, calibration=calibration, seed=3), graph)
+    def fitted(calibration):
+        return LatencyModel(synthetic_lut(graph, latency_of, calibration=calibration, seed=3), graph)
+
+    def error(lm):
         return max(abs(lm.predict(s) / latency_of(s) - 1) for s in masks)
 
-    assert error(calibration=12) < 0.01 and error(calibration=12) < 0.5 * error(calibration=0)
+    with_masks, without = fitted(12), fitted(0)
+    assert error(with_masks) < 0.01 and error(with_masks) < 0.5 * error(without)
+    # the held-out check a user sees: each calibration mask predicted by a fit that did not see it
+    assert len(with_masks.loo_errors_pct) == 12 and np.abs(with_masks.loo_errors_pct).max() < 1.0
+    assert "on 12 calibration masks" in with_masks.fit_summary()
+    assert "no calibration masks" in without.fit_summary() and without.loo_errors_pct.size == 0
 
 
 @pytest.mark.parametrize("kind", ["macs", "params"])

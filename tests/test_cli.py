@@ -165,6 +165,7 @@ def test_prune_to_latency_budget_writes_everything(tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "latency budget 0.600" in text and "compacted and verified" in text
+    assert "latency model: on 16 calibration masks, each left out of its fit" in text
     for name in ("mask.json", "lut.json", "lut.csv", "lut.journal.jsonl", "resnet20_pruned.onnx"):
         assert (out / name).stat().st_size > 0, name
     [row] = ResultsStore(tmp_path / "r.csv").records()

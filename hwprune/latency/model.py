@@ -63,6 +63,9 @@ class LatencyModel:
         x_cal = np.array([self._features(s) for s, _ in calibration]).reshape(len(calibration), len(self.ops))
         y_pts, y_cal = np.array([r for _, r in points]), np.array([r for _, r in calibration])
         self.ridge = self._choose_ridge(x_pts, y_pts, x_cal, y_cal) if ridge is None else ridge
+        self.loo_errors_pct = (
+            self._loo_errors(x_pts, y_pts, x_cal, y_cal, self.ridge) if len(y_cal) >= 2 else np.zeros(0)
+        )
         self.fixed, self.theta = self._fit(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], self.ridge)
 
     def _features(self, shares: dict[int, float]) -> np.ndarray:
@@ -78,19 +81,31 @@ class LatencyModel:
         solution = nnls(a, np.r_[ratios, weight * prior])[0]
         return float(solution[0]), solution[1:]
 
+    def _loo_errors(self, x_pts, y_pts, x_cal, y_cal, ridge: float) -> np.ndarray:
+        """Relative error (%) on each calibration mask of a fit that left it out."""
+        errors = []
+        for k in range(len(y_cal)):
+            rest = np.arange(len(y_cal)) != k
+            fixed, theta = self._fit(np.vstack([x_pts, x_cal[rest]]), np.r_[y_pts, y_cal[rest]], ridge)
+            errors.append(((fixed + theta @ x_cal[k]) / y_cal[k] - 1.0) * 100.0)
+        return np.asarray(errors)
+
     def _choose_ridge(self, x_pts, y_pts, x_cal, y_cal) -> float:
         """The ridge whose fit best predicts each calibration mask left out (DEFAULT_RIDGE without any)."""
         if len(y_cal) < 2:
             return DEFAULT_RIDGE
-        errors = []
-        for ridge in RIDGES:
-            err = 0.0
-            for k in range(len(y_cal)):
-                rest = np.arange(len(y_cal)) != k
-                fixed, theta = self._fit(np.vstack([x_pts, x_cal[rest]]), np.r_[y_pts, y_cal[rest]], ridge)
-                err += ((fixed + theta @ x_cal[k]) / y_cal[k] - 1.0) ** 2
-            errors.append(err)
-        return RIDGES[int(np.argmin(errors))]
+        losses = [float(np.sum(self._loo_errors(x_pts, y_pts, x_cal, y_cal, r) ** 2)) for r in RIDGES]
+        return RIDGES[int(np.argmin(losses))]
+
+    def fit_summary(self) -> str:
+        """One line on how well the model predicts masks it was not fitted to (the calibration masks)."""
+        e = np.abs(self.loo_errors_pct)
+        if not e.size:
+            return "latency model: no calibration masks, so no held-out check (profile with --calibration-masks)"
+        return (
+            f"latency model: on {e.size} calibration masks, each left out of its fit, error median "
+            f"{np.median(e):.1f} %, max {e.max():.1f} %, {np.mean(e <= 5) * 100:.0f} % within 5 % (ridge {self.ridge})"
+        )
 
     def predict(self, shares: dict[int, float]) -> float:
         """Predicted latency (ms) for kept shares per group (groups not listed keep everything)."""
