@@ -152,15 +152,17 @@ def synthetic_lut(graph, latency_of, points=(0.25, 0.5, 0.75), calibration=4, se
 
 def test_latency_model_recovers_a_per_op_cost_exactly(setup):
     """Latency = 0.2 ms fixed + a time per MAC that differs by op class: any mask is predicted exactly."""
-    from hwprune.latency.model import op_class
+    from hwprune.latency.model import op_classes
 
     _, _, graph = setup
     cm = CostModel(graph)
     per_mac = {"conv": 1e-6, "pointwise": 3e-6, "linear": 5e-6}  # ms per MAC, by class
+    kinds = op_classes(graph)
+    assert kinds["g.weight"] == "conv" and kinds["c3.weight"] == "pointwise" and kinds["head.weight"] == "linear"
 
     def latency_of(shares):
         return 0.2 + sum(
-            per_mac[op_class(graph, t)] * e["macs"] * cm.fraction(t, shares) for t, e in cm.tensors.items() if e["macs"]
+            per_mac[kinds[t]] * e["macs"] * cm.fraction(t, shares) for t, e in cm.tensors.items() if e["macs"]
         )
 
     lm = LatencyModel(synthetic_lut(graph, latency_of), graph)
@@ -254,3 +256,18 @@ def test_group_no_larger_than_the_alignment_step_is_left_whole(setup):
     sol = solve(graph, profiled_groups(graph, 32), norm_scores(graph, model), CostFn.macs(graph), 0.3, round_to=32)
     for gid, keep in sol.mask.keep.items():
         assert gid in aligned and keep.sum() == 32
+
+
+def test_op_classes_tell_depthwise_from_a_one_channel_input_conv():
+    from hwprune.latency.model import op_classes
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),  # one input channel, not grouped: a plain conv
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # depthwise
+        nn.Conv2d(8, 16, 1),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 3),
+    ).eval()
+    graph = build_channel_graph(net, torch.randn(1, 1, 4, 4), "dw")
+    kinds = op_classes(graph)
+    assert [kinds[f"{i}.weight"] for i in (0, 1, 2, 4)] == ["conv", "depthwise", "pointwise", "linear"]

@@ -31,15 +31,19 @@ DEFAULT_RIDGE = 0.3  # the best on held-out masks of resnet18/50 and mobilenet_v
 RIDGES = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)  # tried by leave-one-out over the calibration masks
 
 
-def op_class(graph: ChannelGraph, tensor: str) -> str:
-    """depthwise, pointwise, conv (k x k) or linear: ops whose time per MAC differs by kind."""
-    shape = tuple(dict(graph.gm.named_parameters())[tensor].shape)
-    if len(shape) != 4:
-        return "linear"
-    grouped = any(s.tensor == tensor and s.kind == GROUPED_IN and s.conv_groups > 1 for s in graph.sites)
-    if grouped and shape[1] == 1:
-        return "depthwise"
-    return "pointwise" if shape[2] * shape[3] == 1 else "conv"
+def op_classes(graph: ChannelGraph) -> dict[str, str]:
+    """Per weight tensor: depthwise, pointwise, conv (k x k) or linear, kinds whose time per MAC differs."""
+    grouped = {s.tensor for s in graph.sites if s.kind == GROUPED_IN and s.conv_groups > 1}
+    out = {}
+    for name, weight in graph.gm.named_parameters():
+        shape = tuple(weight.shape)
+        if len(shape) != 4:
+            out[name] = "linear"
+        elif name in grouped and shape[1] == 1:
+            out[name] = "depthwise"
+        else:
+            out[name] = "pointwise" if shape[2] * shape[3] == 1 else "conv"
+    return out
 
 
 class LatencyModel:
@@ -52,7 +56,8 @@ class LatencyModel:
         self.ops = [t for t, e in self.costs.tensors.items() if e["macs"] > 0]
         self._index = {t: i for i, t in enumerate(self.ops)}
         self.share = np.array([self.costs.tensors[t]["macs"] for t in self.ops]) / self.costs.total_macs
-        classes = [op_class(graph, t) for t in self.ops]
+        kinds = op_classes(graph)
+        classes = [kinds[t] for t in self.ops]
         self._member = np.array([[c == n for n in sorted(set(classes))] for c in classes], dtype=float)
         points = [({p.group: p.kept / p.size}, p.latency_ms / p.baseline_ms) for p in lut.points]
         points += [({}, 1.0)] * 3  # the dense model: weighted as a LUT group's three points
