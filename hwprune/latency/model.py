@@ -24,7 +24,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from hwprune.graph_mapper.cost import CostModel
-from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph
+from hwprune.graph_mapper.types import ChannelGraph
 from hwprune.latency.lut import LUT
 
 DEFAULT_RIDGE = 0.3  # the best on held-out masks of resnet18/50 and mobilenet_v2 (ort-cpu)
@@ -33,13 +33,15 @@ RIDGES = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)  # tried by leave-one-out over the cali
 
 def op_classes(graph: ChannelGraph) -> dict[str, str]:
     """Per weight tensor: depthwise, pointwise, conv (k x k) or linear, kinds whose time per MAC differs."""
-    grouped = {s.tensor for s in graph.sites if s.kind == GROUPED_IN and s.conv_groups > 1}
+    # a depthwise weight [C, 1, k, k] carries its channels on axis 0 only (input passes through);
+    # a plain conv on a one-channel input has an (unprunable) input site on axis 1
+    has_input_axis = {s.tensor for s in graph.sites if s.axis == 1}
     out = {}
     for name, weight in graph.gm.named_parameters():
         shape = tuple(weight.shape)
         if len(shape) != 4:
             out[name] = "linear"
-        elif name in grouped and shape[1] == 1:
+        elif shape[1] == 1 and name not in has_input_axis:
             out[name] = "depthwise"
         else:
             out[name] = "pointwise" if shape[2] * shape[3] == 1 else "conv"
