@@ -130,8 +130,9 @@ def main():
                         passes=args.profile_passes,
                     )
                     runs.append((time.perf_counter() - start, lut_half))
-                mult = [[p.multiplier for p in sorted(r[1].points, key=lambda p: p.group)] for r in runs]
-                saved = [[p.delta_ms / p.baseline_ms for p in sorted(r[1].points, key=lambda p: p.group)] for r in runs]
+                by_group = [sorted(r[1].points, key=lambda p: p.group) for r in runs]
+                mult = [[p.multiplier for p in pts] for pts in by_group]
+                saved = [[p.delta_ms / p.baseline_ms for p in pts] for pts in by_group]
                 noise = np.std(np.subtract(*mult)) / np.sqrt(2)  # one run's multiplier noise
                 cost_rows.append(
                     dict(

@@ -58,13 +58,16 @@ class CostModel:
 
     def change(self, shares: dict[int, float], gid: int, new_share: float) -> tuple[float, float]:
         """(MACs, params) change when group ``gid`` moves to ``new_share``: only its tensors are visited."""
-        after = {**shares, gid: new_share}
         dm = dp = 0.0
-        for name in self.tensors_of(gid):
-            delta = self.fraction(name, after) - self.fraction(name, shares)
+        for name, delta in self.fraction_changes(shares, gid, new_share):
             dm += self.tensors[name]["macs"] * delta
             dp += self.tensors[name]["numel"] * delta
         return dm, dp
+
+    def fraction_changes(self, shares: dict[int, float], gid: int, new_share: float) -> list[tuple[str, float]]:
+        """(tensor, change of its kept fraction) for each tensor of group ``gid`` moving to ``new_share``."""
+        after = {**shares, gid: new_share}
+        return [(name, self.fraction(name, after) - self.fraction(name, shares)) for name in self.tensors_of(gid)]
 
     def fractions(self, kept_per_group: dict[int, float]) -> dict[str, float]:
         """Kept fraction of each tensor's elements, given the kept share of each group."""

@@ -69,10 +69,7 @@ class LatencyModel:
         x_pts = np.array([self._features(s) for s, _ in points])
         x_cal = np.array([self._features(s) for s, _ in calibration]).reshape(len(calibration), len(self.ops))
         y_pts, y_cal = np.array([r for _, r in points]), np.array([r for _, r in calibration])
-        self.ridge = self._choose_ridge(x_pts, y_pts, x_cal, y_cal) if ridge is None else ridge
-        self.loo_errors_pct = (
-            self._loo_errors(x_pts, y_pts, x_cal, y_cal, self.ridge) if len(y_cal) >= 2 else np.zeros(0)
-        )
+        self.ridge, self.loo_errors_pct = self._choose_ridge(x_pts, y_pts, x_cal, y_cal, ridge)
         self.fixed, self.theta = self._fit(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], self.ridge)
 
     def _features(self, shares: dict[int, float]) -> np.ndarray:
@@ -97,12 +94,18 @@ class LatencyModel:
             errors.append(((fixed + theta @ x_cal[k]) / y_cal[k] - 1.0) * 100.0)
         return np.asarray(errors)
 
-    def _choose_ridge(self, x_pts, y_pts, x_cal, y_cal) -> float:
-        """The ridge whose fit best predicts each calibration mask left out (DEFAULT_RIDGE without any)."""
+    def _choose_ridge(self, x_pts, y_pts, x_cal, y_cal, ridge: float | None) -> tuple[float, np.ndarray]:
+        """The ridge and its held-out errors (%) on the calibration masks.
+
+        ``ridge`` if given, else the one of RIDGES whose fits best predict each mask left out;
+        DEFAULT_RIDGE and no errors with fewer than two calibration masks.
+        """
         if len(y_cal) < 2:
-            return DEFAULT_RIDGE
-        losses = [float(np.sum(self._loo_errors(x_pts, y_pts, x_cal, y_cal, r) ** 2)) for r in RIDGES]
-        return RIDGES[int(np.argmin(losses))]
+            return (DEFAULT_RIDGE if ridge is None else ridge), np.zeros(0)
+        tried = RIDGES if ridge is None else (ridge,)
+        errors = {r: self._loo_errors(x_pts, y_pts, x_cal, y_cal, r) for r in tried}
+        best = min(errors, key=lambda r: float(np.sum(errors[r] ** 2)))
+        return best, errors[best]
 
     def fit_summary(self) -> str:
         """One line on how well the model predicts masks it was not fitted to (the calibration masks)."""
@@ -120,11 +123,9 @@ class LatencyModel:
 
     def predict_change(self, shares: dict[int, float], gid: int, new_share: float) -> float:
         """Predicted latency change (ms, negative = faster) when group ``gid`` moves to ``new_share``."""
-        after = {**shares, gid: new_share}
         change = 0.0
-        for tensor in self.costs.tensors_of(gid):
+        for tensor, delta in self.costs.fraction_changes(shares, gid, new_share):
             i = self._index.get(tensor)
             if i is not None:
-                delta = self.costs.fraction(tensor, after) - self.costs.fraction(tensor, shares)
                 change += self.theta[i] * self.share[i] * delta
         return self.baseline_ms * change

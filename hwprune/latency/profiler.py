@@ -52,7 +52,7 @@ def random_mask(graph: ChannelGraph, rng: np.random.Generator, min_keep: float =
     return mask
 
 
-def _header(graph, example, backend, threads, points, repeats, round_to, passes=1) -> dict:
+def _header(graph, example, backend, threads, points, repeats, round_to, passes) -> dict:
     return {
         "kind": "header",
         "model": graph.model_name,
