@@ -1,8 +1,11 @@
 """Errors users can act on.
 
 Every error raised for bad input is a :class:`HwpruneError` whose message is one line saying what
-is wrong and what to do. The CLI prints that line and exits with status 2; anything else is a bug.
+is wrong and what to do. The CLI prints that line and exits with status 2; anything else is a bug,
+reported in one line naming the stage it happened in (:func:`set_stage`), exit status 1.
 """
+
+import argparse
 
 
 class HwpruneError(Exception):
@@ -32,3 +35,38 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type when it has none), for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class UsageError(HwpruneError):
+    """A command line argparse refused (unknown option, wrong type, missing value)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a one-line :class:`UsageError` instead of usage text + exit.
+
+    Subparsers made from it are OneLineParsers too; ``--help`` still prints the whole help.
+    """
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+_STAGE = ["starting"]
+
+
+def set_stage(text: str) -> None:
+    """Name what the command is doing now, for the one line an unexpected error prints."""
+    _STAGE[0] = text
+
+
+def current_stage() -> str:
+    """What :func:`set_stage` last named."""
+    return _STAGE[0]
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP) turned into an exception, so cleanup runs as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -22,7 +22,8 @@ import sys
 
 import torch
 
-from hwprune.errors import HwpruneError
+from hwprune import checks
+from hwprune.errors import HwpruneError, OneLineParser, first_line
 from hwprune.prune.weight_masking import COMPRESSION_MODES, density_from
 from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, SYNFLOW_ROUNDS, run_sweep
 from hwprune.train import add_train_args, config_from_args
@@ -46,7 +47,7 @@ def _list(kind: type, text: str) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (sweep options plus hwprune's training options)."""
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     s = p.add_argument_group("sweep")
     s.add_argument("--model", default=None, help=f"model name (default {DEFAULT_MODEL}, the small embedded sweep)")
     s.add_argument("--dataset", default=None, help=f"dataset name (default {DEFAULT_DATASET})")
@@ -95,10 +96,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check(args: argparse.Namespace) -> None:
+    """Every option and path, before any data is read or a model trained (``hwprune.checks``)."""
+    checks.model_name(args.model)
+    checks.dataset_name(args.dataset)
+    if args.data_dir is not None:
+        checks.input_folder(args.data_dir, "--data-dir")
+    checks.optional_whole(args.threads, "--threads", 1)
+    checks.optional_whole(args.image_size, "--image-size", 1, "input side in pixels")
+    if args.channels is not None and args.channels not in (1, 3):
+        raise HwpruneError(f"--channels must be 1 or 3, got {args.channels}")
+    checks.whole(args.synflow_rounds, "--synflow-rounds", 1)
+    checks.whole(args.prune_rounds, "--prune-rounds", 1)
+    checks.whole(args.samples_per_class, "--samples-per-class", 1)
+    checks.whole(args.pre_epochs, "--pre-epochs", 0)
+    for c in args.compression_list:
+        checks.real(c, "--compression-list", example="1,2,5,10")
+    checks.results_file(args.results)
+    checks.output_dir(args.out)
+    _check_train_paths(args)
+
+
+def _check_train_paths(args: argparse.Namespace) -> None:
+    from hwprune.train.__main__ import check_paths
+
+    check_paths(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep; 0 on success, 2 with ``prune_at_init: error: ...`` on a usage or data error."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except HwpruneError as exc:
+        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
+        return 2
     small = args.model is None and args.dataset is None
     given = set(argv if argv is not None else sys.argv[1:])
     if small:
@@ -110,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         args.save_weights = True
     args.model = args.model or DEFAULT_MODEL
     args.dataset = args.dataset or DEFAULT_DATASET
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
+        _check(args)
+        if args.threads:
+            torch.set_num_threads(args.threads)
         config = config_from_args(args)
         example = density_from(10 if args.compression_mode == "ratio" else 1, args.compression_mode)
         meaning = (
@@ -126,32 +159,33 @@ def main(argv: list[str] | None = None) -> int:
             f"{','.join(f'{c:g}' for c in args.compression_list)}, seeds {','.join(map(str, args.seeds))}, "
             f"{config.epochs} epochs" + (" (embedded small default)" if small else "")
         )
-        records = run_sweep(
-            args.model,
-            args.dataset,
-            args.pruner_list,
-            args.compression_list,
-            args.compression_mode,
-            args.seeds,
-            config.epochs,
-            train_config=config,
-            data_dir=args.data_dir,
-            image_size=args.image_size,
-            channels=args.channels,
-            scope=args.scope,
-            synflow_rounds=args.synflow_rounds,
-            rounds=args.prune_rounds,
-            schedule=args.prune_schedule,
-            samples_per_class=args.samples_per_class,
-            pre_epochs=args.pre_epochs,
-            dense_classifier=args.dense_classifier,
-            results_path=args.results,
-            out_dir=args.out,
-            save_weights=args.save_weights,
-            progress=not args.no_progress,
-        )
+        with checks.created_dir(args.out):  # removed again if the sweep stops before writing into it
+            records = run_sweep(
+                args.model,
+                args.dataset,
+                args.pruner_list,
+                args.compression_list,
+                args.compression_mode,
+                args.seeds,
+                config.epochs,
+                train_config=config,
+                data_dir=args.data_dir,
+                image_size=args.image_size,
+                channels=args.channels,
+                scope=args.scope,
+                synflow_rounds=args.synflow_rounds,
+                rounds=args.prune_rounds,
+                schedule=args.prune_schedule,
+                samples_per_class=args.samples_per_class,
+                pre_epochs=args.pre_epochs,
+                dense_classifier=args.dense_classifier,
+                results_path=args.results,
+                out_dir=args.out,
+                save_weights=args.save_weights,
+                progress=not args.no_progress,
+            )
     except HwpruneError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
         return 2
     for r in records:
         extra = r.extra_dict()

@@ -100,6 +100,10 @@ class LUT:
 
     @classmethod
     def load(cls, path: str | Path) -> LUT:
+        """Read a LUT file, checked against its schema (``hwprune.checks.lut_document``)."""
+        from hwprune.checks import lut_document
+
         data = read_format_json(path, LUT_FORMAT, "LUT", ": create it with hwprune profile-edges")
+        lut_document(data, path)
         meta = dict(data["meta"], path=str(path))
         return cls(meta, [EdgePoint(**p) for p in data["points"]], data.get("calibration", []))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,20 +68,101 @@ def _header(graph, example, backend, threads, points, repeats, round_to, passes)
     }
 
 
-def _read_journal(path: Path, header: dict) -> list[dict]:
+JOURNAL_FLAGS = {  # header setting -> the option that sets it, for messages
+    "model": "--model",
+    "fingerprint": "--model/--input-size",
+    "input_shape": "--input-size/--batch",
+    "backend": "--backend",
+    "threads": "--threads",
+    "points": "--points",
+    "repeats": "--repeats",
+    "round_to": "--round-to",
+    "exporter": "--exporter",
+}
+
+
+def _read_journal(path: Path, header: dict | None, repair: bool = True) -> list[dict]:
+    """The journal's measurements, every line checked (``hwprune.checks.journal_record``).
+
+    A torn last line (a run killed mid-write: no newline, not JSON) is dropped with a one-line notice
+    and, with ``repair``, cut from the file so the next append starts on a fresh line. A journal whose
+    header differs from ``header`` (None: not compared) in any setting the measurements depend on is
+    refused, naming the setting; ``passes`` may grow (later passes extend the journal consistently).
+    """
+    from hwprune.checks import JOURNAL_FIX, journal_record
+
     if not path.exists():
         return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if not lines:
-        return []
-    old = lines[0]
-    for key in ("model", "fingerprint", "input_shape", "backend", "threads", "round_to"):
-        if old.get(key) != header[key]:
+    if path.is_dir():
+        raise HwpruneError(f"journal {path} is a folder: give a file path (--journal)")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise HwpruneError(f"cannot read journal {path}: {exc.strerror or exc}") from None
+    chunks = raw.split(b"\n")
+    torn = False
+    if chunks[-1].strip():  # the last line has no newline: complete (kept) or torn (dropped)
+        try:
+            json.loads(chunks[-1].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            torn = True
+            chunks = chunks[:-1]
+    records = []
+    for i, chunk in enumerate(chunks, start=1):
+        if not chunk.strip():
+            continue
+        try:
+            rec = json.loads(chunk.decode("utf-8"))
+        except UnicodeDecodeError as exc:
             raise HwpruneError(
-                f"journal {path} belongs to another run ({key} {old.get(key)} vs {header[key]}): "
+                f"journal {path} line {i} is not UTF-8 text (offset {exc.start}): {JOURNAL_FIX}"
+            ) from None
+        except ValueError as exc:
+            msg = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+            raise HwpruneError(f"journal {path} line {i} is not valid JSON ({msg}): {JOURNAL_FIX}") from None
+        records.append(journal_record(rec, path, i, header=not records))
+    if repair and raw and (torn or not raw.endswith(b"\n")):
+        from hwprune.prune.masks import write_atomically
+
+        write_atomically(path, b"".join(c + b"\n" for c in chunks if c.strip()))
+    if torn and repair:  # reported once, by the read that resumes (a check with repair=False stays quiet)
+        print(
+            f"hwprune: note: journal {path}: dropped a torn last line (a run stopped mid-write); "
+            f"resuming from {max(len(records) - 1, 0)} measurement(s)",
+            file=sys.stderr,
+        )
+    if not records:
+        return []
+    if header is not None:
+        _compare_header(path, records[0], header)
+    return [rec for rec in records[1:] if rec.get("kind") in ("edge", "calibration")]
+
+
+def _compare_header(path: Path, old: dict, header: dict) -> None:
+    """Refuse a journal written with other settings, naming the first that differs."""
+    for key, value in header.items():
+        if key in ("kind", "passes"):
+            continue
+        if key not in old:
+            raise HwpruneError(
+                f"journal {path} does not record its {key} (an older hwprune wrote it): delete it to measure again"
+            )
+        have = old[key]
+        if key == "points":
+            have, value = sorted(have), sorted(value)
+        if have == value:
+            continue
+        flag = JOURNAL_FLAGS.get(key, key)
+        if key in ("model", "fingerprint", "input_shape", "backend"):
+            raise HwpruneError(
+                f"journal {path} belongs to another run ({key} {old[key]} vs {header[key]} now): "
                 "delete it or choose another --journal"
             )
-    return [rec for rec in lines[1:] if rec.get("kind") in ("edge", "calibration")]
+        shown = ",".join(f"{p:g}" for p in old[key]) if key == "points" else old[key]
+        raise HwpruneError(
+            f"journal {path} was measured with {key} {old[key]}, this run asks for {header[key]}: rerun with "
+            f"{flag} {shown} to resume it, or delete the journal to start over (its measurements are lost)"
+        )
 
 
 def _append(fh, record: dict) -> None:

@@ -7,6 +7,7 @@ applied to; a mismatch is refused with one line saying why.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -32,8 +33,9 @@ def write_atomically(path: str | Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise HwpruneError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        with contextlib.suppress(OSError):  # the folder itself may be missing: nothing to remove then
+            tmp.unlink()
+        raise HwpruneError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
 
 
 @dataclass
@@ -112,12 +114,15 @@ class ChannelMask:
 
     @classmethod
     def load(cls, path: str | Path) -> ChannelMask:
+        """Read a mask file, checked against its schema (``hwprune.checks.channel_mask_document``)."""
+        from hwprune.checks import channel_mask_document
+
         data = read_format_json(path, CHANNEL_FORMAT)
         keep = {}
-        for gid, entry in data["groups"].items():
-            k = np.zeros(int(entry["size"]), dtype=bool)
-            k[np.asarray(entry["keep"], dtype=np.int64)] = True
-            keep[int(gid)] = k
+        for gid, (size, kept) in channel_mask_document(data, path).items():
+            k = np.zeros(size, dtype=bool)
+            k[np.asarray(kept, dtype=np.int64)] = True
+            keep[gid] = k
         return cls(keep, data.get("model", ""), data.get("fingerprint", ""), data.get("meta", {}))
 
 
@@ -170,7 +175,11 @@ class WeightMask:
 
     @classmethod
     def load(cls, path: str | Path) -> WeightMask:
-        data = read_format_json(path, WEIGHT_FORMAT)
+        """Read a weight-mask file, checked against its schema (``hwprune.checks.weight_mask_document``)."""
+        from hwprune.checks import weight_mask_document
+
+        data = read_format_json(path, WEIGHT_FORMAT, "weight mask file")
+        weight_mask_document(data, path)
         keep = {}
         for name, entry in data["tensors"].items():
             shape = tuple(entry["shape"])
@@ -181,14 +190,6 @@ class WeightMask:
 
 def read_format_json(path: str | Path, fmt: str, what: str = "mask file", missing_hint: str = "") -> dict:
     """Read a JSON file of hwprune format ``fmt``; one-line errors for missing, unreadable or foreign files."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise HwpruneError(f"{what} {path} does not exist{missing_hint}") from None
-    except (OSError, ValueError) as exc:
-        raise HwpruneError(f"cannot read {what} {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt:
-        raise HwpruneError(
-            f"{path} is not a {fmt} file (format {data.get('format') if isinstance(data, dict) else '?'})"
-        )
-    return data
+    from hwprune.checks import format_field, read_json
+
+    return format_field(read_json(path, what, missing_hint), fmt, what, path, "")

@@ -207,6 +207,11 @@ class ResultsStore:
                 raise HwpruneError(f"cannot read results file {self.path}: {e.strerror or e}") from None
             except csv.Error as e:
                 raise HwpruneError(f"results file {self.path} is not valid CSV: {e}") from None
+            except UnicodeDecodeError as e:
+                raise HwpruneError(
+                    f"results file {self.path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                    f"{e.start}): it is damaged; restore it from a backup or cut the damaged rows"
+                ) from None
         if not rows:
             return []
         if rows[0] != COLUMNS:
@@ -220,8 +225,32 @@ class ResultsStore:
         return rows[1:]
 
     def records(self) -> list[RunRecord]:
-        """Return every row as a :class:`RunRecord` (empty list if the file does not exist)."""
-        return [RunRecord.from_dict(dict(zip(COLUMNS, row, strict=True))) for row in self._read_rows()]
+        """Return every row as a :class:`RunRecord` (empty list if the file does not exist).
+
+        Raises:
+            HwpruneError: naming the file and row, for a cell of the wrong type or a damaged file.
+        """
+        out = []
+        for i, row in enumerate(self._read_rows(), start=2):
+            try:
+                out.append(RunRecord.from_dict(dict(zip(COLUMNS, row, strict=True))))
+            except HwpruneError as e:
+                raise HwpruneError(f"results file {self.path} row {i}: {e}; fix or delete that row") from None
+        return out
+
+    def check_header(self) -> None:
+        """Refuse (one line) a file whose header is not this schema's; a missing or empty file passes."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise HwpruneError(f"cannot read results file {self.path}: {e.strerror or e}") from None
+        try:
+            if os.fstat(fd).st_size:
+                self._check_header_fd(fd)
+        finally:
+            os.close(fd)
 
     def load(self) -> pd.DataFrame:
         """Return the rows as a DataFrame with exactly :data:`COLUMNS` (empty if no file).

@@ -9,18 +9,22 @@ Runs in one process, or data-parallel when launched by torchrun::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 
-from hwprune.errors import HwpruneError
+from hwprune import checks
+from hwprune.errors import HwpruneError, OneLineParser, first_line
+
+PROG = "hwprune train"
 
 
 def build_parser() -> argparse.ArgumentParser:
     from hwprune.train.cli_args import add_train_args
 
-    p = argparse.ArgumentParser(prog="python -m hwprune.train", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="zoo model name (see `hwprune models`)")
     p.add_argument("--dataset", default="digits", help="dataset name (default digits)")
     p.add_argument("--data-dir", default=None, help="folder holding file-based datasets")
@@ -42,7 +46,11 @@ def run(argv: list[str] | None = None) -> int:
     from hwprune.train.masking import load_mask
 
     args = build_parser().parse_args(argv)
+    check_args(args)
     config = config_from_args(args)
+    mask = load_mask(args.mask) if args.mask else None  # checked against its schema before any data is read
+    if args.save_mask and mask is None:
+        raise HwpruneError("--save-mask writes the mask given by --mask: pass --mask too")
     spec = model_spec(args.model)
     channels = args.channels or spec.in_channels
     info = dataset_info(args.dataset)
@@ -50,21 +58,22 @@ def run(argv: list[str] | None = None) -> int:
     train_set = get_dataset(args.dataset, "train", args.data_dir, image_size=size, channels=channels)
     test_set = get_dataset(args.dataset, "test", args.data_dir, image_size=size, channels=channels)
     model = get_model(args.model, num_classes=info.num_classes, in_channels=channels, input_size=size)
-    mask = load_mask(args.mask) if args.mask else None
     weight_mask = None if isinstance(mask, ChannelMask) else mask
     channel_mask = mask if isinstance(mask, ChannelMask) else None
     distributed = under_torchrun()
     rank0 = not distributed or int(os.environ.get("RANK", "0")) == 0
-    if args.save_mask and mask is None:
-        raise HwpruneError("--save-mask writes the mask given by --mask: pass --mask too")
     if args.save_mask and rank0:
         make_enforcer(model, weight_mask, channel_mask, None, train_set).weight_mask.save(args.save_mask)
-    if distributed:
-        result = train_ddp(model, train_set, test_set, config, weight_mask, channel_mask)
-    else:
-        train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
-        test_loader = make_loader(test_set, config.batch_size, shuffle=False)
-        result = train(model, train_loader, test_loader, config, weight_mask, channel_mask)
+    with contextlib.ExitStack() as made:  # folders this run makes are removed again if it stops before using them
+        for folder in (config.checkpoint_dir, config.log_dir):
+            if folder is not None:
+                made.enter_context(checks.created_dir(folder))
+        if distributed:
+            result = train_ddp(model, train_set, test_set, config, weight_mask, channel_mask)
+        else:
+            train_loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed)
+            test_loader = make_loader(test_set, config.batch_size, shuffle=False)
+            result = train(model, train_loader, test_loader, config, weight_mask, channel_mask)
     if rank0:
         if args.result:
             from hwprune.prune.masks import write_atomically
@@ -79,12 +88,37 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Every option and path of a training run, before any data is read (``hwprune.checks``)."""
+    checks.model_name(args.model)
+    checks.dataset_name(args.dataset)
+    if args.data_dir is not None:
+        checks.input_folder(args.data_dir, "--data-dir")
+    checks.optional_whole(args.image_size, "--image-size", 1, "input side in pixels; leave it out for the native")
+    if args.channels is not None and args.channels not in (1, 3):
+        raise HwpruneError(f"--channels must be 1 or 3, got {args.channels}")
+    if args.result is not None:
+        checks.output_file(args.result, "--result", "result.json")
+    check_paths(args)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The training options' paths: --mask readable, --save-mask, --checkpoint-dir and --log-dir writable."""
+    if getattr(args, "mask", None) is not None:
+        checks.input_file(args.mask, "--mask", "mask file", ": make one with `hwprune mask` or `--save-mask`")
+    if getattr(args, "save_mask", None) is not None:
+        checks.output_file(args.save_mask, "--save-mask", "weights.mask.json")
+    for name in ("checkpoint_dir", "log_dir"):
+        if getattr(args, name, None) is not None:
+            checks.output_dir(getattr(args, name), "--" + name.replace("_", "-"))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(argv)
     except HwpruneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(exc)}", file=sys.stderr)
         return 2
 
 

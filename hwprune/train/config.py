@@ -9,6 +9,9 @@ epochs at lr [0.1, 0.01, 0.001]) is ``epochs=160, lr=0.1, schedule='step', miles
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import os
 from dataclasses import dataclass
 
 from hwprune.errors import HwpruneError
@@ -18,6 +21,8 @@ SCHEDULE_ALIASES = {"preset": "step", "multistep": "step"}
 DEVICES = ("cpu", "cuda", "xla")
 FINETUNE_LR = 0.01
 FINETUNE_EPOCHS = 10
+INT_FIELDS = ("epochs", "batch_size", "warmup_epochs", "seed", "eval_every")
+FLOAT_FIELDS = ("lr", "momentum", "weight_decay", "gamma", "label_smoothing")
 
 
 @dataclass
@@ -61,13 +66,41 @@ class TrainConfig:
     eval_every: int = 1
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.schedule = SCHEDULE_ALIASES.get(self.schedule, self.schedule)
         if self.milestones is not None:
-            self.milestones = tuple(sorted(int(m) for m in self.milestones))
+            self.milestones = tuple(sorted(self.milestones))
         self.validate()
+
+    def _check_types(self) -> None:
+        """Refuse values of the wrong type (a config file's ``epochs: "3"``, ``lr: null``) in one line."""
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise HwpruneError(f"{name} must be a whole number, got {value!r}")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise HwpruneError(f"{name} must be a finite number, got {value!r}")
+        if not isinstance(self.nesterov, bool):
+            raise HwpruneError(f"nesterov must be true or false, got {self.nesterov!r}")
+        for name in ("schedule", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise HwpruneError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("log_dir", "checkpoint_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise HwpruneError(f"{name} must be a folder path, got {value!r}")
+        if self.milestones is not None:
+            if isinstance(self.milestones, (str, bytes)) or not hasattr(self.milestones, "__iter__"):
+                raise HwpruneError(f"milestones must be a list of epochs, got {self.milestones!r}")
+            for m in self.milestones:
+                if isinstance(m, bool) or not isinstance(m, numbers.Integral):
+                    raise HwpruneError(f"milestones must be whole-number epochs, got {list(self.milestones)!r}")
 
     def validate(self) -> None:
         """Raise a one-line :class:`HwpruneError` for a value that cannot work."""
+        self._check_types()
         if self.epochs < 0:
             raise HwpruneError(f"epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
