@@ -18,6 +18,12 @@ keeps (all parameters minus the masked-out weights), ``params_before`` the dense
 parameter. ``target_value`` is the compression exactly as given; ``extra.compression_mode`` says how to
 read it. ``extra`` also holds per-layer density and effective FLOPs, the collapse flag and collapsed
 layers, the testing time and the pruning settings.
+
+Masks follow Synaptic-Flow's selection rule by default (``mask_rule="reference"``: remove the
+``int((1-d)·N)`` lowest scores and every tie of the threshold, so 100-round SynFlow gives the reference's
+mask); ``exact`` keeps exactly ``round(d·N)``. Each run's seed reaches every scorer that draws random
+numbers (``rand``, the GCS re-initialisation); the GCS scorers run in train mode unless
+``gcs_train_mode`` is False.
 """
 
 from __future__ import annotations
@@ -36,9 +42,10 @@ from hwprune.errors import HwpruneError
 from hwprune.flops import count_flops
 from hwprune.models import get_model, model_spec
 from hwprune.prune.masks import WeightMask
-from hwprune.prune.scorers import WEIGHT_SCORERS, pruning_set
+from hwprune.prune.scorers import GCS_SCORERS, WEIGHT_SCORERS, pruning_set
 from hwprune.prune.weight_masking import (
     COMPRESSION_MODES,
+    RULES,
     density_from,
     detect_collapse,
     layer_densities,
@@ -103,7 +110,9 @@ def _build(setup: SweepSetup, seed: int) -> nn.Module:
     )
 
 
-def _check(pruners: Sequence[str], compressions: Sequence[float], mode: str, seeds: Sequence[int]) -> None:
+def _check(pruners: Sequence[str], compressions: Sequence[float], mode: str, seeds: Sequence[int], rule: str) -> None:
+    if rule not in RULES:
+        raise HwpruneError(f"unknown mask rule {rule!r}: use one of {', '.join(RULES)}")
     if mode not in COMPRESSION_MODES:
         raise HwpruneError(f"unknown compression mode {mode!r}: use one of {', '.join(COMPRESSION_MODES)}")
     if not pruners or not compressions or not seeds:
@@ -136,6 +145,8 @@ def run_sweep(
     prune_batch_size: int = 256,
     pre_epochs: int = 0,
     dense_classifier: bool = False,
+    mask_rule: str = "reference",
+    gcs_train_mode: bool = True,
     results_path: str | Path = "runs/results.csv",
     out_dir: str | Path | None = None,
     save_weights: bool = False,
@@ -149,7 +160,8 @@ def run_sweep(
         pruners: Weight scorers (``rand``, ``mag``, ``snip``, ``grasp``, ``synflow`` ...).
         compressions: Compressions, read in ``compression_mode``.
         compression_mode: ``ratio`` (x keeps 1/x) or ``exponent`` (x keeps 10^-x, Synaptic-Flow's flag).
-        seeds: Seeds; each seeds the model initialisation, the pruning (rand) and the training.
+        seeds: Seeds; each seeds the model initialisation, every scorer that draws random numbers (rand,
+            the GCS re-initialisation) and the training.
         epochs: Training epochs after pruning (overrides ``train_config.epochs``).
         train_config: Training settings (``TrainConfig()`` when None); its seed is replaced per run.
         data_dir: Where on-disk datasets live (digits and synthetic ignore it).
@@ -164,6 +176,9 @@ def run_sweep(
         pre_epochs: Dense training before pruning (the seed's ``--pre-epochs``, e.g. 200 for Mag);
             applies to every pruner of the sweep; 0 prunes at initialization.
         dense_classifier: Leave the classifier dense.
+        mask_rule: ``reference`` (Synaptic-Flow's kept count and tie rule) or ``exact`` (round(d·N)).
+        gcs_train_mode: Score the GCS family in train mode (batch statistics, as its reference does);
+            False scores them in eval mode (running statistics).
         results_path: The results CSV (appended to, created if missing).
         out_dir: Where masks (and weights with ``save_weights``) are written; nothing when None.
         save_weights: Also save each trained model's state dict (for weight histograms).
@@ -176,7 +191,7 @@ def run_sweep(
         HwpruneError: For an unknown pruner, model or dataset, or a compression outside its mode.
     """
     pruners, compressions, seeds = list(pruners), list(compressions), list(seeds)
-    _check(pruners, compressions, compression_mode, seeds)
+    _check(pruners, compressions, compression_mode, seeds, mask_rule)
     config = (train_config or TrainConfig()).replace(epochs=epochs)
     setup = _setup(model_name, dataset, image_size, channels)
     train_set = get_dataset(
@@ -223,6 +238,8 @@ def run_sweep(
                 samples_per_class=samples_per_class,
                 pre_epochs=pre_epochs,
                 dense_classifier=dense_classifier,
+                mask_rule=mask_rule,
+                gcs_train_mode=gcs_train_mode,
                 out=out,
                 save_weights=save_weights,
                 git_sha=sha,
@@ -255,6 +272,8 @@ def _one_run(
     samples_per_class: int,
     pre_epochs: int,
     dense_classifier: bool,
+    mask_rule: str,
+    gcs_train_mode: bool,
     out: Path | None,
     save_weights: bool,
     git_sha: str | None,
@@ -266,9 +285,7 @@ def _one_run(
     if pre_epochs > 0:
         train(model, train_loader, None, run_config.replace(epochs=pre_epochs))
         model.to("cpu")
-    options: dict = {"dense_classifier": dense_classifier}
-    if pruner == "rand":
-        options["seed"] = seed
+    options = scorer_options(pruner, seed, dense_classifier=dense_classifier, gcs_train_mode=gcs_train_mode)
     start = time.perf_counter()
     mask = prune_weights(
         model,
@@ -279,7 +296,8 @@ def _one_run(
         rounds=rounds,
         schedule=schedule,
         model_name=setup.model_name,
-        **_accepted(pruner, options),
+        rule=mask_rule,
+        **options,
     )
     prune_seconds = time.perf_counter() - start
     collapsed = detect_collapse(mask)
@@ -327,6 +345,8 @@ def _one_run(
         "pre_epochs": pre_epochs,
         "epochs": run_config.epochs,
         "dense_classifier": dense_classifier,
+        "mask_rule": mask_rule,
+        "scorer_options": {k: v for k, v in options.items() if k != "dense_classifier"},
         "image_size": setup.image_size,
         "in_channels": setup.in_channels,
         "num_classes": setup.num_classes,
@@ -360,10 +380,16 @@ def _fraction(value: float) -> float | None:
     return None if value != value else float(value)  # NaN (empty test set) -> not measured
 
 
-def _accepted(pruner: str, options: dict) -> dict:
-    """Keep the options the scorer ``pruner`` accepts (e.g. ``seed`` only for rand)."""
+def scorer_options(pruner: str, seed: int, *, dense_classifier: bool = False, gcs_train_mode: bool = True) -> dict:
+    """The options a sweep run passes to the scorer ``pruner``: only those it accepts.
+
+    ``seed`` goes to every scorer that takes one (rand's draw, the GCS re-initialisation), so different
+    seeds give different runs and the same seed the same run; ``train_mode`` to the GCS family.
+    """
     import inspect
 
-    scorer = WEIGHT_SCORERS.get(pruner)
-    accepted = set(inspect.signature(scorer).parameters)
+    options: dict = {"dense_classifier": dense_classifier, "seed": seed}
+    if pruner in GCS_SCORERS:
+        options["train_mode"] = gcs_train_mode
+    accepted = set(inspect.signature(WEIGHT_SCORERS.get(pruner)).parameters)
     return {k: v for k, v in options.items() if k in accepted}

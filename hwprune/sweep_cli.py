@@ -24,7 +24,7 @@ import torch
 
 from hwprune import checks
 from hwprune.errors import HwpruneError, OneLineParser, first_line
-from hwprune.prune.weight_masking import COMPRESSION_MODES, density_from
+from hwprune.prune.weight_masking import COMPRESSION_MODES, RULES, density_from
 from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, SYNFLOW_ROUNDS, run_sweep
 from hwprune.train import add_train_args, config_from_args
 
@@ -87,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--pre-epochs", type=int, default=0, help="dense training before pruning (seed: 200 for Mag; default 0)"
     )
     s.add_argument("--dense-classifier", action="store_true", help="leave the classifier dense")
+    s.add_argument(
+        "--mask-rule",
+        choices=RULES,
+        default="reference",
+        help="reference: remove int((1-d)N) lowest scores and every tie (Synaptic-Flow); exact: keep round(dN), "
+        "ties by position (default reference)",
+    )
+    s.add_argument(
+        "--gcs-eval-mode",
+        action="store_true",
+        help="score the gcs pruners in eval mode (running BN statistics); default train mode, as the reference",
+    )
     s.add_argument("--results", default="runs/results.csv", help="results CSV to append to (default runs/results.csv)")
     s.add_argument("--out", default="out/sweep", help="folder for masks (and weights) (default out/sweep)")
     s.add_argument("--save-weights", action="store_true", help="save each trained state dict (for histograms)")
@@ -179,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 samples_per_class=args.samples_per_class,
                 pre_epochs=args.pre_epochs,
                 dense_classifier=args.dense_classifier,
+                mask_rule=args.mask_rule,
+                gcs_train_mode=not args.gcs_eval_mode,
                 results_path=args.results,
                 out_dir=args.out,
                 save_weights=args.save_weights,

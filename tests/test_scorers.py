@@ -1,5 +1,8 @@
 """Weight scorers against hand-computed or independently autograd-computed values."""
 
+import copy
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,9 @@ from torch.autograd.functional import hvp
 from torch.func import functional_call
 
 from hwprune.errors import HwpruneError
+from hwprune.models import get_model
+from hwprune.models.resnet_cifar import CifarResNet
+from hwprune.prune.masks import WeightMask
 from hwprune.prune.scorers import (
     EPS,
     GCS_PRESETS,
@@ -22,6 +28,7 @@ from hwprune.prune.scorers import (
     pruning_set,
     score_weights,
 )
+from hwprune.prune.weight_masking import detect_collapse, mask_from_scores, prune_weights
 
 
 def tiny_mlp(seed=0):
@@ -333,3 +340,200 @@ def test_pruning_set_is_balanced_and_class_contiguous():
     assert torch.cat([b[0] for b in batches])[:3, 0].tolist() == [0.0, 4.0, 8.0]
     with pytest.raises(HwpruneError, match="fewer than"):
         pruning_set(loader, num_classes=4, samples_per_class=20)
+
+
+# ---------------------------------------------------------------- SynFlow at depth (overflow, rescaling)
+
+
+def flat_scores(scores):
+    return torch.cat([s.flatten() for s in scores.values()])
+
+
+def test_synflow_rescaled_flow_ranks_exactly_like_the_unscaled_flow():
+    # resnet20 at 8 px: the reference flow is finite in float32, so it is the ranking to reproduce
+    torch.manual_seed(0)
+    net = get_model("resnet20", num_classes=10, in_channels=3, input_size=8)
+    plain = score_weights("synflow", net, None, input_shape=(3, 8, 8), rescale=False)
+    scaled = score_weights("synflow", net, None, input_shape=(3, 8, 8), rescale=True)
+    a, b = flat_scores(plain), flat_scores(scaled)
+    assert torch.isfinite(a).all() and a.dtype == b.dtype == torch.float32
+    assert float(a.max()) > 1e6 and float(b.max()) < 1.0  # the scaled flow is a different number ...
+    ratio = torch.unique(a[a > 0] / b[a > 0])
+    assert ratio.numel() == 1 and math.frexp(float(ratio))[0] == 0.5  # ... times one power of two, exactly
+    assert torch.equal(a == 0, b == 0)
+    for rule in ("exact", "reference"):
+        m_plain, m_scaled = mask_from_scores(plain, 0.1, rule=rule), mask_from_scores(scaled, 0.1, rule=rule)
+        assert all(np.array_equal(m_plain.keep[n], m_scaled.keep[n]) for n in plain)
+    # negative control: scaling one layer of a residual branch (per-layer normalisation) is not a global
+    # factor on a residual network: it changes the ranking, which is why only graph cuts are rescaled
+    with torch.no_grad():
+        net.layer1[0].conv2.weight.mul_(4.0)
+    moved = flat_scores(score_weights("synflow", net, None, input_shape=(3, 8, 8), rescale=False))
+    assert torch.unique(moved[a > 0] / a[a > 0]).numel() > 1
+
+
+def test_synflow_deep_network_is_finite_and_does_not_collapse():
+    torch.manual_seed(0)
+    net = get_model("resnet56", num_classes=10, in_channels=3, input_size=8)
+    shape = (3, 8, 8)
+    # negative control: the reference computation overflows float32 on resnet56 (R ~ 1e62 at 8 px)
+    reference = score_weights("synflow", net, None, input_shape=shape, rescale=False)
+    assert not torch.isfinite(flat_scores(reference)).all()
+    assert detect_collapse(mask_from_scores(reference, 0.1, rule="reference"))  # inf ties: layers emptied
+    scores = score_weights("synflow", net, None, input_shape=shape)
+    flat = flat_scores(scores)
+    assert flat.dtype == torch.float64 and torch.isfinite(flat).all() and (flat > 0).all()
+    double = flat_scores(score_weights("synflow", net, None, input_shape=shape, double=True))
+    assert double.dtype == torch.float64 and torch.isfinite(double).all()  # not cast back to float32 (inf)
+    assert float(flat.max()) > 3.5e38  # the scores themselves do not fit float32
+    # 100-round iterative SynFlow to 10x keeps every layer
+    mask = prune_weights(net, "synflow", None, 0.1, rounds=100, input_shape=shape, rule="reference")
+    assert mask.meta["collapsed"] == [] and detect_collapse(mask) == []
+    assert abs(mask.meta["kept"] - 0.1 * sum(k.size for k in mask.keep.values())) < 5
+
+
+def test_synflow_beyond_float64_rescales_at_the_cuts():
+    # a 302-layer CIFAR ResNet at 8 px: R ~ 1e500, past float64 as well
+    torch.manual_seed(0)
+    net = CifarResNet(50, num_classes=10, in_channels=3)
+    shape = (3, 8, 8)
+    reference = flat_scores(score_weights("synflow", net, None, input_shape=shape, double=True, rescale=False))
+    assert not torch.isfinite(reference).all()  # negative control: float64 alone overflows
+    scores = score_weights("synflow", net, None, input_shape=shape)
+    flat = flat_scores(scores)
+    assert flat.dtype == torch.float64 and torch.isfinite(flat).all() and (flat > 0).all()
+    # the rescaled flow of the first stage alone (finite unscaled) ranks as the unscaled one
+    stage = nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1[:6], net.avgpool, net.flatten)
+    a = flat_scores(score_weights("synflow", stage, None, input_shape=shape, double=True, rescale=False))
+    b = flat_scores(score_weights("synflow", stage, None, input_shape=shape, double=True, rescale=True))
+    assert torch.isfinite(a).all() and torch.unique(a / b).numel() == 1
+
+
+def test_synflow_densenet121_is_finite_and_rescaling_is_exact_through_concatenations():
+    torch.manual_seed(0)
+    net = get_model("torchvision:densenet121", num_classes=10, in_channels=3, input_size=32)
+    shape = (3, 32, 32)
+    assert not torch.isfinite(flat_scores(score_weights("synflow", net, None, input_shape=shape, rescale=False))).all()
+    auto = flat_scores(score_weights("synflow", net, None, input_shape=shape))
+    assert auto.dtype == torch.float64 and torch.isfinite(auto).all() and float(auto.max()) > 3.5e38
+    scaled = flat_scores(score_weights("synflow", net, None, input_shape=shape, rescale=True, double=True))
+    assert torch.isfinite(scaled).all() and float(scaled.max()) < 1.0
+    assert torch.equal(auto == 0, scaled == 0)  # 3x3 taps that only ever see padding at 1x1 score 0
+    live = auto > 0
+    assert torch.unique(auto[live] / scaled[live]).numel() == 1  # cuts only between dense blocks: one factor
+
+
+def test_synflow_rescale_option_is_checked():
+    with pytest.raises(HwpruneError, match="rescale"):
+        score_weights("synflow", nn.Linear(2, 2), None, input_shape=(2,), rescale="always")
+
+
+# ---------------------------------------------------------------- iterative SynFlow = the reference loop
+
+
+def reference_synflow_masks(model, input_shape, density, rounds):
+    """Synaptic-Flow's ``prune_loop`` with its ``SynFlow`` scorer and ``Pruner._global_mask``, compactly.
+
+    Eval mode; every parameter and buffer replaced by its absolute value; masked layers compute
+    ``weight * mask``; score |θ ⊙ ∂R/∂θ| on an all-ones input; density d^((e+1)/rounds) at round e;
+    threshold = kthvalue(scores, int((1 - d) N)); a weight is kept when its score is above it.
+    """
+    net = copy.deepcopy(model).eval()
+    names = [f"{m}.weight" for m, mod in net.named_modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    state = dict(net.named_parameters()) | dict(net.named_buffers())
+    masks = {n: torch.ones_like(state[n]) for n in names}
+    for epoch in range(rounds):
+        theta = {n: t.detach().abs().clone().requires_grad_(n in masks) for n, t in state.items()}
+        effective = {n: theta[n] * masks[n] if n in masks else theta[n] for n in theta}
+        out = functional_call(net, effective, (torch.ones([1, *input_shape]),))
+        grads = torch.autograd.grad(out.sum(), [theta[n] for n in names])
+        scores = {n: (g * theta[n]).detach().abs() for n, g in zip(names, grads, strict=True)}
+        sparse = density ** ((epoch + 1) / rounds)
+        everything = torch.cat([torch.flatten(s) for s in scores.values()])
+        k = int((1.0 - sparse) * everything.numel())
+        if not k < 1:
+            threshold, _ = torch.kthvalue(everything, k)
+            masks = {n: torch.where(scores[n] <= threshold, 0.0, 1.0) for n in names}
+    return {n: m.bool().numpy() for n, m in masks.items()}
+
+
+def test_iterative_synflow_gives_the_reference_mask_after_100_rounds():
+    torch.manual_seed(0)
+    net = get_model("lenet5", num_classes=10, in_channels=1, input_size=28)
+    want = reference_synflow_masks(net, (1, 28, 28), 0.1, 100)
+    total = sum(m.size for m in want.values())
+    got = prune_weights(net, "synflow", None, 0.1, rounds=100, input_shape=(1, 28, 28), rule="reference")
+    assert set(got.keep) == set(want)
+    assert all(np.array_equal(got.keep[n], want[n]) for n in want)
+    assert abs(got.meta["kept"] - 0.1 * total) < 5  # the reference's own sanity check
+    # negative control: the exact rule (round(d N) kept, ties by position) drifts from it
+    exact = prune_weights(net, "synflow", None, 0.1, rounds=100, input_shape=(1, 28, 28), rule="exact")
+    assert sum(int((exact.keep[n] != want[n]).sum()) for n in want) > 0
+
+
+def test_reference_rule_removes_int_count_and_every_tie():
+    scores = {"a": torch.tensor([3.0, 1.0, 1.0, 1.0, 2.0, 0.0])}
+    # k = int(0.5 * 6) = 3: the 3rd smallest is 1, and every score <= 1 goes (4 of 6)
+    assert mask_from_scores(scores, 0.5, rule="reference").keep["a"].tolist() == [1, 0, 0, 0, 1, 0]
+    assert mask_from_scores(scores, 0.5, rule="exact").keep["a"].tolist() == [1, 1, 0, 0, 1, 0]
+    # k = int((1 - 0.9) * 6) = 0 < 1: nothing is removed
+    assert mask_from_scores(scores, 0.9, rule="reference").keep["a"].all()
+    # a weight removed earlier stays removed even when its new (signed) score is high: with the reference
+    # rule the threshold is still taken over every score (k = 2: -1), with the exact rule it ranks last
+    signed = {"a": torch.tensor([-5.0, 3.0, 1.0, -1.0])}
+    before = WeightMask({"a": np.array([True, False, True, True])})
+    assert mask_from_scores(signed, 0.5, rule="reference").keep["a"].tolist() == [0, 1, 1, 0]
+    assert mask_from_scores(signed, 0.5, rule="reference", pruned=before).keep["a"].tolist() == [0, 0, 1, 0]
+    assert mask_from_scores(signed, 0.5, rule="exact", pruned=before).keep["a"].tolist() == [0, 0, 1, 1]
+    # float64 scores are ranked in float64 (past float32's range)
+    big = {"a": torch.tensor([1e300, 3e300, 2e300], dtype=torch.float64)}
+    assert mask_from_scores(big, 0.33, rule="reference").keep["a"].tolist() == [0, 1, 0]
+    with pytest.raises(HwpruneError, match="rule"):
+        mask_from_scores(scores, 0.5, rule="nearest")
+
+
+# ---------------------------------------------------------------- GCS: train mode, seeds
+
+
+def test_gcs_scores_in_train_mode_by_default_and_restores_the_statistics():
+    torch.manual_seed(0)
+    net = WithNorm().double().eval()
+    with torch.no_grad():  # running statistics far from the batch's: eval and train mode disagree
+        net.bn.running_mean.fill_(3.0)
+        net.bn.running_var.fill_(5.0)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(12, 1, 6, 6, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    every = {"reinit": False, "prune_bias": True, "prune_norm": True}  # every parameter scored
+    got = score_weights("gcs", net, [(x, y)], **every)
+    # by hand: the GCS vector of the two groups on a copy in train mode (batch statistics)
+    ref = copy.deepcopy(net).train()
+    groups = gcs_groups([(x, y)], 2, data_mode=1)
+    v = gcs_expected_vectors(ref, groups, 2)[0]
+    names = [n for n, _ in net.named_parameters()]
+    q = [(w * vi).abs() for w, vi in zip(weights(net), v, strict=True)]
+    norm = sum(t.sum() for t in q) + EPS
+    assert list(got) == names
+    for n, t in zip(names, q, strict=True):  # conv.bias is ~0 under batch statistics: rounding noise only
+        torch.testing.assert_close(got[n], t / norm, rtol=1e-9, atol=1e-12)
+    # negative control: eval mode (the old default) scores differently
+    evaluated = score_weights("gcs", net, [(x, y)], train_mode=False, **every)
+    assert not torch.allclose(evaluated["conv.weight"], got["conv.weight"], rtol=1e-3)
+    for k, val in net.state_dict().items():
+        assert torch.equal(val, state[k]), k
+    assert not net.training and not net.bn.training
+
+
+@pytest.mark.parametrize("method", ["gcs", "gcs-group", "gcs-grasp", "gcs-snip"])
+def test_gcs_seed_reaches_the_reinitialisation(method):
+    net = tiny_mlp()
+    x, y = tiny_data(n=30)
+    a = score_weights(method, net, [(x, y)], seed=1)
+    b = score_weights(method, net, [(x, y)], seed=1)
+    c = score_weights(method, net, [(x, y)], seed=2)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not torch.allclose(a["0.weight"], c["0.weight"])
+    # without re-initialisation nothing is random: the seed has no effect
+    d = score_weights(method, net, [(x, y)], seed=1, reinit=False)
+    e = score_weights(method, net, [(x, y)], seed=2, reinit=False)
+    assert all(torch.equal(d[n], e[n]) for n in d)

@@ -14,14 +14,14 @@ from hwprune.train import TrainConfig
 torch.set_num_threads(1)
 
 
-def _sweep(tmp_path, compressions, mode, pruners=("rand", "synflow"), **kw):
+def _sweep(tmp_path, compressions, mode, pruners=("rand", "synflow"), seeds=(0,), **kw):
     return run_sweep(
         "lenet5",
         "digits",
         pruners,
         compressions,
         mode,
-        seeds=[0],
+        seeds=list(seeds),
         epochs=1,
         train_config=TrainConfig(batch_size=128),
         synflow_rounds=5,
@@ -89,3 +89,53 @@ def test_cli_one_line_error(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "exponent" in captured.out  # the meaning used is printed
     assert captured.err.strip().startswith("hwprune prune-at-init: error:") and captured.err.count("\n") == 1
+
+
+def test_sweep_seed_reaches_gcs_and_mask_rule_and_train_mode_are_passed(tmp_path, monkeypatch):
+    import hwprune.sweep as sweep
+    from hwprune.models import get_model
+
+    def same_weights_for_every_seed(setup, seed):  # so only the scorer's own randomness can differ
+        torch.manual_seed(123)
+        return get_model(setup.model_name, num_classes=setup.num_classes, in_channels=setup.in_channels)
+
+    calls = []
+    real = sweep.prune_weights
+
+    def recording(model, method, batches, density, **kw):
+        mask = real(model, method, batches, density, **kw)
+        calls.append((method, kw, mask))
+        return mask
+
+    monkeypatch.setattr(sweep, "_build", same_weights_for_every_seed)
+    monkeypatch.setattr(sweep, "prune_weights", recording)
+    _sweep(tmp_path, [10], "ratio", pruners=("gcs", "mag"), seeds=[0, 1, 0])
+    gcs = [(kw, mask) for method, kw, mask in calls if method == "gcs"]
+    assert [kw["seed"] for kw, _ in gcs] == [0, 1, 0] and all(kw["train_mode"] is True for kw, _ in gcs)
+    assert all(kw["rule"] == "reference" for _, kw, _ in calls)
+    assert all("seed" not in kw for method, kw, _ in calls if method == "mag")  # mag draws nothing
+    differ = [
+        sum(int((a != b).sum()) for a, b in zip(x.keep.values(), y.keep.values(), strict=True))
+        for x, y in ((gcs[0][1], gcs[1][1]), (gcs[0][1], gcs[2][1]))
+    ]
+    assert differ[0] > 0 and differ[1] == 0  # seed 1 re-initialises differently; seed 0 twice is the same run
+    rows = ResultsStore(tmp_path / "results.csv").records()
+    assert {json.loads(r.extra)["mask_rule"] for r in rows} == {"reference"}
+
+    calls.clear()
+    _sweep(tmp_path, [10], "ratio", pruners=("gcs",), mask_rule="exact", gcs_train_mode=False)
+    assert calls[0][1]["train_mode"] is False and calls[0][1]["rule"] == "exact"
+    with pytest.raises(HwpruneError, match="mask rule"):
+        _sweep(tmp_path, [10], "ratio", mask_rule="nearest")
+
+
+def test_cli_passes_mask_rule_and_gcs_mode(monkeypatch, tmp_path):
+    import hwprune.sweep_cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "run_sweep", lambda *a, **kw: seen.update(kw) or [])
+    common = ["--results", str(tmp_path / "r.csv"), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert cli.main(common) == 0
+    assert seen["mask_rule"] == "reference" and seen["gcs_train_mode"] is True
+    assert cli.main(["--mask-rule", "exact", "--gcs-eval-mode", *common]) == 0
+    assert seen["mask_rule"] == "exact" and seen["gcs_train_mode"] is False

@@ -16,7 +16,9 @@ synflow, the GCS code for gcs*); see ``METHODS.md``. Sign conventions:
 
 Scorers leave the model as they found it: train/eval mode per module, ``requires_grad`` flags, ``.grad``
 (gradients are taken with ``torch.autograd.grad`` and never accumulated into ``.grad``), parameter and
-buffer values (SynFlow and GCS work on a deep copy; ``train_mode=True`` restores batch-norm statistics).
+buffer values (SynFlow and GCS work on a deep copy, GCS in train mode by default; ``train_mode=True``
+restores batch-norm statistics). Scorers that draw random numbers (``rand``, the GCS re-initialisation)
+take a ``seed``.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -50,6 +54,7 @@ GCS_PRESETS: dict[str, dict[str, int]] = {
 }
 GCS_SCALE = 1e6  # the reference's fixed factor for prune_mode 3 and 4 (keeps products out of underflow)
 GRASP_TEMPERATURE = 200.0
+GCS_SCORERS = ("gcs", "gcs-group", "gcs-grasp", "gcs-snip")  # registered below, one per preset
 EPS = 1e-10
 
 
@@ -303,6 +308,104 @@ def grasp_scores(
     return _normalise(scores, absolute_sum=True)
 
 
+SYNFLOW_RESCALE = ("auto", True, False)
+
+
+def _pow2_normalise(x):
+    """``x`` times the power of two that brings its largest magnitude into [0.5, 1) (exact in binary floats).
+
+    Anything that is not a non-empty floating tensor with a finite, non-zero maximum passes unchanged.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.numel() == 0:
+        return x
+    top = float(x.detach().abs().max())
+    if not (top > 0.0 and math.isfinite(top)):
+        return x
+    e = -math.frexp(top)[1]
+    half = e // 2  # two factors: each stays representable in the tensor's dtype
+    return x * (2.0**half) * (2.0 ** (e - half))
+
+
+def _cut_nodes(graph: torch.fx.Graph) -> list[torch.fx.Node]:
+    """The nodes every path from the input to the output passes through (in graph order).
+
+    Only the data flow from the placeholders to the output counts (parameters and constants do not). In
+    a topological order a node is on every input-output path exactly when no data edge jumps over it.
+    """
+    nodes = list(graph.nodes)
+    forward: set[torch.fx.Node] = set()
+    for n in nodes:
+        if n.op == "placeholder" or any(a in forward for a in n.all_input_nodes):
+            forward.add(n)
+    backward: set[torch.fx.Node] = set()
+    for n in reversed(nodes):
+        if n.op == "output" or any(u in backward for u in n.users):
+            backward.add(n)
+    live = forward & backward
+    pos = {n: i for i, n in enumerate(nodes)}
+    cuts, far = [], -1
+    for i, n in enumerate(nodes):
+        if n not in live:
+            continue
+        if far <= i and n.op not in ("placeholder", "output"):
+            cuts.append(n)
+        far = max([far] + [pos[u] for u in n.users if u in live])
+    return cuts
+
+
+def _rescaled(net: nn.Module) -> nn.Module:
+    """``net`` traced with torch.fx, the output of every input-output cut node normalised by a power of two.
+
+    A cut node carries the whole signal, so scaling its output by ``c`` scales R, and every SynFlow score
+    (upstream and downstream), by the same ``c`` as long as what follows is positively homogeneous (no
+    additive bias or shift before the output: every zoo CNN at initialisation; the classifier's own bias
+    adds a constant to R and changes no gradient). Powers of two are exact, so the ranking is the
+    unscaled one bit for bit, while each stretch between cuts (a residual block, a dense block) only
+    has its own growth to hold.
+    """
+    try:
+        graph_module = torch.fx.symbolic_trace(net)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means: cannot rescale this model
+        raise HwpruneError(
+            f"synflow cannot rescale {type(net).__name__} (asked for, or its flow overflows float64): torch.fx "
+            f"cannot trace it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
+    graph = graph_module.graph
+    for node in _cut_nodes(graph):
+        with graph.inserting_after(node):
+            scaled = graph.call_function(_pow2_normalise, (node,))
+        node.replace_all_uses_with(scaled, delete_user_cb=lambda user, scaled=scaled: user is not scaled)
+    graph.lint()
+    graph_module.recompile()
+    return graph_module
+
+
+def _synflow_pass(
+    model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype, rescale: bool, select: dict
+) -> tuple[Scores, torch.Tensor]:
+    """One SynFlow evaluation in ``dtype`` (rescaled at the cut nodes or not): ``(scores, R)``."""
+    net = copy.deepcopy(model).eval()
+    if any(t.is_floating_point() and t.dtype != dtype for t in itertools.chain(net.parameters(), net.buffers())):
+        net.to(dtype)
+    with torch.no_grad():
+        for t in itertools.chain(net.parameters(), net.buffers()):
+            if t.is_floating_point():
+                t.abs_()
+    params = prunable_tensors(net, **select)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    run = _rescaled(net) if rescale else net
+    out = run(torch.ones([1, *input_shape], dtype=dtype, device=_device(net)))
+    if not isinstance(out, torch.Tensor):
+        raise HwpruneError(f"synflow needs a model whose output is one tensor, got {type(out).__name__}")
+    flow = out.sum()
+    grads = _grads(flow, params)
+    scores = {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), grads, strict=True)}
+    return scores, flow.detach()
+
+
 @WEIGHT_SCORERS.register("synflow")
 def synflow_scores(
     model: nn.Module,
@@ -311,6 +414,7 @@ def synflow_scores(
     loss_fn: LossFn = F.cross_entropy,
     input_shape: Sequence[int] | None = None,
     double: bool = False,
+    rescale: bool | str = "auto",
     dense_classifier: bool = False,
     prune_bias: bool = False,
     prune_norm: bool = False,
@@ -319,32 +423,65 @@ def synflow_scores(
 
     Data-free: the input shape is taken from the first batch (``[1, *x.shape[1:]]``) or ``input_shape``
     (without the batch dimension, e.g. ``(3, 32, 32)``). Works on a deep copy in eval mode, with every
-    floating parameter and buffer replaced by its absolute value; ``double`` runs it in float64 (deep
-    networks can overflow float32). The model itself is not touched.
+    floating parameter and buffer replaced by its absolute value; the model itself is not touched.
+
+    Deep networks overflow: R is ~1e70 on resnet56 (float32 ends at 3.4e38) and ~1e102 on densenet121,
+    and grows without bound with depth. ``rescale`` decides what happens:
+
+    * ``"auto"`` (default): the reference computation in the model's dtype (float64 with ``double``);
+      if R or a score is not finite (or R underflows to 0), again in float64; if that overflows too, in
+      float64 with every input-output cut of the traced graph normalised by a power of two (see
+      :func:`_rescaled`), which keeps every magnitude in range at any depth and ranks exactly as the
+      unscaled flow would. Scores are returned in the dtype of the computation that succeeded (float64
+      after a fallback or with ``double``: never cast back to a dtype where they would be inf).
+    * ``True``: always the rescaled computation, in the model's dtype (float64 with ``double``), then in
+      float64 if that is not finite (densenet121's dense blocks outgrow float32 between two cuts).
+    * ``False``: only the reference computation, whatever it gives.
+
+    Rescaled scores equal the unscaled ones times one positive power of two (the same for every weight),
+    so masks do not change; they are therefore "up to a global factor". Raises if no computation is
+    finite.
     """
+    if rescale not in SYNFLOW_RESCALE:
+        raise HwpruneError(f"synflow rescale must be 'auto', True or False, got {rescale!r}")
     if input_shape is None:
         if not batches:
             raise HwpruneError("synflow needs an input shape: pass input_shape=(C, H, W) or one batch of data")
         input_shape = tuple(batches[0][0].shape[1:])
-    net = copy.deepcopy(model).eval()
-    if double:
-        net.double()
-    with torch.no_grad():
-        for t in itertools.chain(net.parameters(), net.buffers()):
-            if t.is_floating_point():
-                t.abs_()
-    params = prunable_tensors(net, dense_classifier=dense_classifier, prune_bias=prune_bias, prune_norm=prune_norm)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    for p in params.values():
-        p.requires_grad_(True)
-    dtype = torch.float64 if double else next(iter(params.values())).dtype
-    out = net(torch.ones([1, *input_shape], dtype=dtype, device=_device(net)))
-    if not isinstance(out, torch.Tensor):
-        raise HwpruneError(f"synflow needs a model whose output is one tensor, got {type(out).__name__}")
-    grads = _grads(out.sum(), params)
-    originals = dict(model.named_parameters())
-    return {n: (g * p.detach()).abs().to(originals[n].dtype) for (n, p), g in zip(params.items(), grads, strict=True)}
+    select = {"dense_classifier": dense_classifier, "prune_bias": prune_bias, "prune_norm": prune_norm}
+    floating = [t.dtype for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point()]
+    dtype = torch.float64 if double or not floating else floating[0]
+    if rescale == "auto":
+        attempts = [(dtype, False)] + ([(torch.float64, False)] if dtype != torch.float64 else [])
+        attempts.append((torch.float64, True))
+    elif rescale:
+        attempts = [(dtype, True)] + ([(torch.float64, True)] if dtype != torch.float64 else [])
+    else:
+        attempts = [(dtype, False)]
+    fallback: Scores | None = None  # finite, but R == 0 (a disconnected network): kept unless bettered
+    for dt, scaled in attempts:
+        try:
+            scores, flow = _synflow_pass(model, input_shape, dt, scaled, select)
+        except HwpruneError:
+            if scaled and fallback is not None:
+                return fallback
+            raise
+        if rescale is False:
+            return scores
+        # scores are >= 0 and max propagates NaN: a finite max means every score is finite
+        finite = bool(torch.isfinite(flow)) and all(
+            bool(torch.isfinite(s.amax())) for s in scores.values() if s.numel()
+        )
+        if finite and float(flow) > 0.0:
+            return scores
+        if finite and fallback is None:
+            fallback = scores
+    if fallback is not None:
+        return fallback
+    raise HwpruneError(
+        f"synflow scores of {type(model).__name__} are not finite even in float64 with rescaling "
+        "(an operation between two cuts of the graph overflows on its own)"
+    )
 
 
 # --------------------------------------------------------------------------- GCS
@@ -513,7 +650,7 @@ def _register_gcs(name: str, preset: str) -> None:
         temperature: float = GRASP_TEMPERATURE,
         reinit: bool = True,
         seed: int = 0,
-        train_mode: bool = False,
+        train_mode: bool = True,
         dense_classifier: bool = False,
         prune_bias: bool = False,
         prune_norm: bool = False,
@@ -540,12 +677,14 @@ def _register_gcs(name: str, preset: str) -> None:
     scorer.__doc__ = f"""GCS scorer, preset {preset!r} = {GCS_PRESETS[preset]} (each can be overridden).
 
     Works on a deep copy whose Linear weights are re-initialised (xavier normal, seeded by ``seed``)
-    unless ``reinit`` is False; the pruning set is split into ``num_group`` groups by ``data_mode``
-    (:func:`gcs_groups`), the vectors follow ``grad_mode`` (:func:`gcs_vectors`), the score follows
-    ``prune_mode`` (:func:`gcs_combine`), normalised by ``|Σ| + eps``. The highest scores are kept.
+    unless ``reinit`` is False, in train mode (batch norm on each group's batch statistics, as the
+    reference scores a fresh model) unless ``train_mode`` is False (running statistics); the pruning
+    set is split into ``num_group`` groups by ``data_mode`` (:func:`gcs_groups`), the vectors follow
+    ``grad_mode`` (:func:`gcs_vectors`), the score follows ``prune_mode`` (:func:`gcs_combine`),
+    normalised by ``|Σ| + eps``. The highest scores are kept.
     """
     WEIGHT_SCORERS.add(name, scorer)
 
 
-for _name, _preset in (("gcs", "gcs"), ("gcs-group", "gcs-group"), ("gcs-grasp", "grasp"), ("gcs-snip", "snip")):
+for _name, _preset in zip(GCS_SCORERS, ("gcs", "gcs-group", "grasp", "snip"), strict=True):
     _register_gcs(_name, _preset)
