@@ -824,9 +824,11 @@ CASES: list[Case] = [
 
 
 def command_of(argv: list[str]) -> str:
-    """The subcommand of a command line (``latency validate`` with its action)."""
-    if not argv:
-        return "(none)"
+    """The subcommand of a command line (``latency validate`` with its action; ``hwprune`` when there is none)."""
+    from hwprune.cli import COMMANDS, DELEGATED
+
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in DELEGATED):
+        return "hwprune"
     return " ".join(argv[:2]) if argv[0] == "latency" else argv[0]
 
 

@@ -392,6 +392,47 @@ def test_mistyped_backend_leaves_no_journal_that_blocks_the_fix(fake_timing, tmp
     assert "ort-cpu" in err  # the close match is offered
 
 
+@pytest.mark.parametrize("measured", [0, 2])
+def test_prune_failure_keeps_the_journal_only_when_it_holds_measurements(measured, tmp_path, monkeypatch):
+    """A latency prune profiles into OUT/lut.journal.jsonl (where a rerun resumes); a run that fails keeps it
+    only when it holds measurements, and leaves no mask, ONNX, staging folder or empty OUT behind."""
+    import hwprune.jobs as jobs
+
+    seen = {}
+
+    def fake_prune(job, kind, target, out_dir, lut_path=None, **kw):
+        seen.update(out_dir=Path(out_dir), lut=lut_path)
+        (Path(out_dir) / "mask.json").write_text("{}")  # staged output, never moved into OUT
+        journal = lut_path.with_suffix(".journal.jsonl")
+        lines = [{"kind": "header"}] + [{"kind": "edge", "group": g} for g in range(measured)]
+        journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        raise HwpruneError("the backend failed (simulated)")
+
+    monkeypatch.setattr(jobs, "prune_to_budget", fake_prune)
+    out = tmp_path / "runs" / "p"
+    code, _, err = run_main(["prune", "--model", MODEL, "--latency", "0.7", "--out", str(out)])
+    assert code == 2 and "simulated" in err
+    assert seen["lut"] == out / "lut.json" and seen["out_dir"].parent == out.parent and seen["out_dir"] != out
+    if measured:
+        assert sorted(p.name for p in out.iterdir()) == ["lut.journal.jsonl"]
+        assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["lut.journal.jsonl"]
+    else:
+        assert list(tmp_path.iterdir()) == [], "no empty folder, stale journal or staging folder may stay"
+
+
+def test_prune_without_lut_into_a_fresh_folder_passes_the_checks(tmp_path, monkeypatch):
+    import hwprune.jobs as jobs
+
+    def reached(*a, **k):
+        raise HwpruneError("reached prune_to_budget")
+
+    monkeypatch.setattr(jobs, "prune_to_budget", reached)
+    out = tmp_path / "a" / "b"
+    code, _, err = run_main(["prune", "--model", MODEL, "--latency", "0.7", "--out", str(out)])
+    assert code == 2 and "reached prune_to_budget" in err  # every check passed
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failure_mid_run_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch):
     import hwprune.jobs as jobs
 
