@@ -1,19 +1,32 @@
 """`hwprune <subcommand>`: one entry point over the library.
 
 Options may also come from a JSON/YAML file (`--config FILE`); the command line overrides it.
+
+Every option and input file is checked before any work starts (:mod:`hwprune.checks`); bad input
+gets one line on stderr (``hwprune: error: ...``, what is wrong and what to do) and exit status 2,
+an unexpected internal error one line naming the stage and exit status 1 (the traceback with the
+global ``--debug``). Commands that write a folder (demo, prune) write it whole or not at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
-from hwprune.errors import HwpruneError
+from hwprune import checks
+from hwprune.errors import HwpruneError, Interrupted, OneLineParser, current_stage, first_line, set_stage
 
 DEMO_OUT = Path("out/demo")
+# `hwprune prune` exit status when the budget is not met: the output is written, the verdict is not "met"
+PRUNE_EXIT = {"missed": 1, "undecided": 3}
 
 
 def _model_options(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
@@ -29,6 +42,13 @@ def _model_options(p: argparse.ArgumentParser, default_model: str | None = None)
     g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     g.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's)")
     g.add_argument("--seed", type=int, default=0, help="seed for the example input and random scores")
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="your trained weights: a .safetensors file, or a state dict / checkpoint saved with torch.save "
+        "(read with weights_only=True: never an arbitrary pickle), or a torchvision weight name (DEFAULT, "
+        "IMAGENET1K_V2) found in the local torch hub cache; nothing is downloaded (default: random weights)",
+    )
 
 
 def _onnx_option(p: argparse.ArgumentParser) -> None:
@@ -62,14 +82,34 @@ def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
         default=ratio,
         help=f"share of channels removed from every prunable group (default {ratio})",
     )
+    _data_options(p)
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    from hwprune.jobs import IMPORTANCE_SAMPLES
+
+    p.add_argument("--data", default=None, help="dataset for gradient-based importances (digits works offline)")
+    p.add_argument("--data-dir", default=None, help="folder of file-based datasets (see `hwprune datasets`)")
+    p.add_argument(
+        "--imp-samples",
+        type=int,
+        default=IMPORTANCE_SAMPLES,
+        help=f"training examples gradient-based importances average over, in mini-batches of 128 "
+        f"(default {IMPORTANCE_SAMPLES}, as seed 001)",
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hwprune",
         description="Hardware-aware pruning: map channel groups, prune, compact, export verified ONNX, measure.",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="(before COMMAND) on an unexpected internal error, print its full traceback (also HWPRUNE_DEBUG=1)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_) in DELEGATED.items():
@@ -130,16 +170,31 @@ def _build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--latency", type=float, default=None, help="target latency ratio, e.g. 0.5")
     budget.add_argument("--flops", type=float, default=None, help="target conv/linear MACs ratio")
     budget.add_argument("--params", type=float, default=None, help="target parameter ratio")
-    p.add_argument("--backend", default="ort-cpu", help="latency backend (default ort-cpu)")
-    p.add_argument("--lut", type=Path, default=None, help="edge-profile LUT from `hwprune profile-edges`")
+    p.add_argument(
+        "--backend",
+        default="ort-cpu",
+        help="where latency is measured: ort-cpu (default), torch-cpu, xla (PJRT_DEVICE), cuda, ort-cuda; "
+        "ort-* time the shipped ONNX file, the others the compacted PyTorch model",
+    )
+    p.add_argument(
+        "--lut",
+        type=Path,
+        default=None,
+        help="edge-profile LUT from `hwprune profile-edges` (must exist unless --lut-create; default: profile "
+        "into OUT/lut.json, reused and resumed from there)",
+    )
+    p.add_argument(
+        "--lut-create",
+        action="store_true",
+        help="profile into --lut when that file does not exist (without it a missing --lut is an error)",
+    )
     p.add_argument(
         "--importance",
         default="l1",
         choices=CHANNEL_IMPORTANCES.names(),
         help="channel importance (default l1); gradient-based ones need --data",
     )
-    p.add_argument("--data", default=None, help="dataset for gradient-based importances (digits works offline)")
-    p.add_argument("--data-dir", default=None, help="folder of file-based datasets")
+    _data_options(p)
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model on --data (0: no)")
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
@@ -227,89 +282,83 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    args = parser.parse_args(argv)
+    """Parse ``argv``; values from --config become the defaults, converted and checked like the CLI's."""
+    args = _parse_all(parser, argv)
     if not getattr(args, "config", None):
         return args
     path = Path(args.config)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise HwpruneError(f"cannot read config {path}: {exc.strerror}") from None
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        values = yaml.safe_load(text) or {}
-    else:
-        values = json.loads(text)
-    if not isinstance(values, dict):
-        raise HwpruneError(f"config {path} must hold a mapping of option names to values")
+    values = checks.read_config(path)
     sub = parser._subparsers._group_actions[0].choices[args.command]  # the chosen subcommand
-    known = {a.dest: a for a in sub._actions}
-    values = {k.replace("-", "_"): v for k, v in values.items()}
-    unknown = sorted(set(values) - set(known) - {"command", "config"})
+    known = {a.dest: a for a in sub._actions if a.option_strings and a.dest not in ("help", "config")}
+    values = {k.replace("-", "_"): v for k, v in values.items() if k not in ("command", "config")}
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise HwpruneError(f"config {path}: unknown option(s) {', '.join(unknown)} for `hwprune {args.command}`")
-    for key, value in values.items():
-        action = known.get(key)
-        if action is not None and action.type is not None and value is not None:
-            value = action.type(value)
-        sub.set_defaults(**{key: value})
-    return parser.parse_args(argv)
+        raise HwpruneError(
+            f"--config {path}: unknown option(s) {', '.join(unknown)} for `hwprune {args.command}` "
+            f"(see `hwprune {args.command} --help`)"
+        )
+    sub.set_defaults(**{k: checks.config_value(known[k], k, v, path) for k, v in values.items()})
+    return _parse_all(parser, argv)
+
+
+def _parse_all(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, naming the subcommand's --help when an option is unknown to it."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        raise HwpruneError(
+            f"unrecognized arguments: {' '.join(extra)}; see `hwprune {args.command} --help` for its options"
+        )
+    return args
 
 
 def _job(args):
     from hwprune.jobs import ModelInput
 
-    return ModelInput.build(args.model, args.input_size, args.batch, args.num_classes, args.in_channels, args.seed)
+    if getattr(args, "data", None) and args.num_classes is None:  # the classifier must match its data
+        from hwprune.data import dataset_info
+
+        args.num_classes = dataset_info(args.data).num_classes
+
+    return ModelInput.build(
+        args.model, args.input_size, args.batch, args.num_classes, args.in_channels, args.seed, args.weights
+    )
 
 
 def _model_or_onnx(args):
     """The job of map/mask/export: a zoo model (--model) or an ONNX file (--onnx), never both."""
     if args.onnx is None:
         return _job(args)
-    if args.model is not None:
-        raise HwpruneError("give --model or --onnx, not both")
-    from hwprune.graph_mapper.onnx_mapper import OnnxJob, check_onnx_importance
+    from hwprune.graph_mapper.onnx_mapper import OnnxJob
 
-    if args.input_size is not None or args.in_channels is not None:
-        raise HwpruneError("--input-size/--in-channels are for --model; with --onnx give --input-shape (1,3,32,32)")
-    if hasattr(args, "method"):
-        check_onnx_importance(args.method)
-    return OnnxJob.build(args.onnx, _shape_arg(args.input_shape))
-
-
-def _shape_arg(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) < 1:
-        raise HwpruneError(f"--input-shape {text!r} is not a comma-separated list of positive sizes, e.g. 1,3,224,224")
-    return shape
+    return OnnxJob.build(args.onnx, checks.input_shape(args.input_shape))
 
 
 def cmd_demo(args) -> None:
     from hwprune.jobs import make_mask, prune_export_measure
+    from hwprune.results import ResultsStore
 
     start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    job = _job(args)
-    graph = job.graph()
-    print(graph.summary())
-    mask = make_mask(job, graph, args.method, args.ratio, args.seed)
-    mask.save(args.out / "mask.json")
-    outcome = prune_export_measure(
-        job,
-        mask,
-        graph,
-        args.out / f"{args.model}_pruned.onnx",
-        args.method,
-        threads=args.threads,
-        repeats=args.repeats,
-        results=args.out / "results.csv",
-    )
+    with checks.StagedDir(args.out) as stage:  # the folder gets every file or none
+        job, graph = _job_and_graph(args)
+        print(graph.summary())
+        set_stage("computing the mask")
+        mask = make_mask(job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples)
+        mask.save(stage.staged("mask.json"))
+        set_stage("compacting, exporting, verifying and timing")
+        outcome = prune_export_measure(
+            job,
+            mask,
+            graph,
+            stage.staged(f"{args.model}_pruned.onnx"),
+            args.method,
+            threads=args.threads,
+            repeats=args.repeats,
+            results=None,  # appended once the files are in place
+        )
+        set_stage(f"moving the outputs into {args.out}")
+        _unstage(outcome, stage)
+        stage.commit()
+    ResultsStore(args.out / "results.csv").append(outcome.record)
     print(outcome.table())
     print(
         f"\nmask: {args.out / 'mask.json'}; results row: {args.out / 'results.csv'}; "
@@ -331,8 +380,28 @@ def cmd_datasets(args) -> None:
         print(f"{name:14s} classes={info.num_classes} channels={info.channels} size={info.native_size}")
 
 
+def _job_and_graph(args):
+    """Build the model (or read the ONNX file) and map its channel groups, naming each stage."""
+    source = args.model if getattr(args, "onnx", None) is None else args.onnx
+    set_stage(f"building {source}")
+    job = _model_or_onnx(args) if hasattr(args, "onnx") else _job(args)
+    set_stage(f"mapping the channel groups of {source}")
+    return job, job.graph()
+
+
+def _unstage(outcome, stage: checks.StagedDir) -> None:
+    """Point a finished outcome's paths (report, results row) at where the staged files end up."""
+    if outcome is None:
+        return
+    if outcome.export.onnx_path is not None:
+        outcome.export.onnx_path = str(stage.final_path(outcome.export.onnx_path))
+    outcome.export.notes = [stage.rewrite(n) for n in outcome.export.notes]
+    outcome.record.artifacts = stage.rewrite(outcome.record.artifacts)
+    outcome.record.extra = stage.rewrite(outcome.record.extra)
+
+
 def cmd_map(args) -> None:
-    graph = _model_or_onnx(args).graph()
+    _, graph = _job_and_graph(args)
     print(graph.explain() if args.explain else graph.summary())
     if not args.explain:
         for g in graph.groups:
@@ -357,13 +426,11 @@ def cmd_map(args) -> None:
 
 
 def cmd_mask(args) -> None:
-    from hwprune.export.pipeline import check_writable
     from hwprune.jobs import make_mask
 
-    check_writable(args.out)
-    job = _model_or_onnx(args)
-    graph = job.graph()
-    mask = make_mask(job, graph, args.method, args.ratio, args.seed)
+    job, graph = _job_and_graph(args)
+    set_stage("computing the mask")
+    mask = make_mask(job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples)
     mask.save(args.out)
     print(
         f"{args.out}: {len(mask.pruned_groups())} groups pruned, channel density "
@@ -375,13 +442,18 @@ def cmd_export(args) -> None:
     from hwprune.jobs import make_mask, prune_export_measure
     from hwprune.prune.masks import ChannelMask
 
-    job = _model_or_onnx(args)
-    graph = job.graph()
-    mask = ChannelMask.load(args.mask) if args.mask else make_mask(job, graph, args.method, args.ratio, args.seed)
+    job, graph = _job_and_graph(args)
+    set_stage("reading or computing the mask")
+    mask = (
+        ChannelMask.load(args.mask)
+        if args.mask
+        else make_mask(job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples)
+    )
     if args.onnx is not None:
         _export_onnx_file(args, job, graph, mask)
         return
     method = mask.meta.get("method", args.method)
+    set_stage("compacting, exporting and verifying")
     outcome = prune_export_measure(
         job,
         mask,
@@ -400,8 +472,7 @@ def _export_onnx_file(args, job, graph, mask) -> None:
     """`export --onnx`: compact the file itself, verify it in onnxruntime, optionally time both files."""
     from hwprune.export.onnx_compact import prune_onnx_file
 
-    if args.results is not None:
-        raise HwpruneError("--results needs --model: a results row counts the FLOPs of a PyTorch model")
+    set_stage("compacting and verifying the ONNX file")
     report = prune_onnx_file(args.onnx, mask, args.out, graph=graph)
     print(report.table())
     if args.latency:
@@ -418,67 +489,112 @@ def _budget(args) -> tuple[str, float]:
     chosen = [(k, getattr(args, k)) for k in ("latency", "flops", "params") if getattr(args, k) is not None]
     if not chosen:
         raise HwpruneError("`hwprune prune` needs one budget: --latency, --flops or --params (a ratio, e.g. 0.5)")
+    if len(chosen) > 1:  # one from --config, one from the command line
+        raise HwpruneError(
+            f"`hwprune prune` takes one budget, got {' and '.join(f'--{k} {v:g}' for k, v in chosen)}: keep one"
+        )
     return chosen[0]
 
 
 def cmd_prune(args) -> None:
     from hwprune.jobs import prune_to_budget
+    from hwprune.results import ResultsStore
 
-    if args.data and args.num_classes is None:  # the classifier must match the data it is scored/tuned on
-        from hwprune.data import dataset_info
-
-        args.num_classes = dataset_info(args.data).num_classes
     kind, target = _budget(args)
-    result = prune_to_budget(
-        _job(args),
-        kind,
-        target,
-        args.out,
-        backend=args.backend,
-        lut_path=args.lut,
-        importance=args.importance,
-        threads=args.threads,
-        repeats=args.repeats,
-        tolerance=args.tolerance,
-        results=args.results,
-        round_to=args.round_to,
-        data=args.data,
-        data_dir=args.data_dir,
-        finetune_epochs=args.finetune_epochs,
-    )
+    lut_path = _prune_lut(args, kind)
+    profiles = lut_path is not None and not lut_path.exists()
+    with contextlib.ExitStack() as stack:
+        if profiles:  # the journal lives where a rerun finds it (OUT or --lut's folder), not in the staging folder
+            stack.enter_context(checks.created_dir(lut_path.parent))
+            stack.enter_context(_journal_kept_if_measured(lut_path.with_suffix(".journal.jsonl")))
+        stage = stack.enter_context(checks.StagedDir(args.out))  # mask, ONNX: all moved into OUT at the end, or none
+        set_stage(f"building {args.model}")
+        job = _job(args)
+        steps = "map, score, profile, solve, export" if profiles else "map, score, solve, export"
+        set_stage(f"pruning {args.model} to the {kind} budget ({steps})")
+        result = prune_to_budget(
+            job,
+            kind,
+            target,
+            stage.path,
+            backend=args.backend,
+            lut_path=lut_path,
+            importance=args.importance,
+            threads=args.threads,
+            repeats=args.repeats,
+            tolerance=args.tolerance,
+            results=None,  # appended below, once the files are in place
+            round_to=args.round_to,
+            data=args.data,
+            data_dir=args.data_dir,
+            finetune_epochs=args.finetune_epochs,
+            imp_samples=args.imp_samples,
+        )
+        set_stage(f"moving the outputs into {args.out}")
+        _unstage(result.outcome, stage)
+        stage.commit()
+    if args.results is not None and result.outcome is not None:
+        ResultsStore(args.results).append(result.outcome.record)
     print(result.table())
+    if not result.within_tolerance:  # the artifact is written, but the budget was not shown to be met
+        print(f"hwprune: {result.advice() or result.headline()}", file=sys.stderr)
+        return PRUNE_EXIT[result.status]
+    return 0
+
+
+def _prune_lut(args, kind: str) -> Path | None:
+    """The LUT a latency budget uses: --lut (existing, or created with --lut-create) or OUT/lut.json."""
+    if kind != "latency":
+        return None
+    return args.lut if args.lut is not None else args.out / "lut.json"
+
+
+@contextlib.contextmanager
+def _journal_kept_if_measured(journal: Path):
+    """On failure, remove a journal this run created and took no measurement into (so it blocks nothing)."""
+    existed = journal.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and journal.exists() and not _has_measurements(journal):
+            journal.unlink()
+        raise
+
+
+def _has_measurements(journal: Path) -> bool:
+    try:
+        text = journal.read_text(errors="replace")
+    except OSError:
+        return True  # cannot tell: keep it
+    return any('"kind": "edge"' in line or '"kind": "calibration"' in line for line in text.splitlines())
 
 
 def cmd_profile_edges(args) -> None:
-    from hwprune.export.pipeline import check_writable
     from hwprune.latency.profiler import profile_edges
 
-    check_writable(args.out)
-    try:
-        points = tuple(float(p) for p in args.points.split(","))
-    except ValueError:
-        raise HwpruneError(
-            f"--points takes comma-separated fractions, e.g. 0.25,0.5,0.75 (got {args.points})"
-        ) from None
-    job = _job(args)
-    graph = job.graph()
-    journal = args.journal or args.out.with_suffix(".journal.jsonl")
-    lut = profile_edges(
-        job.model,
-        graph,
-        job.example,
-        args.backend,
-        points=points,
-        threads=args.threads,
-        repeats=args.repeats,
-        journal=journal,
-        round_to=args.round_to,
-        passes=args.passes,
-        calibration_masks=args.calibration_masks,
-    )
-    lut.save(args.out)
+    points = checks.kept_fractions(args.points)
+    job, graph = _job_and_graph(args)
+    journal = _profile_journal(args)
+    set_stage(f"profiling {args.model} on {args.backend}")
+    with _journal_kept_if_measured(journal):
+        lut = profile_edges(
+            job.model,
+            graph,
+            job.example,
+            args.backend,
+            points=points,
+            threads=args.threads,
+            repeats=args.repeats,
+            journal=journal,
+            round_to=args.round_to,
+            passes=args.passes,
+            calibration_masks=args.calibration_masks,
+        )
+        set_stage(f"writing {args.out}")
+        lut.save(args.out)
     from hwprune.latency.model import LatencyModel
 
+    set_stage("fitting the latency model")
     print(LatencyModel(lut, graph).fit_summary())
     print(
         f"{args.out}: {len(lut.points)} measurements over {len({p.group for p in lut.points})} groups, "
@@ -487,13 +603,16 @@ def cmd_profile_edges(args) -> None:
     )
 
 
+def _profile_journal(args) -> Path:
+    return args.journal or args.out.with_suffix(".journal.jsonl")
+
+
 def cmd_latency(args) -> None:
     from hwprune.latency.lut import LUT
     from hwprune.latency.validate import validate
 
     lut = LUT.load(args.lut)
-    job = _job(args)
-    graph = job.graph()
+    job, graph = _job_and_graph(args)
     lut.check(
         model=job.name,
         fingerprint=graph.fingerprint(),
@@ -501,6 +620,7 @@ def cmd_latency(args) -> None:
         backend=args.backend,
         threads=args.threads,
     )
+    set_stage(f"measuring {args.masks} random masks on {args.backend}")
     result = validate(
         job.model, graph, job.example, lut, args.backend, n_masks=args.masks, threads=args.threads, repeats=args.repeats
     )
@@ -515,13 +635,16 @@ def cmd_latency(args) -> None:
 def cmd_flops(args) -> None:
     from hwprune.flops import count_flops
 
+    set_stage(f"building {args.model}")
     job = _job(args)
+    set_stage(f"counting the FLOPs of {args.model}")
     print(count_flops(job.model, job.example).table(top=args.top))
 
 
 def cmd_results(args) -> None:
     from hwprune.results import ResultsStore
 
+    set_stage(f"reading {args.path}")
     frame = ResultsStore(args.path).load()
     if frame.empty:
         print(f"no results in {args.path}")
@@ -549,6 +672,187 @@ def _has_tabulate() -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- checks before any work
+# Each command's options and input files are checked here, in full, before a model is built or a
+# file written: a mistake is found in a second, not after a profile or a training run.
+
+
+def _check_model(args) -> None:
+    if getattr(args, "onnx", None) is None and args.model is not None:
+        checks.model_name(args.model)
+    checks.model_input(args.input_size, args.batch, args.num_classes, args.in_channels, args.seed)
+
+
+def _check_source(args) -> None:
+    """--model or --onnx (map, mask, export)."""
+    if args.onnx is None:
+        if args.input_shape is not None:
+            raise HwpruneError("--input-shape is for --onnx; with --model give --input-size (and --batch)")
+        _check_model(args)
+        return
+    if args.model is not None:
+        raise HwpruneError("give --model or --onnx, not both")
+    if args.input_size is not None or args.in_channels is not None:
+        raise HwpruneError("--input-size/--in-channels are for --model; with --onnx give --input-shape (1,3,32,32)")
+    if args.weights is not None:
+        raise HwpruneError("--weights is for --model: an ONNX file carries its own weights")
+    if hasattr(args, "method"):
+        from hwprune.graph_mapper.onnx_mapper import check_onnx_importance
+
+        check_onnx_importance(args.method)
+    shape = checks.input_shape(args.input_shape)
+    checks.onnx_file(args.onnx, shape is not None)
+
+
+def _check_importance(args, name: str) -> None:
+    """Gradient-based importances need data; the data options must name what exists."""
+    from hwprune.prune.importance import CHANNEL_IMPORTANCES
+
+    data = getattr(args, "data", None)
+    checks.dataset_name(data)
+    if getattr(args, "data_dir", None) is not None:
+        checks.input_folder(args.data_dir, "--data-dir")
+    if hasattr(args, "imp_samples"):
+        checks.whole(args.imp_samples, "--imp-samples", 1, "training examples the importance averages over")
+    if data is None and CHANNEL_IMPORTANCES.get(name).needs_data:
+        raise HwpruneError(f"importance {name!r} needs data: pass --data digits (offline) or a dataset in --data-dir")
+
+
+def _check_mask_options(args) -> None:
+    checks.ratio_removed(args.ratio)
+    if getattr(args, "mask", None) is None:
+        _check_importance(args, args.method)
+
+
+def _check_demo(args) -> None:
+    _check_model(args)
+    _check_mask_options(args)
+    checks.timing(args.threads, args.repeats)
+    checks.output_dir(args.out)
+    checks.results_file(args.out / "results.csv", "--out")
+
+
+def _check_map(args) -> None:
+    _check_source(args)
+    if args.json is not None:
+        checks.output_file(args.json, "--json", "groups.json")
+
+
+def _check_mask(args) -> None:
+    _check_source(args)
+    _check_mask_options(args)
+    checks.output_file(args.out, "--out", "mask.json")
+
+
+def _check_export(args) -> None:
+    from hwprune.prune.masks import ChannelMask
+
+    _check_source(args)
+    _check_mask_options(args)
+    if args.mask is not None:
+        checks.input_file(args.mask, "--mask", "mask file", ": make one with `hwprune mask`")
+        ChannelMask.load(args.mask)  # its schema, before any work
+    checks.whole(args.threads, "--threads", 1)
+    checks.output_file(args.out, "--out", "model.onnx")
+    if args.onnx is not None:
+        if args.results is not None:
+            raise HwpruneError("--results needs --model: a results row counts the FLOPs of a PyTorch model")
+        if Path(args.out).absolute() == Path(args.onnx).absolute():
+            raise HwpruneError(f"--out {args.out} is the --onnx input itself: write the pruned file elsewhere")
+    if args.results is not None:
+        checks.results_file(args.results)
+
+
+def _check_prune(args) -> None:
+    from hwprune.latency.lut import LUT
+
+    _check_model(args)
+    kind, target = _budget(args)
+    checks.prune_settings(kind, target, args.threads, args.repeats, args.tolerance, args.round_to, args.finetune_epochs)
+    checks.backend(args.backend)
+    _check_importance(args, args.importance)
+    if args.finetune_epochs and args.data is None:
+        raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
+    checks.output_dir(args.out)
+    if args.results is not None:
+        checks.results_file(args.results)
+    if kind != "latency":
+        if args.lut is not None or args.lut_create:
+            raise HwpruneError(f"--lut is for --latency budgets; a --{kind} budget is counted exactly: drop --lut")
+        return
+    lut_path = _prune_lut(args, kind)
+    if lut_path.exists():
+        checks.input_file(lut_path, "--lut", "LUT")
+        LUT.load(lut_path).check(backend=args.backend, threads=args.threads)  # the rest once the model is mapped
+        return
+    if args.lut is not None and not args.lut_create:
+        raise HwpruneError(
+            f"--lut {args.lut} does not exist: give an existing LUT (hwprune profile-edges --out {args.lut}), "
+            "or add --lut-create to profile into it"
+        )
+    if args.lut is not None:
+        checks.output_file(args.lut, "--lut", "lut.json")
+    journal = lut_path.with_suffix(".journal.jsonl")
+    if journal.exists():  # an interrupted profile to resume: well-formed? (its settings are compared later)
+        _check_journal(journal, "--lut" if args.lut is not None else "--out")
+
+
+def _check_journal(journal: Path, name: str) -> None:
+    """A journal to resume must be a readable, well-formed journal (its settings are compared later)."""
+    from hwprune.latency.profiler import _read_journal
+
+    checks.output_file(journal, f"journal (beside {name})" if name != "--journal" else name, "lut.journal.jsonl")
+    _read_journal(journal, None, repair=False)
+
+
+def _check_profile_edges(args) -> None:
+    _check_model(args)
+    checks.backend(args.backend)
+    checks.kept_fractions(args.points)
+    checks.timing(args.threads, args.repeats)
+    checks.whole(args.round_to, "--round-to", 1)
+    checks.whole(args.passes, "--passes", 1)
+    checks.whole(args.calibration_masks, "--calibration-masks", 0)
+    if Path(args.out).suffix.lower() == ".csv":
+        raise HwpruneError(f"--out {args.out}: the LUT is JSON with a CSV twin beside it; give a .json name")
+    checks.output_file(args.out, "--out", "lut.json")
+    _check_journal(_profile_journal(args), "--journal" if args.journal else "--out")
+
+
+def _check_latency(args) -> None:
+    from hwprune.latency.lut import LUT
+
+    _check_model(args)
+    checks.backend(args.backend)
+    checks.timing(args.threads, args.repeats)
+    checks.whole(args.masks, "--masks", 1)
+    checks.input_file(args.lut, "--lut", "LUT", ": create it with hwprune profile-edges")
+    LUT.load(args.lut).check(backend=args.backend, threads=args.threads)
+
+
+def _check_flops(args) -> None:
+    _check_model(args)
+    checks.whole(args.top, "--top", 1)
+
+
+def _check_results(args) -> None:
+    checks.input_file(args.path, "--path", "results file", ": run a job with --results first, or give --path")
+    checks.whole(args.last, "--last", 1)
+
+
+CHECKS = {
+    "demo": _check_demo,
+    "map": _check_map,
+    "mask": _check_mask,
+    "export": _check_export,
+    "prune": _check_prune,
+    "profile-edges": _check_profile_edges,
+    "latency": _check_latency,
+    "flops": _check_flops,
+    "results": _check_results,
+}
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "models": cmd_models,
@@ -573,22 +877,68 @@ DELEGATED = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run one command; 0 on success, 2 on bad input (one line), 1 on an internal error (one line), 130 on ^C."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("HWPRUNE_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    set_stage("reading the command line")
+    with _signals_as_interrupts():
+        try:
+            return _run(argv)
+        except HwpruneError as exc:
+            print(f"hwprune: error: {first_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:
+            name = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
+            print(
+                f"hwprune: interrupted ({name}) while {current_stage()}; no partial output was left: rerun the "
+                "same command to go on (a profile resumes from its journal)",
+                file=sys.stderr,
+            )
+            return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+        except Exception as exc:  # a bug: one line, the traceback only when asked for
+            if debug:
+                traceback.print_exc()
+            todo = "report it with the traceback above" if debug else "rerun with --debug for the traceback, report it"
+            print(
+                f"hwprune: internal error while {current_stage()}: {type(exc).__name__}: {first_line(exc)} "
+                f"(a bug, not your input; {todo})",
+                file=sys.stderr,
+            )
+            return 1
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] in DELEGATED:
         import importlib
 
+        set_stage(f"running hwprune {argv[0]}")
         return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
     parser = _build_parser()
+    args = _parse(parser, argv)
+    set_stage(f"checking the options of hwprune {args.command}")
+    if args.command in CHECKS:
+        CHECKS[args.command](args)
+    set_stage(f"running hwprune {args.command}")
+    return COMMANDS[args.command](args) or 0
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM and SIGHUP raise :class:`Interrupted` (a KeyboardInterrupt), so cleanup runs as for Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        args = _parse(parser, argv)
-        COMMANDS[args.command](args)
-    except HwpruneError as exc:
-        print(f"hwprune: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hwprune: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

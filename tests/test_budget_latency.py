@@ -94,7 +94,7 @@ def test_journal_of_another_run_is_refused(setup, tmp_path):
     profile_edges(
         model, graph, x, "torch-cpu", points=(0.5,), repeats=2, journal=journal, progress=False, calibration_masks=0
     )
-    with pytest.raises(HwpruneError, match="belongs to another run"):
+    with pytest.raises(HwpruneError, match="measured with threads 1, this run asks for 2"):
         profile_edges(
             model, graph, x, "torch-cpu", points=(0.5,), threads=2, repeats=2, journal=journal, progress=False
         )

@@ -39,6 +39,20 @@ def paired_delta_ms(baseline: Measurement, candidate: Measurement) -> float:
     return float(np.median(np.subtract(baseline.samples_ms[:n], candidate.samples_ms[:n])))
 
 
+def paired_ratio(baseline: Measurement, candidate: Measurement) -> tuple[float, float]:
+    """Candidate / baseline latency from the paired differences, and that ratio's standard error.
+
+    The ratio is 1 - ``paired_delta_ms`` / baseline median (drift common to a round cancels); its error is
+    the standard error of the median difference relative to the baseline median.
+    """
+    ratio = 1.0 - paired_delta_ms(baseline, candidate) / baseline.median_ms
+    n = min(len(baseline.samples_ms), len(candidate.samples_ms))
+    if n < 2:
+        return ratio, float("inf")
+    diffs = np.subtract(baseline.samples_ms[:n], candidate.samples_ms[:n])
+    return ratio, float(median_stderr(diffs) / baseline.median_ms)
+
+
 def robust_stats(samples_s: list[float]) -> tuple[float, float, int]:
     """Median and IQR in ms after dropping samples outside Tukey's fences (1.5 IQR)."""
     ms = np.asarray(samples_s) * 1e3
@@ -100,7 +114,8 @@ def time_interleaved(
     limit = repeats if precision is None else max(repeats, max_repeats or 5 * repeats)
     order = list(range(len(timers)))
     for r in range(limit):
-        if r >= repeats and r % 10 == 0 and relative_precision(samples) <= precision:
+        # precise enough after the first ``repeats`` rounds, or after each further ten
+        if r >= repeats and (r - repeats) % 10 == 0 and relative_precision(samples) <= precision:
             break
         for i in order if r % 2 == 0 else order[::-1]:
             samples[i].append(timers[i]())

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from hwprune.errors import HwpruneError
 from hwprune.export.compact import compact_model
-from hwprune.export.onnx_export import export_onnx
+from hwprune.export.onnx_export import DEFAULT_EXPORTER, export_onnx
 from hwprune.graph_mapper.cost import CostModel
 from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup
 from hwprune.latency.backends import measure
@@ -181,7 +181,7 @@ def profile_edges(
     repeats: int = 20,
     journal: str | Path | None = None,
     progress: bool = True,
-    exporter: str = "torchscript",
+    exporter: str = DEFAULT_EXPORTER,
     round_to: int = 1,
     calibration_masks: int = 16,
     seed: int = 0,
@@ -199,6 +199,7 @@ def profile_edges(
     if not points or any(not 0.0 < p < 1.0 for p in points):
         raise HwpruneError(f"--points are kept fractions strictly between 0 and 1 (got {list(points)})")
     header = _header(graph, example, backend, threads, points, repeats, round_to, passes)
+    header["exporter"] = exporter  # the LUT is valid for files from this exporter only (see DEFAULT_EXPORTER)
     journal = Path(journal) if journal else None
     records = _read_journal(journal, header) if journal else []
     done = [r for r in records if r["kind"] == "edge"]
@@ -217,7 +218,7 @@ def profile_edges(
             _append(fh, header)
     try:
         with tempfile.TemporaryDirectory(prefix="hwprune-profile-") as tmp:
-            baseline = baseline_for(model, example, backend, Path(tmp), exporter)
+            baseline = baseline_for(graph, example, backend, Path(tmp), exporter)
             bar = tqdm(todo, desc=f"profiling {graph.model_name} on {backend}", unit="edge", disable=not progress)
             for group, point, pass_ in bar:
                 kept = kept_for(group, point, round_to)
@@ -298,13 +299,20 @@ def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporte
     return base, cand, base.median_ms - paired_delta_ms(base, cand)
 
 
-def baseline_for(model, example, backend, tmp: Path, exporter: str):
-    """The dense model as the backend should load it (ONNX exported once for onnxruntime backends)."""
+def baseline_for(graph: ChannelGraph, example, backend: str, tmp: Path, exporter: str = DEFAULT_EXPORTER):
+    """The dense model in the form the backend times every candidate in.
+
+    Candidates are ``compact_model`` GraphModules, so the baseline is one too (the full mask): timing the
+    user's eager module against fx GraphModules would count the interpreter's overhead as pruning's
+    effect. onnxruntime backends get it exported once, by the exporter the candidates and the shipped
+    file go through.
+    """
+    dense = compact_model(graph, ChannelMask.full(graph)).eval()
     if backend.startswith("ort"):
         path = tmp / "baseline.onnx"
-        export_onnx(model, example, path, exporter)
+        export_onnx(dense, example, path, exporter)
         return path
-    return model
+    return dense
 
 
 def spearman(a, b) -> float:

@@ -53,14 +53,15 @@ def validate(
     """Measure ``n_masks`` random masks (aligned to the LUT's round_to) and compare with predictions."""
     latency = LatencyModel(lut, graph)
     round_to = int(lut.meta.get("round_to", 1))
+    exporter = lut.meta.get("exporter") or "torchscript"  # LUTs from before the exporter was recorded used it
     rng = np.random.default_rng(seed)
     predicted, measured, baselines = [], [], []
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-        baseline = baseline_for(model, example, backend, Path(tmp), "torchscript")
+        baseline = baseline_for(graph, example, backend, Path(tmp), exporter)
         for _ in tqdm(range(n_masks), desc="validating latency model", disable=not progress):
             mask = random_mask(graph, rng, round_to=round_to)
             shares = {g: float(k.mean()) for g, k in mask.keep.items()}
-            base, _, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, "torchscript")
+            base, _, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter)
             # the model's prediction, rescaled to this measurement's baseline (drift between runs cancels)
             predicted.append(latency.predict(shares) / latency.baseline_ms * base.median_ms)
             measured.append(latency_ms)

@@ -1,0 +1,240 @@
+"""What a latency budget is decided on, on every backend, and importances over the seeds' sample count."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import fx, nn
+
+from hwprune import jobs
+from hwprune.cli import main
+from hwprune.export.compact import compact_model
+from hwprune.jobs import IMPORTANCE_BATCH, ModelInput, budget_verdict, importance_batches, importance_scores
+from hwprune.latency.measurement import Measurement, paired_ratio, time_interleaved
+from hwprune.prune.importance import DEFAULT_T, channel_importance
+from hwprune.prune.masks import ChannelMask
+from hwprune.results import ResultsStore
+from tests.test_importance import chain, chain_channel, chain_group, hand_grads
+
+
+def fake_measurement(samples_ms, backend="torch-cpu") -> Measurement:
+    s = np.asarray(samples_ms, dtype=float)
+    return Measurement(backend, float(np.median(s)), 0.0, s.size, 0, 1, 1, (1, 3, 8, 8), "cpu", "fake", {}, tuple(s))
+
+
+# ------------------------------------------------------------------ the verdict and its figures
+
+
+def test_paired_ratio_is_exact_on_a_constant_ratio_and_its_error_grows_with_noise():
+    base = 10.0 + np.sin(np.arange(40))  # drift shared by both runners in a round
+    exact, err = paired_ratio(fake_measurement(base), fake_measurement(base - 5.0))
+    assert exact == pytest.approx(1 - 5.0 / np.median(base)) and err == pytest.approx(0.0, abs=1e-12)
+    rng = np.random.default_rng(0)
+    noisy, noisy_err = paired_ratio(fake_measurement(base), fake_measurement(base - 5.0 + rng.normal(0, 1, 40)))
+    assert abs(noisy - exact) < 0.1 and noisy_err > 0.01
+    assert paired_ratio(fake_measurement([10.0]), fake_measurement([5.0]))[1] == float("inf")
+
+
+@pytest.mark.parametrize(
+    ("ratio", "stderr", "want"),
+    [
+        (0.505, 0.002, "met"),  # within 3 % of 0.5, interval +-0.004 < tolerance 0.015
+        (0.55, 0.002, "missed"),  # 10 % off, precisely measured
+        (0.50, 0.010, "undecided"),  # on target, but +-0.0196 is wider than +-0.015: never "met"
+        (0.60, 0.050, "undecided"),
+        (0.50, float("inf"), "undecided"),
+    ],
+)
+def test_budget_verdict(ratio, stderr, want):
+    assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03) == want
+
+
+def test_rounds_honour_repeats():
+    calls = []
+
+    def timer():
+        calls.append(1)
+        return 0.001
+
+    assert [len(s) for s in time_interleaved([timer, timer], repeats=5)] == [5, 5]  # precise at once: no more
+    assert [len(s) for s in time_interleaved([timer], repeats=3, precision=None)] == [3]
+    rng = np.random.default_rng(0)
+    noisy = time_interleaved([lambda: 0.001, lambda: rng.uniform(0, 0.002)], repeats=5, precision=1e-6)
+    assert len(noisy[0]) == 25  # imprecise: rounds added up to 5x repeats
+
+
+# ------------------------------------------------------------------ the shipped artifact decides
+
+
+def prune_args(out, backend="ort-cpu", target="0.7"):
+    return [
+        "prune",
+        "--model",
+        "lenet5",
+        "--input-size",
+        "96",  # large enough that its convolutions, not the runtime's overhead, dominate
+        "--latency",
+        target,
+        "--backend",
+        backend,
+        "--repeats",
+        "5",
+        "--out",
+        str(out),
+        "--results",
+        str(out.parent / "results.csv"),
+    ]
+
+
+def spy_measure(monkeypatch):
+    """Record every measure() call the budget job makes (the backend, the models' types, the exporter)."""
+    calls = []
+    real = jobs.measure
+
+    def spy(backend, models, example, **kw):
+        files = {m.name: hashlib.sha256(m.read_bytes()).hexdigest() for m in models if isinstance(m, Path)}
+        calls.append({"backend": backend, "models": list(models), "exporter": kw.get("exporter"), "sha256": files})
+        return real(backend, models, example, **kw)
+
+    monkeypatch.setattr(jobs, "measure", spy)
+    return calls
+
+
+@pytest.mark.onnx
+def test_ort_budget_is_decided_on_the_shipped_file_timed_afresh(tmp_path, monkeypatch, capsys):
+    calls = spy_measure(monkeypatch)
+    real_export = jobs.export_pruned
+    out = tmp_path / "p"
+
+    def export_then_ship_the_dense_model(model, graph, mask, example, onnx_path, **kw):
+        """A negative control: the file that ships is the dense model, whatever the loop measured."""
+        compacted, report = real_export(model, graph, mask, example, onnx_path, **kw)
+        jobs.export_onnx(compact_model(graph, ChannelMask.full(graph)), example, onnx_path, report.exporter)
+        return compacted, report
+
+    rc = main(prune_args(out))
+    [row] = ResultsStore(tmp_path / "results.csv").records()
+    extra = json.loads(row.extra)
+    final = calls[-1]
+    shipped = out / "lenet5_pruned.onnx"  # the very file the user gets (timed before it is moved into place)
+    assert final["sha256"][shipped.name] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert final["exporter"] == extra["exporter"] == "dynamo"  # the exporter of the loop and the LUT too
+    assert all(c["exporter"] == "dynamo" for c in calls)
+    assert extra["loop_ratio"] in [it["measured"] for it in extra["iterations"]]
+    assert extra["measured_ratio"] != extra["loop_ratio"]  # an independent measurement, not the loop's best
+    assert rc == {"met": 0, "missed": 1, "undecided": 3}[extra["status"]]
+    assert json.loads((out / "lut.json").read_text())["meta"]["exporter"] == "dynamo"
+    capsys.readouterr()
+
+    monkeypatch.setattr(jobs, "export_pruned", export_then_ship_the_dense_model)
+    rc = main([*prune_args(tmp_path / "q"), "--lut", str(out / "lut.json")])
+    extra = json.loads(ResultsStore(tmp_path / "results.csv").records()[-1].extra)
+    # the loop's candidate was fast, the shipped file is the dense model: the verdict follows the file
+    assert extra["loop_ratio"] < 0.9 and abs(extra["measured_ratio"] - 1.0) < 0.15
+    assert extra["status"] != "met" and rc != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("hwprune: missed")
+
+
+NO_CUDA = not torch.cuda.is_available()
+ON_GPU = [pytest.mark.gpu, pytest.mark.skipif(NO_CUDA, reason="no CUDA device")]
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch-cpu",
+        pytest.param("xla", marks=pytest.mark.xla),
+        pytest.param("cuda", marks=ON_GPU),
+        pytest.param("ort-cuda", marks=[*ON_GPU, pytest.mark.onnx]),
+    ],
+)
+def test_every_backend_prunes_to_a_latency_budget_through_the_cli(backend, tmp_path, monkeypatch, capsys):
+    if backend == "xla":
+        pytest.importorskip("torch_xla")
+        monkeypatch.setenv("PJRT_DEVICE", "CPU")
+    if backend == "ort-cuda":
+        from hwprune.latency.backends import available_backends
+
+        if "ort-cuda" not in available_backends():
+            pytest.skip("onnxruntime has no CUDA provider here")
+    calls = spy_measure(monkeypatch)
+    out = tmp_path / "p"
+    rc = main(prune_args(out, backend))
+    text = capsys.readouterr().out
+    [row] = ResultsStore(tmp_path / "results.csv").records()
+    extra = json.loads(row.extra)
+    assert rc == {"met": 0, "missed": 1, "undecided": 3}[extra["status"]]
+    assert row.latency_backend == backend and row.latency_ms_median > 0 and row.latency_before_ms > 0
+    assert calls and all(c["backend"] == backend for c in calls)
+    if backend.startswith("ort"):  # ONNX files on both sides, the last one the shipped file
+        assert f"{backend} latency of the shipped ONNX file" in text
+        assert all(isinstance(c["models"][0], Path) for c in calls)  # the dense file, exported once
+        shipped = out / "lenet5_pruned.onnx"
+        assert calls[-1]["sha256"][shipped.name] == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    else:  # baseline and candidates in one form: GraphModules on both sides of every measurement
+        assert f"{backend} latency of the compacted model" in text
+        assert all(isinstance(m, fx.GraphModule) for c in calls for m in c["models"])
+    lut = json.loads((out / "lut.json").read_text())["meta"]
+    assert lut["backend"] == backend
+    mask = ChannelMask.load(out / "mask.json")
+    assert mask.meta["target_kind"] == "latency"
+    assert (out / "lenet5_pruned.onnx").stat().st_size > 0
+
+
+def test_a_noisy_measurement_is_undecided_never_met(tmp_path, monkeypatch, capsys):
+    """On target, but the shipped file's timings spread too much to tell: exit 3 with a hint."""
+    rng = np.random.default_rng(0)
+
+    def noisy_time_shipped(backend, graph, compacted, onnx_path, example, exporter, threads, repeats, precision):
+        base = 10 + rng.normal(0, 2, 60)
+        return fake_measurement(base, backend), fake_measurement(base * 0.0 + 7.0 + rng.normal(0, 2, 60), backend)
+
+    monkeypatch.setattr(jobs, "time_shipped", noisy_time_shipped)
+    rc = main(prune_args(tmp_path / "p", "torch-cpu"))
+    err = capsys.readouterr().err
+    extra = json.loads(ResultsStore(tmp_path / "results.csv").records()[-1].extra)
+    assert extra["status"] == "undecided" and rc == 3
+    last = err.strip().splitlines()[-1]  # above it: the profiler's progress bar
+    assert last.startswith("hwprune: undecided") and "more --repeats" in last
+
+
+# ------------------------------------------------------------------ gradient importances over imp-samples
+
+
+def test_fisher_averages_squared_gradients_over_imp_samples_in_mini_batches():
+    m = chain()
+    m.fc = nn.Linear(8, 10)  # digits' ten classes
+    torch.nn.init.normal_(m.fc.weight, generator=torch.Generator().manual_seed(3))
+    job = ModelInput("chain", m, torch.randn(1, 1, 2, 2))
+    graph = job.graph()
+    group = chain_group(graph)
+    data = importance_batches(job.example, "digits", None, samples=300)
+    assert [len(y) for _, y in data] == [IMPORTANCE_BATCH, IMPORTANCE_BATCH, 300 - 2 * IMPORTANCE_BATCH]
+    again = importance_batches(job.example, "digits", None, samples=300)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(data, again, strict=True))  # seeded
+
+    got = importance_scores(job, graph, "fisher", "digits", samples=300)[group.id]
+    _, g2 = hand_grads(m, data, DEFAULT_T)
+    params = {n: p.detach() for n, p in m.named_parameters()}
+    by_hand = [
+        sum(float((chain_channel(params, k)[n] ** 2 * chain_channel(g2, k)[n]).sum()) for n in chain_channel(params, k))
+        for k in (0, 1)
+    ]
+    np.testing.assert_allclose(got, by_hand, rtol=1e-5)
+    # negative control: all 300 samples as one batch give the square of the mean gradient, not E[g²]
+    one_batch = [(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))]
+    single = channel_importance("fisher", m, graph, one_batch)[group.id]
+    assert not np.allclose(single, by_hand, rtol=1e-3)
+
+
+def test_mask_and_export_accept_data_for_gradient_importances(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    args = ["--model", "lenet5", "--method", "fisher", "--data", "digits", "--imp-samples", "200"]
+    assert main(["mask", *args, "--out", str(out)]) == 0
+    mask = ChannelMask.load(out)
+    assert mask.meta["imp_samples"] == 200 and mask.meta["data"] == "digits" and mask.pruned_groups()
+    assert main(["export", *args, "--out", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0
