@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 from torch import nn
 
 from hwprune.errors import HwpruneError
+from hwprune.models.weights import apply_state
 from hwprune.prune.masks import write_atomically
 
 CHECKPOINT_FORMAT = "hwprune.checkpoint/1"
@@ -87,21 +87,5 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
         state = load_file(str(tensors_path), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise HwpruneError(f"cannot read checkpoint {tensors_path}: {exc}") from None
-    target = unwrap(model)
-    own = target.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if strict and (missing or unexpected):
-        what = f"lacks {missing[0]!r}" if missing else f"has {unexpected[0]!r}, which the model does not"
-        raise HwpruneError(
-            f"checkpoint {tensors_path} does not fit the model: it {what} "
-            f"({len(missing)} missing, {len(unexpected)} unexpected names)"
-        )
-    for name, t in state.items():
-        if name in own and tuple(own[name].shape) != tuple(t.shape):
-            raise HwpruneError(
-                f"checkpoint {tensors_path}: {name} has shape {tuple(t.shape)}, the model's is {tuple(own[name].shape)}"
-            )
-    with torch.no_grad():
-        target.load_state_dict(state, strict=strict)
+    apply_state(unwrap(model), state, f"checkpoint {tensors_path}", strict)
     return read_sidecar(path)

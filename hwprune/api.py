@@ -1,0 +1,244 @@
+"""The public Python API: your module, your weights, your data; the CLI is a thin layer over the same jobs.
+
+    import hwprune
+    model.load_state_dict(torch.load("my.pt", weights_only=True))
+    result = hwprune.prune(model, torch.randn(1, 3, 224, 224), latency=0.5, out="out/mine")
+    result.save_onnx("mine_pruned.onnx")   # verified against the compacted model in onnxruntime
+    result.model                           # the compacted nn.Module, ready to train further
+
+Every call works on any traceable ``nn.Module`` (your own class included) with the weights it holds;
+nothing is downloaded and the module you pass is never modified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwprune.errors import HwpruneError
+from hwprune.export.onnx_export import DEFAULT_EXPORTER
+from hwprune.export.pipeline import ExportReport, export_pruned
+from hwprune.graph_mapper import ChannelGraph, build_channel_graph
+from hwprune.jobs import IMPORTANCE_SAMPLES, BudgetOutcome, ModelInput, prune_to_budget
+from hwprune.latency.lut import LUT
+from hwprune.latency.measurement import Measurement
+from hwprune.prune.masks import ChannelMask
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _example(example_inputs) -> torch.Tensor:
+    """The one input tensor hwprune traces and times with (a tensor, or a 1-tuple holding one)."""
+    if isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1:
+        example_inputs = example_inputs[0]
+    if not isinstance(example_inputs, torch.Tensor):
+        raise HwpruneError(
+            f"example_inputs must be one input tensor, e.g. torch.randn(1, 3, 224, 224) (got "
+            f"{type(example_inputs).__name__}); models with several inputs are not supported yet"
+        )
+    return example_inputs
+
+
+def _job(model: nn.Module, example_inputs, name: str | None) -> ModelInput:
+    if not isinstance(model, nn.Module):
+        raise HwpruneError(f"model must be a torch.nn.Module (got {type(model).__name__})")
+    return ModelInput(name or type(model).__name__, model.eval(), _example(example_inputs))
+
+
+def map(model: nn.Module, example_inputs, name: str | None = None) -> ChannelGraph:  # noqa: A001 (the verb users know)
+    """The channel groups of ``model``: which tensors must lose the same channels, what is frozen and why.
+
+    ``print(graph.summary())`` or ``graph.explain()`` shows them.
+    """
+    job = _job(model, example_inputs, name)
+    return build_channel_graph(job.model, job.example, job.name)
+
+
+@dataclass
+class PruneResult:
+    """A pruned model and the evidence for it.
+
+    ``model`` is the compacted module (channels physically removed, equal to the masked model on your
+    weights and on randomised ones), ``mask`` the channels kept, ``report`` the budget's outcome: before
+    and after params/FLOPs, measured latency of the shipped artifact, predicted vs measured, the
+    equivalence figures. ``onnx_path`` is the verified ONNX file written to ``out`` (None without ``out``).
+    """
+
+    model: nn.Module
+    mask: ChannelMask
+    graph: ChannelGraph
+    report: BudgetOutcome
+    example: torch.Tensor
+    onnx_path: Path | None = None
+
+    @property
+    def export(self) -> ExportReport:
+        return self.report.outcome.export
+
+    @property
+    def met(self) -> bool:
+        """True when the budget was met (latency: on the shipped artifact, measured afresh)."""
+        return self.report.within_tolerance
+
+    def save_onnx(self, path: str | Path, exporter: str = DEFAULT_EXPORTER) -> ExportReport:
+        """Write ``model`` as ONNX (folders created), verified in onnxruntime against it; nothing written on failure."""
+        from hwprune.export.onnx_export import check_onnx, export_onnx, run_onnx, temp_path_beside
+        from hwprune.export.pipeline import check_writable
+        from hwprune.export.verify import max_rel_diff
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = check_writable(path)
+        tmp = temp_path_beside(path)
+        try:
+            used = export_onnx(self.model, self.example, tmp, exporter)
+            check_onnx(tmp)
+            with torch.no_grad():
+                diff = max_rel_diff(run_onnx(tmp, self.example), self.model.eval()(self.example))
+            if not diff <= 1e-4:
+                raise HwpruneError(f"ONNX export differs from the pruned model by {diff:.2e}; nothing was written")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dataclasses.replace(self.export, onnx_path=str(path), onnx_max_rel_diff=diff, exporter=used)
+
+    def __str__(self) -> str:
+        return self.report.table()
+
+
+def prune(
+    model: nn.Module,
+    example_inputs,
+    *,
+    latency: float | None = None,
+    flops: float | None = None,
+    params: float | None = None,
+    backend: str = "ort-cpu",
+    importance: str = "l1",
+    data: Batches | None = None,
+    imp_samples: int = IMPORTANCE_SAMPLES,
+    finetune: int | Callable[[nn.Module], None] | None = None,
+    lut: str | Path | None = None,
+    round_to: int | None = None,
+    tolerance: float = 0.03,
+    threads: int = 1,
+    repeats: int = 30,
+    out: str | Path | None = None,
+    name: str | None = None,
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` to one budget, a ratio of the dense model: ``latency``, ``flops`` or ``params``.
+
+    Latency is predicted from an edge profile on ``backend`` (or the given ``lut``), then measured and
+    corrected until within ``tolerance``; the shipped artifact is timed afresh and decides (``result.met``).
+    ``data`` is your DataLoader (or any iterable of (x, y) batches): gradient-based importances
+    (``taylor``, ``fisher``, ...) average over ``imp_samples`` of it, and ``finetune`` (a number of epochs
+    of the built-in trainer on ``data``, or your own ``fn(model)``) trains the compacted model afterwards.
+    ``out`` keeps mask.json, the LUT and the verified ONNX file; without it they live in a temporary folder.
+    """
+    budgets = {k: v for k, v in (("latency", latency), ("flops", flops), ("params", params)) if v is not None}
+    if len(budgets) != 1:
+        raise HwpruneError("give exactly one budget: latency=, flops= or params= (a ratio of the dense model)")
+    [(kind, target)] = budgets.items()
+    if isinstance(finetune, int) and finetune and data is None:
+        raise HwpruneError("finetune=<epochs> trains on data=: pass your DataLoader (or give finetune=your_fn)")
+    job = _job(model, example_inputs, name)
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        folder = Path(out) if out is not None else Path(tmp)
+        report = prune_to_budget(
+            job,
+            kind,
+            target,
+            folder,
+            backend=backend,
+            lut_path=Path(lut) if lut is not None else None,
+            importance=importance,
+            threads=threads,
+            repeats=repeats,
+            tolerance=tolerance,
+            progress=progress,
+            round_to=round_to,
+            data=data,
+            finetune=finetune,
+            imp_samples=imp_samples,
+        )
+    outcome = report.outcome
+    return PruneResult(
+        outcome.compacted,
+        ChannelMask.load(folder / "mask.json") if out is not None else outcome.mask,
+        outcome.graph,
+        report,
+        job.example,
+        Path(outcome.export.onnx_path) if out is not None else None,
+    )
+
+
+def profile(
+    model: nn.Module,
+    example_inputs,
+    *,
+    backend: str = "ort-cpu",
+    points: tuple[float, ...] = (0.25, 0.5, 0.75),
+    threads: int = 1,
+    repeats: int = 20,
+    round_to: int | None = None,
+    journal: str | Path | None = None,
+    name: str | None = None,
+    progress: bool = True,
+) -> LUT:
+    """Edge profile of ``model`` on ``backend``: the whole network timed with each group shrunk (a LUT).
+
+    ``journal`` makes an interrupted profile resume; ``lut.save(path)`` writes it for ``prune(lut=...)``.
+    """
+    from hwprune.jobs import DEFAULT_ROUND_TO
+    from hwprune.latency.profiler import profile_edges
+
+    job = _job(model, example_inputs, name)
+    graph = build_channel_graph(job.model, job.example, job.name)
+    return profile_edges(
+        job.model,
+        graph,
+        job.example,
+        backend,
+        points=points,
+        threads=threads,
+        repeats=repeats,
+        journal=journal,
+        progress=progress,
+        round_to=round_to if round_to is not None else DEFAULT_ROUND_TO.get(backend, 1),
+    )
+
+
+def export_onnx(
+    model: nn.Module, mask: ChannelMask, example_inputs, path: str | Path, exporter: str = DEFAULT_EXPORTER
+) -> tuple[nn.Module, ExportReport]:
+    """Compact ``model`` with ``mask``, prove it equal to the masked model, write verified ONNX to ``path``.
+
+    Returns the compacted module and the report (params, FLOPs, equivalence figures).
+    """
+    job = _job(model, example_inputs, None)
+    graph = build_channel_graph(job.model, job.example, mask.model or job.name)
+    return export_pruned(job.model, graph, mask, job.example, path, exporter=exporter)
+
+
+def measure(
+    model_or_onnx: nn.Module | str | Path,
+    example_inputs,
+    *,
+    backend: str = "ort-cpu",
+    threads: int = 1,
+    repeats: int = 30,
+) -> Measurement:
+    """Latency of one module or ONNX file on ``backend`` (median, IQR, rounds, versions)."""
+    from hwprune.latency import measure as measure_all
+
+    target = Path(model_or_onnx) if isinstance(model_or_onnx, (str, Path)) else model_or_onnx
+    if isinstance(target, Path) and not target.is_file():
+        raise HwpruneError(f"ONNX file {target} not found: give an existing .onnx path or an nn.Module")
+    [m] = measure_all(backend, [target], _example(example_inputs), threads=threads, repeats=repeats)
+    return m
