@@ -96,6 +96,20 @@ def budget_row(job, lut_path, target, backend, threads, out_dir):
     )
 
 
+def write_budget(rows, env):
+    """budget.csv/.md; written after every model, so a long run keeps what it measured."""
+    write(
+        rows,
+        "budget",
+        f"# Latency budgets, `hwprune prune --latency` with a LUT ({env}, ONNX by the {DEFAULT_EXPORTER} "
+        f"exporter everywhere)\n\nCommand: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`. Goal: the "
+        "shipped file's ratio within +-3 % of the target. measured_ratio: the closed loop's best measurement "
+        "(selected, so biased toward the target); shipped_ratio: the shipped ONNX file timed afresh against the "
+        "dense file after the loop (decides); shipped_ci95: its 95 % interval half-width; error_pct = "
+        "(shipped / target - 1) x 100; status: met / missed / undecided (interval wider than the tolerance).",
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="resnet18,resnet50,mobilenet_v2")
@@ -111,6 +125,7 @@ def main():
     if args.only_profile_cost:
         args.models = "resnet50"
     backend = "ort-cpu"
+    env = f"{args.threads} threads, batch 1, {args.size}x{args.size}, channel counts multiples of {ROUND_TO}"
     budget_rows, model_rows, vs_rows, cost_rows = [], [], [], []
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -180,6 +195,7 @@ def main():
                 row = budget_row(job, lut_path, target, backend, args.threads, Path(tmp) / f"budget-{target}")
                 budget_rows.append(dict(model=name, backend=backend, **row))
                 print(budget_rows[-1], flush=True)
+            write_budget(budget_rows, env)
             if args.only == "budget":
                 continue
             val = validate(
@@ -234,18 +250,8 @@ def main():
                 progress=False,
             )
             model_rows.append(dict(model=name, backend="torch-cpu", **val.summary()))
-    env = f"{args.threads} threads, batch 1, {args.size}x{args.size}, channel counts multiples of {ROUND_TO}"
     if budget_rows:
-        write(
-            budget_rows,
-            "budget",
-            f"# Latency budgets, `hwprune prune --latency` with a LUT ({env}, ONNX by the {DEFAULT_EXPORTER} "
-            f"exporter everywhere)\n\nCommand: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`. Goal: the "
-            "shipped file's ratio within +-3 % of the target. measured_ratio: the closed loop's best measurement "
-            "(selected, so biased toward the target); shipped_ratio: the shipped ONNX file timed afresh against the "
-            "dense file after the loop (decides); shipped_ci95: its 95 % interval half-width; error_pct = "
-            "(shipped / target - 1) x 100; status: met / missed / undecided (interval wider than the tolerance).",
-        )
+        write_budget(budget_rows, env)
     if model_rows:
         write(
             model_rows,

@@ -135,7 +135,8 @@ def test_ort_budget_is_decided_on_the_shipped_file_timed_afresh(tmp_path, monkey
     # the loop's candidate was fast, the shipped file is the dense model: the verdict follows the file
     assert extra["loop_ratio"] < 0.9 and abs(extra["measured_ratio"] - 1.0) < 0.15
     assert extra["status"] != "met" and rc != 0
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("hwprune: missed")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"hwprune: {extra['status']}")  # missed; undecided when the host is busy
 
 
 NO_CUDA = not torch.cuda.is_available()
