@@ -27,6 +27,14 @@ class VerificationError(HwpruneError):
     """A compacted model or ONNX file does not compute what the masked model computes."""
 
 
+class EquivalenceError(VerificationError):
+    """A comparison failed: the result differs from its reference by ``diff`` (relative)."""
+
+    def __init__(self, message: str, diff: float = float("nan")) -> None:
+        super().__init__(message)
+        self.diff = diff
+
+
 class DataNotFoundError(HwpruneError):
     """A dataset is not on disk where it was looked for."""
 

@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +22,11 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from hwprune.errors import VerificationError, first_line
+from hwprune.errors import EquivalenceError, VerificationError, first_line
 from hwprune.export.compact import changed_sites, keep_table, kept, kept_sizes, kept_split_sizes, shrink, zero_removed
 from hwprune.export.onnx_export import ort_session, temp_path_beside
 from hwprune.export.pipeline import check_writable
-from hwprune.export.verify import DEFAULT_TOLERANCE, max_rel_diff
+from hwprune.export.verify import DEFAULT_TOLERANCE, max_rel_diff, nonfinite_summary, vacuity
 from hwprune.graph_mapper.onnx_mapper import (
     build_onnx_channel_graph,
     opset_of,
@@ -221,6 +221,8 @@ class OnnxPruneReport:
     groups_pruned: int
     channel_density: float
     notes: list[str] = field(default_factory=list)
+    random_max_rel_diff: float | None = None  # the same, both compacted/masked from randomised initializers
+    check_seed: int | None = None  # seed of the randomised initializers (None: not checked on them)
 
     def table(self) -> str:
         ratio = self.params_after / self.params_before if self.params_before else 1.0
@@ -234,20 +236,85 @@ class OnnxPruneReport:
             f"Groups pruned: {self.groups_pruned}; channel density over prunable groups {self.channel_density:.3f}.",
         ]
         if self.max_rel_diff is not None:
-            lines.append(f"Compacted vs masked model in onnxruntime: max relative difference {self.max_rel_diff:.2e}.")
+            line = "Compacted vs masked model in onnxruntime: max relative difference "
+            line += f"{self.max_rel_diff:.2e} on your weights"
+            if self.random_max_rel_diff is not None:
+                line += f", {self.random_max_rel_diff:.2e} on randomised weights (seed {self.check_seed})"
+            lines.append(line + ".")
         lines.append(f"Written to {self.path}")
         return "\n".join(lines + [f"Note: {n}" for n in self.notes])
 
 
+_FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
 def float_params(model: onnx.ModelProto) -> int:
     """Elements of the floating-point initializers that are tensors (weights, not scalar constants)."""
-    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    sizes = [math.prod(t.dims) for t in model.graph.initializer if t.data_type in floats]
+    sizes = [math.prod(t.dims) for t in model.graph.initializer if t.data_type in _FLOATS]
     return sum(n for n in sizes if n > 1)
 
 
 def run_model(path: str | Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return ort_session(path).run(None, feeds)
+
+
+def check_finite_initializers(model: onnx.ModelProto, what: str) -> None:
+    """Refuse a model with a non-finite floating-point initializer, naming the first one."""
+    for t in model.graph.initializer:
+        if t.data_type in _FLOATS:
+            bad = nonfinite_summary(numpy_helper.to_array(t))
+            if bad:
+                raise VerificationError(
+                    f"{what}: initializer {t.name} has non-finite values ({bad}); no equivalence can be proved on "
+                    "it: fix or retrain the weights before pruning"
+                )
+
+
+# (op, input index) reading a vector additively: any sign is safe there (shifts, biases, means)
+_ADDITIVE_INPUTS = {
+    ("BatchNormalization", 2),
+    ("BatchNormalization", 3),
+    ("Conv", 2),
+    ("ConvTranspose", 2),
+    ("Gemm", 2),
+}
+
+
+def randomized_onnx_graph(graph: ChannelGraph, seed: int = 0) -> ChannelGraph:
+    """The same graph over a copy of its model whose channel-carrying initializers are random.
+
+    Every floating-point initializer that a site names gets random values: tensors of two or more
+    axes ``randn * sqrt(2 / fan_in)`` (a ReLU network keeps its scale, so an early error is not lost
+    with depth; networks gated by SiLU or sigmoid still fade: the torch check rescales layer by layer,
+    this one has no activations to measure without running the file node by node); vectors read only
+    additively (biases, BatchNormalization shift and mean, anything only added) ``0.1 * randn``;
+    every other vector (scales, variances, layer scale: any op may read them) values in [0.5, 1.5),
+    positive. Compacting this copy with the same mask exercises exactly what compacting the original
+    does, on channels that all differ.
+    """
+    model = _copy(graph.gm)
+    names = {s.tensor for s in graph.sites}
+    uses: dict[str, set] = defaultdict(set)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            uses[name].add((node.op_type, "*" if node.op_type in ("Add", "Sub") else i))
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for t in model.graph.initializer:
+        if t.name not in names or t.data_type not in _FLOATS:
+            continue
+        a = numpy_helper.to_array(t)
+        if a.ndim >= 2:
+            matmul = any(op == "MatMul" for op, _ in uses[t.name])  # [in, out]
+            fan_in = a.shape[-2] if matmul else math.prod(a.shape[1:])
+            values = rng.standard_normal(a.shape) * math.sqrt(2 / max(fan_in, 1))  # He: ReLU keeps the scale
+        elif uses[t.name] and all(u in _ADDITIVE_INPUTS or u[1] == "*" for u in uses[t.name]):
+            values = rng.standard_normal(a.shape) * 0.1
+        else:
+            values = rng.random(a.shape) + 0.5
+        arrays[t.name] = values.astype(a.dtype)
+    _set_initializers(model, arrays)
+    return replace(graph, gm=model)
 
 
 def prune_onnx_file(
@@ -258,37 +325,57 @@ def prune_onnx_file(
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
     graph: ChannelGraph | None = None,
+    *,
+    randomized: bool = True,
 ) -> OnnxPruneReport:
     """Compact ``src`` with ``mask``, check it against the masked model in onnxruntime, write ``dst``.
 
     ``dst`` is written only when the check passes (through a temporary file renamed into place).
-    Pass ``graph`` when it was already built from ``src`` (at ``input_shape``).
+    Pass ``graph`` when it was already built from ``src`` (at ``input_shape``). The check runs on the
+    file's weights and (``randomized``) on a copy whose channel-carrying initializers are random,
+    compacted and masked with the same graph and mask, so it cannot pass vacuously; non-finite
+    initializers or reference outputs and a zero or constant reference fail it with one line.
     """
     dst = check_writable(dst)
     graph = graph or build_onnx_channel_graph(src, input_shape=input_shape)
     mask.validate(graph)
+    check_finite_initializers(graph.gm, graph.model_name)
     compacted = compact_onnx(graph, mask)
     inexact = [graph.groups[g].name for g in mask.pruned_groups() if not graph.groups[g].exact]
     feeds = random_feeds(graph.gm, seed)
     tmp = temp_path_beside(dst)
-    diff, notes = None, []
+    diff, random_diff, notes = None, None, []
+    name = graph.model_name
     try:
         onnx.save(compacted, str(tmp))
         if inexact:
             notes.append(f"inexact groups pruned ({', '.join(inexact[:3])}): not compared with the masked model")
         else:
-            diff = _compare_with_masked(graph, mask, tmp, feeds)
+            diff, vacuous = _compare_with_masked(graph, mask, tmp, feeds, tolerance)
             if not diff <= tolerance:
-                raise VerificationError(
-                    f"compacted {graph.model_name} differs from the masked model by {diff:.2e} in onnxruntime "
+                raise EquivalenceError(
+                    f"compacted {name} differs from the masked model by {diff:.2e} in onnxruntime on your weights "
                     f"(relative, tolerance {tolerance:.0e}); nothing was written: this is a mapper bug, please "
-                    "report it with the model and mask"
+                    "report it with the model and mask",
+                    diff,
+                )
+            if randomized:
+                random_diff = _compare_randomized(graph, mask, feeds, tolerance, seed)
+                if vacuous:
+                    notes.append(
+                        f"the masked model's output on your weights is {vacuous}, so that comparison could not fail; "
+                        "equivalence rests on the randomised-weights check"
+                    )
+            elif vacuous:
+                raise VerificationError(
+                    f"cannot verify compacted {name}: the masked model's output on your weights is {vacuous}, so no "
+                    "comparison against it can fail; nothing was written"
                 )
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
     return OnnxPruneReport(
-        model=graph.model_name,
+        model=name,
         path=str(dst),
         params_before=float_params(graph.gm),
         params_after=float_params(compacted),
@@ -296,17 +383,59 @@ def prune_onnx_file(
         groups_pruned=len(mask.pruned_groups()),
         channel_density=mask.channel_density(graph),
         notes=notes,
+        random_max_rel_diff=random_diff,
+        check_seed=seed if random_diff is not None else None,
     )
 
 
-def _compare_with_masked(graph: ChannelGraph, mask: ChannelMask, compacted_path: Path, feeds: dict) -> float:
+def _run_pair(name: str, compacted_path: Path, masked_path: Path, feeds: dict) -> tuple[list, list]:
+    """(compacted outputs, masked outputs) in onnxruntime."""
+    try:
+        return run_model(compacted_path, feeds), run_model(masked_path, feeds)
+    except Exception as exc:  # onnxruntime raises its own types (custom ops, unsupported kernels)
+        raise VerificationError(
+            f"onnxruntime cannot run {name} to verify it ({first_line(exc)[:200]}); nothing was written"
+        ) from exc
+
+
+def _compare_with_masked(
+    graph: ChannelGraph, mask: ChannelMask, compacted_path: Path, feeds: dict, tolerance: float = DEFAULT_TOLERANCE
+) -> tuple[float, str | None]:
+    """Compacted file vs the masked model on the file's weights: the difference and why it is vacuous (or None)."""
     with tempfile.TemporaryDirectory(prefix="hwprune-onnx-") as tmp:
         masked_path = Path(tmp) / "masked.onnx"
         onnx.save(masked_onnx(graph, mask), str(masked_path))
-        try:
-            reference = run_model(masked_path, feeds)
-            return max_rel_diff(run_model(compacted_path, feeds), reference)
-        except Exception as exc:  # onnxruntime raises its own types (custom ops, unsupported kernels)
-            raise VerificationError(
-                f"onnxruntime cannot run {graph.model_name} to verify it ({first_line(exc)[:200]}); nothing was written"
-            ) from exc
+        actual, reference = _run_pair(graph.model_name, compacted_path, masked_path, feeds)
+    bad = nonfinite_summary(reference)
+    if bad:
+        raise VerificationError(
+            f"the masked {graph.model_name}'s output on your weights is not finite ({bad}): no equivalence can be "
+            "proved on it; check the weights; nothing was written"
+        )
+    return max_rel_diff(actual, reference), vacuity(reference, tolerance)
+
+
+def _compare_randomized(graph: ChannelGraph, mask: ChannelMask, feeds: dict, tolerance: float, seed: int) -> float:
+    """The same compaction and masking of a copy with random initializers, compared in onnxruntime."""
+    name = graph.model_name
+    random_graph = randomized_onnx_graph(graph, seed)
+    with tempfile.TemporaryDirectory(prefix="hwprune-onnx-") as tmp:
+        compacted_path, masked_path = Path(tmp) / "compacted.onnx", Path(tmp) / "masked.onnx"
+        onnx.save(compact_onnx(random_graph, mask), str(compacted_path))
+        onnx.save(masked_onnx(random_graph, mask), str(masked_path))
+        actual, reference = _run_pair(name, compacted_path, masked_path, feeds)
+    vacuous = vacuity(reference, tolerance)
+    if vacuous:
+        raise VerificationError(
+            f"cannot verify compacted {name}: the masked model's output is {vacuous} even on randomised weights "
+            f"(seed {seed}), so no comparison against it can fail; nothing was written"
+        )
+    diff = max_rel_diff(actual, reference)
+    if not diff <= tolerance:
+        raise EquivalenceError(
+            f"compacted {name} differs from the masked model by {diff:.2e} in onnxruntime on randomised weights "
+            f"(seed {seed}; relative, tolerance {tolerance:.0e}); nothing was written: this is a mapper bug, please "
+            "report it with the model and mask",
+            diff,
+        )
+    return diff
