@@ -21,9 +21,7 @@ EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = EXPORTERS[0]
 
 
-def export_onnx(
-    model: nn.Module, example: torch.Tensor, path: str | Path, exporter: str = DEFAULT_EXPORTER
-) -> str:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter: str = DEFAULT_EXPORTER) -> str:
     """Write ``model`` traced at ``example`` to ``path``; returns the exporter that succeeded.
 
     The dynamo exporter is torch's default; if it fails on a model the TorchScript exporter is
