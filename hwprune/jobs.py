@@ -260,6 +260,9 @@ def prune_export_measure(
             {
                 "max_rel_diff": report.max_rel_diff,
                 "onnx_max_rel_diff": report.onnx_max_rel_diff,
+                "random_max_rel_diff": report.random_max_rel_diff,
+                "onnx_random_max_rel_diff": report.onnx_random_max_rel_diff,
+                "check_seed": report.check_seed,
                 "exporter": report.exporter,
                 "input_shape": list(job.example.shape),
                 **({"shipped_ratio": paired_ratio(before, after)[0]} if before else {}),

@@ -169,6 +169,7 @@ def test_every_backend_prunes_to_a_latency_budget_through_the_cli(backend, tmp_p
     extra = json.loads(row.extra)
     assert rc == {"met": 0, "missed": 1, "undecided": 3}[extra["status"]]
     assert row.latency_backend == backend and row.latency_ms_median > 0 and row.latency_before_ms > 0
+    assert extra["random_max_rel_diff"] < 1e-4 and extra["check_seed"] is not None  # the randomised proof ran
     assert calls and all(c["backend"] == backend for c in calls)
     if backend.startswith("ort"):  # ONNX files on both sides, the last one the shipped file
         assert f"{backend} latency of the shipped ONNX file" in text
