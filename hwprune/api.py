@@ -88,23 +88,11 @@ class PruneResult:
 
     def save_onnx(self, path: str | Path, exporter: str = DEFAULT_EXPORTER) -> ExportReport:
         """Write ``model`` as ONNX (folders created), verified in onnxruntime against it; nothing written on failure."""
-        from hwprune.export.onnx_export import check_onnx, export_onnx, run_onnx, temp_path_beside
-        from hwprune.export.pipeline import check_writable
-        from hwprune.export.verify import max_rel_diff
+        from hwprune.export.pipeline import check_writable, export_verified
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         path = check_writable(path)
-        tmp = temp_path_beside(path)
-        try:
-            used = export_onnx(self.model, self.example, tmp, exporter)
-            check_onnx(tmp)
-            with torch.no_grad():
-                diff = max_rel_diff(run_onnx(tmp, self.example), self.model.eval()(self.example))
-            if not diff <= 1e-4:
-                raise HwpruneError(f"ONNX export differs from the pruned model by {diff:.2e}; nothing was written")
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        used, diff = export_verified(self.model, self.example, path, exporter)
         return dataclasses.replace(self.export, onnx_path=str(path), onnx_max_rel_diff=diff, exporter=used)
 
     def __str__(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from torch import nn
 
 from hwprune import checks
 from hwprune.errors import HwpruneError
-from hwprune.export.onnx_export import DEFAULT_EXPORTER, export_onnx
+from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.export.pipeline import ExportReport, check_writable, export_pruned
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
 from hwprune.latency import measure
@@ -561,8 +560,7 @@ def _finetune_and_reexport(job, outcome, data, data_dir, tune) -> None:
     ``tune`` is the user's ``fn(model)``, or epochs of the built-in trainer on ``data`` (a dataset name,
     whose test split measures accuracy, or the user's loader, which then measures it too).
     """
-    from hwprune.export.onnx_export import check_onnx, run_onnx, temp_path_beside
-    from hwprune.export.verify import max_rel_diff
+    from hwprune.export.pipeline import export_verified
     from hwprune.train import TrainConfig, evaluate, train
 
     compacted = outcome.compacted
@@ -590,16 +588,5 @@ def _finetune_and_reexport(job, outcome, data, data_dir, tune) -> None:
     if outcome.export.onnx_path is None:
         outcome.export.notes.append(what)
         return
-    path = Path(outcome.export.onnx_path)
-    tmp = temp_path_beside(path)
-    try:
-        export_onnx(compacted, job.example, tmp)
-        check_onnx(tmp)
-        with torch.no_grad():
-            diff = max_rel_diff(run_onnx(tmp, job.example), compacted(job.example))
-        if not diff <= 1e-4:
-            raise HwpruneError(f"fine-tuned ONNX differs from the fine-tuned model by {diff:.2e}; nothing written")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _, diff = export_verified(compacted, job.example, outcome.export.onnx_path, outcome.export.exporter)
     outcome.export.notes.append(f"{what}; re-exported ONNX matches in onnxruntime ({diff:.1e})")

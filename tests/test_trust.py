@@ -12,6 +12,7 @@ from torch import fx, nn
 from hwprune import jobs
 from hwprune.cli import main
 from hwprune.export.compact import compact_model
+from hwprune.export.onnx_export import export_onnx
 from hwprune.jobs import IMPORTANCE_BATCH, ModelInput, budget_verdict, importance_batches, importance_scores
 from hwprune.latency.measurement import Measurement, paired_ratio, time_interleaved
 from hwprune.prune.importance import DEFAULT_T, channel_importance
@@ -112,7 +113,7 @@ def test_ort_budget_is_decided_on_the_shipped_file_timed_afresh(tmp_path, monkey
     def export_then_ship_the_dense_model(model, graph, mask, example, onnx_path, **kw):
         """A negative control: the file that ships is the dense model, whatever the loop measured."""
         compacted, report = real_export(model, graph, mask, example, onnx_path, **kw)
-        jobs.export_onnx(compact_model(graph, ChannelMask.full(graph)), example, onnx_path, report.exporter)
+        export_onnx(compact_model(graph, ChannelMask.full(graph)), example, onnx_path, report.exporter)
         return compacted, report
 
     rc = main(prune_args(out))

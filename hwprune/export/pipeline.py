@@ -423,3 +423,24 @@ def _check_export_path(
             f"weights (seed {seed}), so no comparison against it can fail; nothing was written"
         )
     return diff
+
+
+def export_verified(module: nn.Module, example: torch.Tensor, path: str | Path, exporter: str) -> tuple[str, float]:
+    """Export ``module`` to ``path`` and check it in onnxruntime against the module; nothing written on failure.
+
+    Returns the exporter used and the relative difference. For a module already proved (a compacted
+    model, fine-tuned or not) whose ONNX file must be rewritten.
+    """
+    path = Path(path)
+    tmp = temp_path_beside(path)
+    try:
+        used = export_onnx(module, example, tmp, exporter)
+        check_onnx(tmp)
+        with torch.no_grad():
+            diff = max_rel_diff(run_onnx(tmp, example), module.eval()(example))
+        if not diff <= DEFAULT_TOLERANCE:
+            raise HwpruneError(f"ONNX export differs from the model by {diff:.2e}; nothing was written to {path}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return used, diff
