@@ -1,10 +1,13 @@
 """Prune-at-initialization sweeps (seed 004): pruner x compression x seed, one results row per run.
 
-For each run: build the model with the seed, take the reference pruning set (``samples_per_class`` = 10
+For each run: build the model with the seed (re-drawn with Synaptic-Flow's initialisation unless
+``init="model"``, :mod:`hwprune.models.init`), take the reference pruning set (``samples_per_class`` = 10
 samples of each class, batches of 256, class-contiguous), prune at initialization to the density the
 compression names (:func:`~hwprune.prune.weight_masking.density_from`: ``ratio`` x keeps 1/x,
-``exponent`` x keeps 10^-x), detect layer collapse, train with the mask enforced, evaluate (top-1,
-top-5, testing time), count the masked model's parameters and effective FLOPs, and append one
+``exponent`` x keeps 10^-x), count the input-to-output paths the mask leaves, train with the mask
+enforced, evaluate (top-1, top-5, testing time; with ``sparse_eval`` also through the CSR execution
+path of :mod:`hwprune.models.sparse_csr`), mark the run ``collapsed``, ``untrainable`` or ``ok``
+(:mod:`hwprune.sweep_status`), count the masked model's parameters and effective FLOPs, and append one
 :class:`~hwprune.results.RunRecord` to the results store.
 
 FLOPs of a masked model (``flops`` column): the dense model is counted once with
@@ -16,8 +19,9 @@ keeps (all parameters minus the masked-out weights), ``params_before`` the dense
 
 ``density`` is kept/total over the pruned (prunable) tensors, ``density_whole_model`` over every
 parameter. ``target_value`` is the compression exactly as given; ``extra.compression_mode`` says how to
-read it. ``extra`` also holds per-layer density and effective FLOPs, the collapse flag and collapsed
-layers, the testing time and the pruning settings.
+read it. ``extra`` also holds per-layer density and effective FLOPs, ``status``, ``collapsed`` (no
+input-to-output path), ``paths_log10`` and the layers keeping no weight, the per-epoch training loss
+and test top-1, the testing time(s) and the pruning settings.
 
 Masks follow Synaptic-Flow's selection rule by default (``mask_rule="reference"``: remove the
 ``int((1-d)·N)`` lowest scores and every tie of the threshold, so 100-round SynFlow gives the reference's
@@ -29,6 +33,8 @@ numbers (``rand``, the GCS re-initialisation); the GCS scorers run in train mode
 from __future__ import annotations
 
 import logging
+import math
+import statistics
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +47,8 @@ from hwprune.data import dataset_info, get_dataset, make_loader
 from hwprune.errors import HwpruneError
 from hwprune.flops import count_flops
 from hwprune.models import get_model, model_spec
+from hwprune.models.init import INITS, reference_init
+from hwprune.models.sparse_csr import to_sparse_csr
 from hwprune.prune.masks import WeightMask
 from hwprune.prune.scorers import GCS_SCORERS, WEIGHT_SCORERS, pruning_set
 from hwprune.prune.weight_masking import (
@@ -52,6 +60,7 @@ from hwprune.prune.weight_masking import (
     prune_weights,
 )
 from hwprune.results import ResultsStore, RunRecord, current_git_sha
+from hwprune.sweep_status import chance_ceiling, log10_paths, run_status
 from hwprune.train import TrainConfig, evaluate, train
 
 log = logging.getLogger(__name__)
@@ -59,6 +68,7 @@ log = logging.getLogger(__name__)
 SEED_004_PRUNERS = ("rand", "mag", "snip", "grasp", "synflow")
 SEED_004_COMPRESSIONS = (1, 2, 5, 10, 15, 20)
 SYNFLOW_ROUNDS = 100
+TIMING_REPEATS = 3
 
 
 @dataclass
@@ -70,6 +80,7 @@ class SweepSetup:
     num_classes: int
     in_channels: int
     image_size: int
+    init: str = "reference"
 
 
 def masked_flops(per_module_flops: dict[str, int], total_flops: int, mask: WeightMask) -> tuple[int, dict[str, int]]:
@@ -93,24 +104,29 @@ def masked_flops(per_module_flops: dict[str, int], total_flops: int, mask: Weigh
     return int(round(total_flops - removed)), per_layer
 
 
-def _setup(model_name: str, dataset: str, image_size: int | None, channels: int | None) -> SweepSetup:
+def _setup(model_name: str, dataset: str, image_size: int | None, channels: int | None, init: str) -> SweepSetup:
     info = dataset_info(dataset)
     spec = model_spec(model_name)
     if info.num_classes is None:
         raise HwpruneError(f"dataset {dataset!r} does not fix its number of classes; the sweep needs it")
     size = image_size or spec.default_input_size
     chans = channels or info.channels
-    return SweepSetup(model_name, dataset, int(info.num_classes), int(chans), int(size))
+    return SweepSetup(model_name, dataset, int(info.num_classes), int(chans), int(size), init)
 
 
 def _build(setup: SweepSetup, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    return get_model(
+    model = get_model(
         setup.model_name, num_classes=setup.num_classes, in_channels=setup.in_channels, input_size=setup.image_size
     )
+    return reference_init(model) if setup.init == "reference" else model
 
 
-def _check(pruners: Sequence[str], compressions: Sequence[float], mode: str, seeds: Sequence[int], rule: str) -> None:
+def _check(
+    pruners: Sequence[str], compressions: Sequence[float], mode: str, seeds: Sequence[int], rule: str, init: str
+) -> None:
+    if init not in INITS:
+        raise HwpruneError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
     if rule not in RULES:
         raise HwpruneError(f"unknown mask rule {rule!r}: use one of {', '.join(RULES)}")
     if mode not in COMPRESSION_MODES:
@@ -147,6 +163,8 @@ def run_sweep(
     dense_classifier: bool = False,
     mask_rule: str = "reference",
     gcs_train_mode: bool = True,
+    init: str = "reference",
+    sparse_eval: bool = False,
     results_path: str | Path = "runs/results.csv",
     out_dir: str | Path | None = None,
     save_weights: bool = False,
@@ -179,6 +197,10 @@ def run_sweep(
         mask_rule: ``reference`` (Synaptic-Flow's kept count and tie rule) or ``exact`` (round(d·N)).
         gcs_train_mode: Score the GCS family in train mode (batch statistics, as its reference does);
             False scores them in eval mode (running statistics).
+        init: ``reference`` re-draws the weights as Synaptic-Flow's models do (Kaiming-normal, zero
+            biases, batch norm 1/0); ``model`` keeps the builder's own initialisation.
+        sparse_eval: Also time the test pass through the CSR execution path (dense and CSR interleaved,
+            median of three passes each) and record both with the largest logit difference.
         results_path: The results CSV (appended to, created if missing).
         out_dir: Where masks (and weights with ``save_weights``) are written; nothing when None.
         save_weights: Also save each trained model's state dict (for weight histograms).
@@ -191,9 +213,9 @@ def run_sweep(
         HwpruneError: For an unknown pruner, model or dataset, or a compression outside its mode.
     """
     pruners, compressions, seeds = list(pruners), list(compressions), list(seeds)
-    _check(pruners, compressions, compression_mode, seeds, mask_rule)
+    _check(pruners, compressions, compression_mode, seeds, mask_rule, init)
     config = (train_config or TrainConfig()).replace(epochs=epochs)
-    setup = _setup(model_name, dataset, image_size, channels)
+    setup = _setup(model_name, dataset, image_size, channels, init)
     train_set = get_dataset(
         dataset, "train", data_dir=data_dir, image_size=setup.image_size, channels=setup.in_channels
     )
@@ -240,6 +262,7 @@ def run_sweep(
                 dense_classifier=dense_classifier,
                 mask_rule=mask_rule,
                 gcs_train_mode=gcs_train_mode,
+                sparse_eval=sparse_eval,
                 out=out,
                 save_weights=save_weights,
                 git_sha=sha,
@@ -274,6 +297,7 @@ def _one_run(
     dense_classifier: bool,
     mask_rule: str,
     gcs_train_mode: bool,
+    sparse_eval: bool,
     out: Path | None,
     save_weights: bool,
     git_sha: str | None,
@@ -300,12 +324,16 @@ def _one_run(
         **options,
     )
     prune_seconds = time.perf_counter() - start
-    collapsed = detect_collapse(mask)
+    empty_layers = detect_collapse(mask)
+    paths = log10_paths(model, mask, (setup.in_channels, setup.image_size, setup.image_size))
+    collapsed = bool(empty_layers) or paths == -math.inf
     mask.apply(model)
 
     result = train(model, train_loader, test_loader, run_config, weight_mask=mask)
     evaluation = evaluate(model, test_loader, run_config.device)
     model.to("cpu")
+    test_size = len(test_loader.dataset)
+    status = run_status(collapsed, _fraction(evaluation.top1), setup.num_classes, test_size)
 
     layers = layer_densities(mask)
     kept = sum(r["kept"] for r in layers)
@@ -331,8 +359,14 @@ def _one_run(
         "layer_kept": {r["name"]: [r["kept"], r["total"]] for r in layers},
         "layer_flops": per_layer_flops,
         "layer_flops_dense": dict(dense_flops.per_module_flops),
-        "collapsed": bool(collapsed),
-        "collapsed_layers": collapsed,
+        "status": status,
+        "collapsed": collapsed,
+        "collapsed_layers": empty_layers,
+        "paths_log10": paths,
+        "chance_ceiling": chance_ceiling(setup.num_classes, test_size),
+        "train_loss": [h.train_loss for h in result.history],
+        "test_top1_curve": [h.test_top1 for h in result.history],
+        "init": setup.init,
         "testing_seconds": evaluation.seconds,
         "test_loss": evaluation.loss,
         "best_top1": result.best_top1,
@@ -352,6 +386,8 @@ def _one_run(
         "num_classes": setup.num_classes,
         "mask_violations": result.mask_violations,
     }
+    if sparse_eval:
+        extra.update(testing_times(model, test_loader))
     return RunRecord(
         git_sha=git_sha,
         model=setup.model_name,
@@ -370,10 +406,33 @@ def _one_run(
         accuracy_top1=_fraction(evaluation.top1),
         accuracy_top5=_fraction(evaluation.top5),
         seed=seed,
-        notes=f"prune at init, {mode} compression {compression:g} (density {density:.6g})",
+        notes=f"prune at init, {mode} compression {compression:g} (density {density:.6g}): {status}",
         artifacts=artifacts or None,
         extra=extra,
     )
+
+
+def testing_times(model: nn.Module, loader, repeats: int = TIMING_REPEATS) -> dict[str, float]:
+    """Test-pass seconds of ``model`` on CPU, dense and through CSR, interleaved; medians of ``repeats`` each.
+
+    Returns:
+        ``testing_seconds_dense`` and ``testing_seconds_csr`` (medians), and ``csr_max_abs_diff``: the
+        largest logit difference between the two paths on the first batch (float rounding only).
+    """
+    model = model.cpu().eval()
+    sparse = to_sparse_csr(model)
+    dense_s, csr_s = [], []
+    for _ in range(repeats):
+        dense_s.append(evaluate(model, loader, "cpu").seconds)
+        csr_s.append(evaluate(sparse, loader, "cpu").seconds)
+    x = next(iter(loader))[0]
+    with torch.no_grad():
+        diff = float((model(x) - sparse(x)).abs().max())
+    return {
+        "testing_seconds_dense": statistics.median(dense_s),
+        "testing_seconds_csr": statistics.median(csr_s),
+        "csr_max_abs_diff": diff,
+    }
 
 
 def _fraction(value: float) -> float | None:

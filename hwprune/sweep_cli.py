@@ -2,7 +2,8 @@ r"""Prune at initialization and train: the seed-004 sweep (pruner x compression 
 
 Examples::
 
-    # the embedded default: rand,mag,snip,grasp,synflow x 1,2,5,10,15,20 (ratio) on digits, LeNet-5 at 28 px
+    # the embedded default: rand,mag,snip,grasp,synflow x 1,2,5,10,15,20 (ratio) on digits, VGG16-BN at
+    # 1/16 width (vgg16_slim) at 32 px, 3 channels
     python tools/prune_at_init.py
 
     # the seed's VGG16 / CIFAR-10 table (data read from --data-dir, never downloaded)
@@ -12,7 +13,9 @@ Examples::
 
 ``--compression-mode ratio``: compression x keeps 1/x of the weights (10 -> 10 %), as the seed's tables
 read (1x ... 20x). ``exponent``: x keeps 10^-x (Synaptic-Flow's own ``--compression``; 1 -> 10 %). The
-meaning used is printed before the sweep starts. Then tabulate with ``tools/compare_results.py``.
+meaning used is printed before the sweep starts. Each run ends ``ok``, ``untrainable`` (connected, but
+at chance after training) or ``collapsed`` (no path from input to output). Then tabulate with
+``tools/compare_results.py``.
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ import torch
 
 from hwprune import checks
 from hwprune.errors import HwpruneError, OneLineParser, first_line
+from hwprune.models.init import INITS
 from hwprune.prune.weight_masking import COMPRESSION_MODES, RULES, density_from
 from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, SYNFLOW_ROUNDS, run_sweep
 from hwprune.train import add_train_args, config_from_args
 
 PROG = "hwprune prune-at-init"
-# The embedded default (no --model/--dataset): small enough for a few minutes on 2 CPU cores.
-DEFAULT_MODEL = "lenet5"
+# The embedded default (no --model/--dataset): the seeds' VGG16-BN at 1/16 width on digits as CIFAR-shaped
+# input, trained until the dense model converges; about two minutes on 2 CPU cores.
+DEFAULT_MODEL = "vgg16_slim"
 DEFAULT_DATASET = "digits"
-DEFAULT_SMALL = {"epochs": 15, "lr": 0.05, "batch_size": 64, "image_size": 28, "channels": 1}
+DEFAULT_SMALL = {"epochs": 8, "lr": 0.1, "batch_size": 64, "image_size": 32, "channels": 3}
 
 
 def _list(kind: type, text: str) -> list:
@@ -98,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--gcs-eval-mode",
         action="store_true",
         help="score the gcs pruners in eval mode (running BN statistics); default train mode, as the reference",
+    )
+    s.add_argument(
+        "--init",
+        choices=INITS,
+        default="reference",
+        help="reference: re-draw weights as Synaptic-Flow's models (Kaiming-normal, zero biases); model: the "
+        "builder's own (default reference)",
+    )
+    s.add_argument(
+        "--sparse-eval",
+        action="store_true",
+        help="also time the test pass with Linear/Conv2d as CSR sparse products on CPU (median of 3, vs dense)",
     )
     s.add_argument("--results", default="runs/results.csv", help="results CSV to append to (default runs/results.csv)")
     s.add_argument("--out", default="out/sweep", help="folder for masks (and weights) (default out/sweep)")
@@ -193,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 dense_classifier=args.dense_classifier,
                 mask_rule=args.mask_rule,
                 gcs_train_mode=not args.gcs_eval_mode,
+                init=args.init,
+                sparse_eval=args.sparse_eval,
                 results_path=args.results,
                 out_dir=args.out,
                 save_weights=args.save_weights,
@@ -203,11 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for r in records:
         extra = r.extra_dict()
-        flag = " COLLAPSED" if extra.get("collapsed") else ""
         top1 = float("nan") if r.accuracy_top1 is None else r.accuracy_top1
+        csr = f" (csr {extra['testing_seconds_csr']:.3f}s)" if "testing_seconds_csr" in extra else ""
         print(
             f"{r.method:>8} c={r.target_value:g} seed={r.seed}: density {r.density:.4f} top1 {top1:.4f} "
-            f"flops {r.flops} test {extra['testing_seconds']:.3f}s{flag}"
+            f"flops {r.flops} test {extra['testing_seconds']:.3f}s{csr} {extra['status']}"
         )
     print(f"{PROG}: {len(records)} rows appended to {args.results}; tabulate with hwprune compare")
     return 0

@@ -4,6 +4,9 @@ A stack of conv3x3-BN-ReLU layers and five 2x2 max-pools, then flatten -> Linear
 global pooling: the classifier's ``in_features`` is 512 x side x side where side is what the five
 pools leave of ``input_size`` (1 at 32 px), so pruning the last conv must also prune the Linear
 input through a flatten.
+
+``vgg16_slim`` is VGG16-BN's plan (13 conv-BN-ReLU layers, five pools) at 1/16 of the width (4 to 32
+channels, 59k parameters): the seeds' architecture at a size that trains on digits in seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ CFGS: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"] + [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
+SLIM_DIVISOR = 16
+CFGS["vgg16_slim"] = [c if c == "M" else int(c) // SLIM_DIVISOR for c in CFGS["vgg16"]]
 
 
 class VGG(nn.Module):
