@@ -20,7 +20,8 @@ keeps (all parameters minus the masked-out weights), ``params_before`` the dense
 ``density`` is kept/total over the pruned (prunable) tensors, ``density_whole_model`` over every
 parameter. ``target_value`` is the compression exactly as given; ``extra.compression_mode`` says how to
 read it. ``extra`` also holds per-layer density and effective FLOPs, ``status``, ``collapsed`` (no
-input-to-output path), ``paths_log10`` and the layers keeping no weight, the per-epoch training loss
+input-to-output path), ``paths_log10`` and the layers keeping no weight, the logits' spread over the
+pruning set after masking (:func:`~hwprune.sweep_status.logit_spread`), the per-epoch training loss
 and test top-1, the testing time(s) and the pruning settings.
 
 Masks follow Synaptic-Flow's selection rule by default (``mask_rule="reference"``: remove the
@@ -60,7 +61,7 @@ from hwprune.prune.weight_masking import (
     prune_weights,
 )
 from hwprune.results import ResultsStore, RunRecord, current_git_sha
-from hwprune.sweep_status import chance_ceiling, log10_paths, run_status
+from hwprune.sweep_status import chance_ceiling, log10_paths, logit_spread, run_status
 from hwprune.train import TrainConfig, evaluate, train
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,7 @@ def _one_run(
     paths = log10_paths(model, mask, (setup.in_channels, setup.image_size, setup.image_size))
     collapsed = bool(empty_layers) or paths == -math.inf
     mask.apply(model)
+    spread = logit_spread(model, prune_batches)
 
     result = train(model, train_loader, test_loader, run_config, weight_mask=mask)
     evaluation = evaluate(model, test_loader, run_config.device)
@@ -364,6 +366,7 @@ def _one_run(
         "collapsed_layers": empty_layers,
         "paths_log10": paths,
         "chance_ceiling": chance_ceiling(setup.num_classes, test_size),
+        "logit_spread_at_init": spread,
         "train_loss": [h.train_loss for h in result.history],
         "test_top1_curve": [h.test_top1 for h in result.history],
         "init": setup.init,

@@ -2,8 +2,8 @@ r"""Prune at initialization and train: the seed-004 sweep (pruner x compression 
 
 Examples::
 
-    # the embedded default: rand,mag,snip,grasp,synflow x 1,2,5,10,15,20 (ratio) on digits, VGG16-BN at
-    # 1/16 width (vgg16_slim) at 32 px, 3 channels
+    # the embedded default: rand,mag,snip,grasp,synflow x 1,2,5,10,15,20 (ratio) on digits, VGG11-BN at
+    # 1/16 width (vgg11_slim) at 32 px, 3 channels
     python tools/prune_at_init.py
 
     # the seed's VGG16 / CIFAR-10 table (data read from --data-dir, never downloaded)
@@ -33,9 +33,9 @@ from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, SYNFLOW_ROUND
 from hwprune.train import add_train_args, config_from_args
 
 PROG = "hwprune prune-at-init"
-# The embedded default (no --model/--dataset): the seeds' VGG16-BN at 1/16 width on digits as CIFAR-shaped
-# input, trained until the dense model converges; about two minutes on 2 CPU cores.
-DEFAULT_MODEL = "vgg16_slim"
+# The embedded default (no --model/--dataset): a CIFAR VGG with batch norm as the seeds' (VGG11-BN at 1/16
+# width) on digits as CIFAR-shaped input, trained until the dense model converges; about two minutes on a CPU.
+DEFAULT_MODEL = "vgg11_slim"
 DEFAULT_DATASET = "digits"
 DEFAULT_SMALL = {"epochs": 8, "lr": 0.1, "batch_size": 64, "image_size": 32, "channels": 3}
 

@@ -9,6 +9,8 @@
 * ``untrainable``: connected, yet the trained model's test top-1 is not above chance: at most
   1/classes plus three binomial standard errors of a chance classifier on the test set's size.
 * ``ok``: anything else.
+
+:func:`logit_spread` tells an untrainable run's cause apart: logits that hardly depend on the input.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 from hwprune.prune.masks import WeightMask
+from hwprune.prune.scorers import scoring_state
 
 STATUSES = ("ok", "untrainable", "collapsed")
 _WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -58,6 +61,19 @@ def log10_paths(model: nn.Module, mask: WeightMask, input_shape: tuple[int, ...]
     if math.isnan(total):  # a count past float64 met a pruned weight (inf * 0): undetermined
         return None
     return math.log10(total) if total > 0 else -math.inf
+
+
+@torch.no_grad()
+def logit_spread(model: nn.Module, batches) -> float:
+    """How much the logits depend on the input: their standard deviation over samples, averaged over classes.
+
+    Measured as training's first step sees the model: masked, in train mode (batch norm on batch
+    statistics; its running statistics are restored after). Near zero, the output is a constant set by
+    the biases, and the gradient reaching the early layers vanishes with the signal.
+    """
+    with scoring_state(model, (), train_mode=True):
+        logits = torch.cat([model(x) for x, _ in batches])
+    return float(logits.std(dim=0).mean())
 
 
 def chance_ceiling(num_classes: int, test_size: int) -> float:

@@ -58,7 +58,7 @@ def test_status_rules():
 
 def test_reference_init_is_kaiming_normal_with_zero_biases():
     torch.manual_seed(0)
-    net = reference_init(get_model("vgg16_slim", num_classes=10, in_channels=3, input_size=32))
+    net = reference_init(get_model("vgg11_slim", num_classes=10, in_channels=3, input_size=32))
     conv = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1]  # 32 x 32 x 3 x 3
     fan_in = conv.weight[0].numel()
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
@@ -94,7 +94,7 @@ def test_random_mask_at_density_02_trains_well_above_chance_on_digits(tmp_path):
     assert min(extra["train_loss"]) > math.log(10) - 0.05
 
 
-@pytest.mark.parametrize("name", ["lenet5", "vgg16_slim"])
+@pytest.mark.parametrize("name", ["lenet5", "vgg11_slim"])
 def test_csr_model_computes_the_masked_model(name):
     torch.manual_seed(0)
     channels, size = (1, 28) if name == "lenet5" else (3, 32)
@@ -127,7 +127,7 @@ def test_csr_conv_strides_padding_dilation_and_grouped_conv_left_dense():
 
 def test_sweep_rows_carry_status_paths_curves_and_both_testing_times(tmp_path):
     records = run_sweep(
-        "vgg16_slim",
+        "vgg11_slim",
         "digits",
         ["rand", "synflow"],
         [10],

@@ -5,8 +5,9 @@ global pooling: the classifier's ``in_features`` is 512 x side x side where side
 pools leave of ``input_size`` (1 at 32 px), so pruning the last conv must also prune the Linear
 input through a flatten.
 
-``vgg16_slim`` is VGG16-BN's plan (13 conv-BN-ReLU layers, five pools) at 1/16 of the width (4 to 32
-channels, 59k parameters): the seeds' architecture at a size that trains on digits in seconds on a CPU.
+``vgg11_slim`` is VGG11-BN's plan (8 conv-BN-ReLU layers, five pools) at 1/16 of the width (4 to 32
+channels, 37k parameters): a seed-style CIFAR network at a size whose whole prune-at-init sweep (30 runs)
+trains on digits in about two minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CFGS: dict[str, list[int | str]] = {
     "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"] + [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 SLIM_DIVISOR = 16
-CFGS["vgg16_slim"] = [c if c == "M" else int(c) // SLIM_DIVISOR for c in CFGS["vgg16"]]
+CFGS["vgg11_slim"] = [c if c == "M" else int(c) // SLIM_DIVISOR for c in CFGS["vgg11"]]
 
 
 class VGG(nn.Module):
