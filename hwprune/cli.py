@@ -873,6 +873,7 @@ DELEGATED = {
     "prune-at-init": ("hwprune.sweep_cli", "prune at initialization, train, one results row per run (see --help)"),
     "compare": ("hwprune.compare_cli", "tables and plots from the results store (see --help)"),
     "train": ("hwprune.train.__main__", "train / fine-tune a model with a mask enforced (see --help)"),
+    "gate": ("hwprune.gate_cli", "GATOR channel gating with a FLOPs/memory/latency cost, then ship (see --help)"),
 }
 
 

@@ -78,6 +78,7 @@ def train_ddp(
     channel_mask: ChannelMask | None = None,
     graph=None,
     num_workers: int = 0,
+    objective=None,
 ) -> TrainResult:
     """Train ``model`` with DistributedDataParallel; call it on every rank with the same arguments.
 
@@ -90,6 +91,7 @@ def train_ddp(
         channel_mask: Channel mask to enforce on every rank.
         graph: The channel mask's graph (mapped from one training sample when None).
         num_workers: DataLoader workers per rank.
+        objective: What a training method adds to the loss (see :func:`~hwprune.train.loop.fit`).
 
     Returns:
         The :class:`TrainResult` (identical metrics on every rank; checkpoints only on rank 0).
@@ -112,7 +114,9 @@ def train_ddp(
             test_loader = DataLoader(shard, batch_size=per_rank, shuffle=False, num_workers=num_workers)
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        return fit(model, train_loader, test_loader, config, runtime, enforcer, net=net, sampler=sampler)
+        return fit(
+            model, train_loader, test_loader, config, runtime, enforcer, net=net, sampler=sampler, objective=objective
+        )
     finally:
         if owned:
             dist.destroy_process_group()

@@ -23,6 +23,7 @@ from hwprune.train.checkpoint import save_checkpoint
 from hwprune.train.config import TrainConfig
 from hwprune.train.logger import MetricsLogger
 from hwprune.train.masking import MaskEnforcer
+from hwprune.train.objective import Objective
 from hwprune.train.runtime import Runtime, resolve_device, wait
 from hwprune.train.schedule import lr_at, set_lr
 
@@ -168,7 +169,7 @@ def make_enforcer(
     return MaskEnforcer(model, weight_mask, channel_mask, graph, example)
 
 
-def _train_epoch(net, loader, runtime, criterion, optimizer, enforcer) -> tuple[float, float, float]:
+def _train_epoch(net, loader, runtime, criterion, optimizer, enforcer, objective) -> tuple[float, float, float]:
     net.train()
     dev = runtime.device
     sums = [torch.zeros((), device=dev) for _ in range(3)]
@@ -176,17 +177,20 @@ def _train_epoch(net, loader, runtime, criterion, optimizer, enforcer) -> tuple[
     for x, y in loader:
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        out = net(x)
-        loss = criterion(out, y)
-        loss.backward()
+        for xs, ys in zip(x.chunk(objective.subdivision), y.chunk(objective.subdivision), strict=True):
+            out = net(xs)
+            loss = criterion(out, ys)
+            extra = objective.extra_loss()
+            ((loss if extra is None else loss + extra) * (len(ys) / len(y))).backward()
+            with torch.no_grad():
+                c1, c5 = _correct(out.detach(), ys)
+                sums[0] += loss.detach() * len(ys)
+                sums[1] += c1
+                sums[2] += c5
         enforcer.mask_grads()
         runtime.optimizer_step(optimizer)
         enforcer.apply()
-        with torch.no_grad():
-            c1, c5 = _correct(out.detach(), y)
-            sums[0] += loss.detach() * len(y)
-            sums[1] += c1
-            sums[2] += c5
+        objective.after_step()
         count += len(y)
         runtime.step_done()
     loss, top1, top5, _ = _finish(runtime, sums, count)
@@ -212,6 +216,7 @@ def fit(
     enforcer: MaskEnforcer,
     net: nn.Module | None = None,
     sampler=None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """The training loop shared by :func:`train` and :func:`~hwprune.train.ddp.train_ddp`.
 
@@ -224,14 +229,17 @@ def fit(
         enforcer: Masks to hold (may be empty).
         net: What the forward pass calls (the DDP wrapper); ``model`` when None.
         sampler: A DistributedSampler to reseed each epoch, or None.
+        objective: What a training method adds (a loss term, parameter groups, gradient
+            accumulation; :class:`~hwprune.train.objective.Objective`); None: nothing.
     """
     start = time.perf_counter()
     net = model if net is None else net
+    objective = objective or Objective()
     torch.manual_seed(config.seed)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(
-        model.parameters(),
+        objective.param_groups(model),
         lr=lr_at(config, 0),
         momentum=config.momentum,
         weight_decay=config.weight_decay,
@@ -265,7 +273,7 @@ def fit(
             lr = lr_at(config, epoch)
             set_lr(optimizer, lr)
             t0 = time.perf_counter()
-            loss, top1, top5 = _train_epoch(net, train_loader, runtime, criterion, optimizer, enforcer)
+            loss, top1, top5 = _train_epoch(net, train_loader, runtime, criterion, optimizer, enforcer, objective)
             stats = EpochStats(epoch + 1, lr, loss, top1, top5, time.perf_counter() - t0)
             result.train_seconds += stats.seconds
             if not math.isfinite(loss):
@@ -283,7 +291,7 @@ def fit(
             result.history.append(stats)
             _sync_buffers(model, runtime)
             checkpoint("last", epoch + 1, stats)
-            logger.log(epoch + 1, {k: v for k, v in asdict(stats).items() if k != "epoch"})
+            logger.log(epoch + 1, {k: v for k, v in asdict(stats).items() if k != "epoch"} | objective.epoch_metrics())
             if runtime.is_main:
                 test = f", test top-1 {stats.test_top1:.4f}" if stats.test_top1 is not None else ""
                 log.info(
@@ -305,6 +313,7 @@ def train(
     weight_mask: WeightMask | None = None,
     channel_mask: ChannelMask | None = None,
     graph=None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` in this process with SGD, holding the masks' pruned weights at exactly zero.
 
@@ -317,6 +326,7 @@ def train(
         channel_mask: Channel mask to enforce (its weight-level pattern).
         graph: The ChannelGraph ``channel_mask`` was made for; mapped from one training sample
             when None.
+        objective: What a training method adds to the loss (None: plain cross-entropy).
 
     Returns:
         The :class:`TrainResult` (history, best/last accuracy, seconds, checkpoint paths).
@@ -328,7 +338,7 @@ def train(
     runtime = Runtime(resolve_device(config.device))
     model.to(runtime.device)
     enforcer = make_enforcer(model, weight_mask, channel_mask, graph, getattr(train_loader, "dataset", None))
-    return fit(model, train_loader, test_loader, config, runtime, enforcer)
+    return fit(model, train_loader, test_loader, config, runtime, enforcer, objective=objective)
 
 
 def finetune(
