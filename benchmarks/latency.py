@@ -30,7 +30,6 @@ import torch
 from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.jobs import BUDGET_POINTS, ModelInput, prune_to_budget
 from hwprune.latency.backends import measure
 from hwprune.latency.model import LatencyModel
 from hwprune.latency.profiler import profile_edges, profiled_groups, spearman
@@ -38,6 +37,7 @@ from hwprune.latency.validate import validate
 from hwprune.models import get_model
 from hwprune.prune.budget import CostFn, solve
 from hwprune.prune.channel import norm_scores
+from hwprune.workflow import BUDGET_POINTS, ModelInput, prune_to_budget
 
 RESULTS = Path(__file__).parent / "results"
 ROUND_TO = 16

@@ -30,7 +30,7 @@ from hwprune.graph_mapper.crosscheck import match_groups, onnx_groups_of
 from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
 from hwprune.models import get_model
 from hwprune.models.zoo import zoo_case, zoo_cases
-from hwprune.prune.channel import mask_from_scores, norm_scores, random_scores
+from hwprune.prune.channel import norm_scores, random_scores, uniform_channel_mask
 
 RESULTS = Path(__file__).parent / "results"
 MATMUL_OPS = {
@@ -82,7 +82,7 @@ def coverage_row(qualified, size, tmp: Path):
         row["build_s"] = round(min_time(lambda: build_channel_graph(model, x, qualified), 3), 4)
         start = time.perf_counter()
         fx_graph = build_channel_graph(model, x, qualified)
-        mask = mask_from_scores(fx_graph, random_scores(fx_graph, 1), 0.4)
+        mask = uniform_channel_mask(fx_graph, random_scores(fx_graph, 1), 0.4)
         compact_model(fx_graph, mask)
         row["map_mask_compact_s"] = round(time.perf_counter() - start, 3)
         # fvcore counts the whole batch; the graph's MACs are per sample
@@ -98,7 +98,7 @@ def coverage_row(qualified, size, tmp: Path):
         onnx_graph = build_onnx_channel_graph(tmp / "dense.onnx", qualified)
         row["onnx_groups"] = len(onnx_graph.groups)
         row["onnx_prunable_groups"] = len(onnx_graph.prunable_groups)
-        onnx_mask = mask_from_scores(onnx_graph, random_scores(onnx_graph, 1), 0.4)
+        onnx_mask = uniform_channel_mask(onnx_graph, random_scores(onnx_graph, 1), 0.4)
         report = prune_onnx_file(tmp / "dense.onnx", onnx_mask, tmp / "onnx_pruned.onnx", graph=onnx_graph)
         row.update(onnx_max_rel_diff=report.max_rel_diff, onnx_ok=report.max_rel_diff is not None)
         if fx_graph is not None:
@@ -120,7 +120,7 @@ def speed_row(qualified, size, tp_build, tp_prune):
 
     def map_mask_compact():
         graph = build_channel_graph(model, x, qualified)
-        compact_model(graph, mask_from_scores(graph, norm_scores(graph, model), 0.5))
+        compact_model(graph, uniform_channel_mask(graph, norm_scores(graph, model), 0.5))
 
     full_s = min_time(map_mask_compact, 7)
     return dict(

@@ -7,7 +7,8 @@
     result.model                           # the compacted nn.Module, ready to train further
 
 Every call works on any traceable ``nn.Module`` (your own class included) with the weights it holds;
-nothing is downloaded and the module you pass is never modified.
+``map``, ``prune`` and ``export_onnx`` also take the path of an ONNX file instead (pruned, compacted, verified
+and timed as ONNX). Nothing is downloaded and the module or file you pass is never modified.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from hwprune.errors import HwpruneError
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.export.pipeline import ExportReport, export_pruned
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
-from hwprune.jobs import IMPORTANCE_SAMPLES, BudgetOutcome, ModelInput, prune_to_budget
 from hwprune.latency.lut import LUT
 from hwprune.latency.measurement import Measurement
 from hwprune.prune.masks import ChannelMask
+from hwprune.workflow import IMPORTANCE_SAMPLES, BudgetOutcome, ModelInput, OnnxInput, prune_to_budget
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -51,13 +52,25 @@ def _job(model: nn.Module, example_inputs, name: str | None) -> ModelInput:
     return ModelInput(name or type(model).__name__, model.eval(), _example(example_inputs))
 
 
-def map(model: nn.Module, example_inputs, name: str | None = None) -> ChannelGraph:  # noqa: A001 (the verb users know)
+def _input(model_or_onnx: nn.Module | str | Path, example_inputs, name: str | None) -> ModelInput | OnnxInput:
+    """A module with its example input, or an ONNX file (at the example's shape when one is given)."""
+    if not isinstance(model_or_onnx, (str, Path)):
+        return _job(model_or_onnx, example_inputs, name)
+    from hwprune import checks
+
+    path = Path(model_or_onnx)
+    shape = None if example_inputs is None else tuple(_example(example_inputs).shape)
+    checks.onnx_file(path, shape is not None, "model")
+    return OnnxInput.build(path, shape)
+
+
+def map(model: nn.Module | str | Path, example_inputs=None, name: str | None = None) -> ChannelGraph:  # noqa: A001
     """The channel groups of ``model``: which tensors must lose the same channels, what is frozen and why.
 
-    ``print(graph.summary())`` or ``graph.explain()`` shows them.
+    ``model`` is a module (with its example input) or an ONNX file's path. ``print(graph.summary())`` or
+    ``graph.explain()`` shows the groups.
     """
-    job = _job(model, example_inputs, name)
-    return build_channel_graph(job.model, job.example, job.name)
+    return _input(model, example_inputs, name).graph()
 
 
 @dataclass
@@ -65,17 +78,19 @@ class PruneResult:
     """A pruned model and the evidence for it.
 
     ``model`` is the compacted module (channels physically removed, equal to the masked model on your
-    weights and on randomised ones), ``mask`` the channels kept, ``report`` the budget's outcome: before
-    and after params/FLOPs, measured latency of the shipped artifact, predicted vs measured, the
-    equivalence figures. ``onnx_path`` is the verified ONNX file written to ``out`` (None without ``out``).
+    weights and on randomised ones; None when an ONNX file was pruned), ``mask`` the channels kept,
+    ``report`` the budget's outcome: before and after params/FLOPs, measured latency of the shipped artifact,
+    predicted vs measured, the equivalence figures. ``onnx_path`` is the verified ONNX file written to
+    ``out`` (None without ``out``); ``source`` the ONNX file pruned (None for a module).
     """
 
-    model: nn.Module
+    model: nn.Module | None
     mask: ChannelMask
     graph: ChannelGraph
     report: BudgetOutcome
     example: torch.Tensor
     onnx_path: Path | None = None
+    source: Path | None = None
 
     @property
     def export(self) -> ExportReport:
@@ -87,11 +102,18 @@ class PruneResult:
         return self.report.within_tolerance
 
     def save_onnx(self, path: str | Path, exporter: str = DEFAULT_EXPORTER) -> ExportReport:
-        """Write ``model`` as ONNX (folders created), verified in onnxruntime against it; nothing written on failure."""
+        """Write ``model`` as ONNX (folders created), verified in onnxruntime against it; nothing written on failure.
+
+        A pruned ONNX file is written again from its source, checked again against the masked file.
+        """
         from hwprune.export.pipeline import check_writable, export_verified
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         path = check_writable(path)
+        if self.source is not None:
+            from hwprune.export.onnx_compact import prune_onnx_file
+
+            return prune_onnx_file(self.source, self.mask, path, graph=self.graph)
         used, diff = export_verified(self.model, self.example, path, exporter)
         return dataclasses.replace(self.export, onnx_path=str(path), onnx_max_rel_diff=diff, exporter=used)
 
@@ -100,8 +122,8 @@ class PruneResult:
 
 
 def prune(
-    model: nn.Module,
-    example_inputs,
+    model: nn.Module | str | Path,
+    example_inputs=None,
     *,
     latency: float | None = None,
     flops: float | None = None,
@@ -128,6 +150,8 @@ def prune(
     (``taylor``, ``fisher``, ...) average over ``imp_samples`` of it, and ``finetune`` (a number of epochs
     of the built-in trainer on ``data``, or your own ``fn(model)``) trains the compacted model afterwards.
     ``out`` keeps mask.json, the LUT and the verified ONNX file; without it they live in a temporary folder.
+    ``model`` may be an ONNX file's path (``example_inputs`` then optional: it fixes the input shape); it is
+    pruned, timed and shipped as ONNX on an onnxruntime backend, with weight-based importances.
     """
     budgets = {k: v for k, v in (("latency", latency), ("flops", flops), ("params", params)) if v is not None}
     if len(budgets) != 1:
@@ -135,7 +159,7 @@ def prune(
     [(kind, target)] = budgets.items()
     if isinstance(finetune, int) and finetune and data is None:
         raise HwpruneError("finetune=<epochs> trains on data=: pass your DataLoader (or give finetune=your_fn)")
-    job = _job(model, example_inputs, name)
+    job = _input(model, example_inputs, name)
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
         folder = Path(out) if out is not None else Path(tmp)
         report = prune_to_budget(
@@ -163,6 +187,7 @@ def prune(
         report,
         job.example,
         Path(outcome.export.onnx_path) if out is not None else None,
+        job.path if isinstance(job, OnnxInput) else None,
     )
 
 
@@ -183,8 +208,8 @@ def profile(
 
     ``journal`` makes an interrupted profile resume; ``lut.save(path)`` writes it for ``prune(lut=...)``.
     """
-    from hwprune.jobs import DEFAULT_ROUND_TO
     from hwprune.latency.profiler import profile_edges
+    from hwprune.workflow import DEFAULT_ROUND_TO
 
     job = _job(model, example_inputs, name)
     graph = build_channel_graph(job.model, job.example, job.name)
@@ -203,13 +228,22 @@ def profile(
 
 
 def export_onnx(
-    model: nn.Module, mask: ChannelMask, example_inputs, path: str | Path, exporter: str = DEFAULT_EXPORTER
-) -> tuple[nn.Module, ExportReport]:
+    model: nn.Module | str | Path,
+    mask: ChannelMask,
+    example_inputs,
+    path: str | Path,
+    exporter: str = DEFAULT_EXPORTER,
+) -> tuple[nn.Module | None, ExportReport]:
     """Compact ``model`` with ``mask``, prove it equal to the masked model, write verified ONNX to ``path``.
 
-    Returns the compacted module and the report (params, FLOPs, equivalence figures).
+    Returns the compacted module and the report (params, FLOPs, equivalence figures). ``model`` may be an
+    ONNX file's path: the file itself is compacted and checked in onnxruntime (no module: None).
     """
-    job = _job(model, example_inputs, None)
+    job = _input(model, example_inputs, mask.model or None)
+    if isinstance(job, OnnxInput):
+        from hwprune.export.onnx_compact import prune_onnx_file
+
+        return None, prune_onnx_file(job.path, mask, path, graph=job.graph())
     graph = build_channel_graph(job.model, job.example, mask.model or job.name)
     return export_pruned(job.model, graph, mask, job.example, path, exporter=exporter)
 

@@ -29,12 +29,16 @@ DEMO_OUT = Path("out/demo")
 PRUNE_EXIT = {"missed": 1, "undecided": 3}
 
 
-def _model_options(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
+DEFAULT_PRUNE_MODEL = "resnet18"
+
+
+def _model_options(p: argparse.ArgumentParser, default_model: str | None = None, or_onnx: bool = False) -> None:
+    """--model and what builds it; ``or_onnx``: --onnx may replace it, so ``default_model`` applies only without."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        default=default_model,
-        help=("(required) " if default_model is None else "")
+        default=None if or_onnx else default_model,
+        help=("(required) " if default_model is None else f"(default {default_model}) ")
         + "zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate",
     )
     g.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: the model's)")
@@ -86,16 +90,16 @@ def _mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
-    from hwprune.jobs import IMPORTANCE_SAMPLES
+    from hwprune import workflow
 
     p.add_argument("--data", default=None, help="dataset for gradient-based importances (digits works offline)")
     p.add_argument("--data-dir", default=None, help="folder of file-based datasets (see `hwprune datasets`)")
     p.add_argument(
         "--imp-samples",
         type=int,
-        default=IMPORTANCE_SAMPLES,
+        default=workflow.IMPORTANCE_SAMPLES,
         help=f"training examples gradient-based importances average over, in mini-batches of 128 "
-        f"(default {IMPORTANCE_SAMPLES}, as seed 001)",
+        f"(default {workflow.IMPORTANCE_SAMPLES}, as seed 001)",
     )
 
 
@@ -163,9 +167,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "prune",
         "Prune to a budget: --latency/--flops/--params RATIO of the dense model. Latency is predicted from "
         "an edge profile (measured now unless --lut is given), then measured on --backend and corrected "
-        "until within --tolerance. Writes mask.json, the verified compacted ONNX and a results row.",
+        "until within --tolerance. Writes mask.json, the verified compacted ONNX and a results row. "
+        "--onnx prunes an ONNX file instead (timed, compacted and shipped as ONNX, on ort-cpu/ort-cuda).",
     )
-    _model_options(p, "resnet18")
+    _model_options(p, DEFAULT_PRUNE_MODEL, or_onnx=True)
+    _onnx_option(p)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--latency", type=float, default=None, help="target latency ratio, e.g. 0.5")
     budget.add_argument("--flops", type=float, default=None, help="target conv/linear MACs ratio")
@@ -312,14 +318,14 @@ def _parse_all(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 
 def _job(args):
-    from hwprune.jobs import ModelInput
+    from hwprune import workflow
 
     if getattr(args, "data", None) and args.num_classes is None:  # the classifier must match its data
         from hwprune.data import dataset_info
 
         args.num_classes = dataset_info(args.data).num_classes
 
-    return ModelInput.build(
+    return workflow.ModelInput.build(
         args.model, args.input_size, args.batch, args.num_classes, args.in_channels, args.seed, args.weights
     )
 
@@ -328,13 +334,13 @@ def _model_or_onnx(args):
     """The job of map/mask/export: a zoo model (--model) or an ONNX file (--onnx), never both."""
     if args.onnx is None:
         return _job(args)
-    from hwprune.graph_mapper.onnx_mapper import OnnxJob
+    from hwprune.workflow import OnnxInput
 
-    return OnnxJob.build(args.onnx, checks.input_shape(args.input_shape))
+    return OnnxInput.build(args.onnx, checks.input_shape(args.input_shape))
 
 
 def cmd_demo(args) -> None:
-    from hwprune.jobs import make_mask, prune_export_measure
+    from hwprune import workflow
     from hwprune.results import ResultsStore
 
     start = time.perf_counter()
@@ -342,10 +348,12 @@ def cmd_demo(args) -> None:
         job, graph = _job_and_graph(args)
         print(graph.summary())
         set_stage("computing the mask")
-        mask = make_mask(job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples)
+        mask = workflow.make_mask(
+            job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples
+        )
         mask.save(stage.staged("mask.json"))
         set_stage("compacting, exporting, verifying and timing")
-        outcome = prune_export_measure(
+        outcome = workflow.prune_export_measure(
             job,
             mask,
             graph,
@@ -426,11 +434,13 @@ def cmd_map(args) -> None:
 
 
 def cmd_mask(args) -> None:
-    from hwprune.jobs import make_mask
+    from hwprune import workflow
 
     job, graph = _job_and_graph(args)
     set_stage("computing the mask")
-    mask = make_mask(job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples)
+    mask = workflow.make_mask(
+        job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples
+    )
     mask.save(args.out)
     print(
         f"{args.out}: {len(mask.pruned_groups())} groups pruned, channel density "
@@ -439,7 +449,7 @@ def cmd_mask(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from hwprune.jobs import make_mask, prune_export_measure
+    from hwprune import workflow
     from hwprune.prune.masks import ChannelMask
 
     job, graph = _job_and_graph(args)
@@ -447,14 +457,16 @@ def cmd_export(args) -> None:
     mask = (
         ChannelMask.load(args.mask)
         if args.mask
-        else make_mask(job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples)
+        else workflow.make_mask(
+            job, graph, args.method, args.ratio, args.seed, args.data, args.data_dir, args.imp_samples
+        )
     )
     if args.onnx is not None:
         _export_onnx_file(args, job, graph, mask)
         return
     method = mask.meta.get("method", args.method)
     set_stage("compacting, exporting and verifying")
-    outcome = prune_export_measure(
+    outcome = workflow.prune_export_measure(
         job,
         mask,
         graph,
@@ -497,7 +509,7 @@ def _budget(args) -> tuple[str, float]:
 
 
 def cmd_prune(args) -> None:
-    from hwprune.jobs import prune_to_budget
+    from hwprune import workflow
     from hwprune.results import ResultsStore
 
     kind, target = _budget(args)
@@ -508,11 +520,12 @@ def cmd_prune(args) -> None:
             stack.enter_context(checks.created_dir(lut_path.parent))
             stack.enter_context(_journal_kept_if_measured(lut_path.with_suffix(".journal.jsonl")))
         stage = stack.enter_context(checks.StagedDir(args.out))  # mask, ONNX: all moved into OUT at the end, or none
-        set_stage(f"building {args.model}")
-        job = _job(args)
+        source = args.model if args.onnx is None else args.onnx
+        set_stage(f"building {source}")
+        job = _model_or_onnx(args)
         steps = "map, score, profile, solve, export" if profiles else "map, score, solve, export"
-        set_stage(f"pruning {args.model} to the {kind} budget ({steps})")
-        result = prune_to_budget(
+        set_stage(f"pruning {source} to the {kind} budget ({steps})")
+        result = workflow.prune_to_budget(
             job,
             kind,
             target,
@@ -766,7 +779,19 @@ def _check_export(args) -> None:
 def _check_prune(args) -> None:
     from hwprune.latency.lut import LUT
 
-    _check_model(args)
+    if args.onnx is None and args.model is None:
+        args.model = DEFAULT_PRUNE_MODEL
+    _check_source(args)
+    if args.onnx is not None:
+        from hwprune.graph_mapper.onnx_mapper import check_onnx_importance
+
+        check_onnx_importance(args.importance)
+        if not args.backend.startswith("ort"):
+            raise HwpruneError(
+                f"--onnx is timed in onnxruntime: use --backend ort-cpu or ort-cuda (got {args.backend})"
+            )
+        if args.finetune_epochs:
+            raise HwpruneError("--finetune-epochs needs a PyTorch model: an ONNX file has no module to train")
     kind, target = _budget(args)
     checks.prune_settings(kind, target, args.threads, args.repeats, args.tolerance, args.round_to, args.finetune_epochs)
     checks.backend(args.backend)

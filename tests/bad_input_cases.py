@@ -94,11 +94,11 @@ def make_inputs(root: Path) -> Inputs:
 
     from hwprune.export.onnx_export import DEFAULT_EXPORTER, export_onnx
     from hwprune.graph_mapper.cost import CostModel
-    from hwprune.jobs import ModelInput, make_mask
     from hwprune.latency.lut import LUT, EdgePoint
     from hwprune.latency.profiler import _header, kept_for, profiled_groups
     from hwprune.prune.masks import WeightMask
     from hwprune.results import ResultsStore, RunRecord
+    from hwprune.workflow import ModelInput, make_mask
 
     root.mkdir(parents=True, exist_ok=True)
     job = ModelInput.build(MODEL)

@@ -165,8 +165,8 @@ def test_weights_round_trip_through_the_cli_safetensors_and_state_dict(tmp_path,
     from safetensors.torch import save_file
 
     from hwprune.cli import main
-    from hwprune.jobs import ModelInput
     from hwprune.models import get_model
+    from hwprune.workflow import ModelInput
 
     torch.manual_seed(7)
     trained = get_model("lenet5")

@@ -12,7 +12,7 @@ from hwprune.export.attention import PrunedMultiheadAttention
 from hwprune.export.compact import compact_model, masked_model
 from hwprune.flops import count_flops
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.prune.channel import mask_from_scores, random_scores
+from hwprune.prune.channel import random_scores, uniform_channel_mask
 from hwprune.prune.masks import ChannelMask
 
 
@@ -66,7 +66,7 @@ def test_pruned_attention_equals_masked_attention(batch_first):
     model = Block(batch_first=batch_first).eval()
     x = torch.randn(2, 5, 6) if batch_first else torch.randn(5, 2, 6)
     graph = build_channel_graph(model, x)
-    mask = mask_from_scores(graph, random_scores(graph, seed=3), 0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=3), 0.5)
     pruned = {graph.groups[g].name for g in mask.pruned_groups()}
     assert "attn" in pruned and "mlp.0" in pruned
     compacted = compact_model(graph, mask)
@@ -170,7 +170,7 @@ def test_written_out_attention_prunes_head_dims_exactly(fused, indexed):
     # dimension j of every head, for q, k and v alike, is one channel: 4 channels of 12 rows each
     assert inner.prunable and inner.exact and inner.size == 4
     assert by[("proj.weight", 1)] is inner
-    mask = mask_from_scores(graph, random_scores(graph, seed=2), 0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=2), 0.5)
     assert inner.id in mask.pruned_groups()
     compacted = compact_model(graph, mask)
     assert compacted.qkv.weight.shape[0] == 3 * 4 * 2  # 2 of 4 dims kept in every head
@@ -210,7 +210,7 @@ def test_functional_linear_and_batch_norm_map_like_their_modules():
     assert [(s.tensor, s.axis) for s in conv.consumers] == [("fc1.weight", 1)]
     assert [(s.tensor, s.axis) for s in hidden.consumers] == [("fc2.weight", 1)]
     assert graph.prunable_macs_share() == 1.0
-    mask = mask_from_scores(graph, random_scores(graph, seed=0), 0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=0), 0.5)
     compacted = compact_model(graph, mask)
     with torch.no_grad():
         torch.testing.assert_close(compacted(x), masked_model(model, graph, mask)(x), rtol=1e-5, atol=1e-5)

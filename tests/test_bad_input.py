@@ -396,7 +396,7 @@ def test_mistyped_backend_leaves_no_journal_that_blocks_the_fix(fake_timing, tmp
 def test_prune_failure_keeps_the_journal_only_when_it_holds_measurements(measured, tmp_path, monkeypatch):
     """A latency prune profiles into OUT/lut.journal.jsonl (where a rerun resumes); a run that fails keeps it
     only when it holds measurements, and leaves no mask, ONNX, staging folder or empty OUT behind."""
-    import hwprune.jobs as jobs
+    import hwprune.workflow as workflow
 
     seen = {}
 
@@ -408,7 +408,7 @@ def test_prune_failure_keeps_the_journal_only_when_it_holds_measurements(measure
         journal.write_text("".join(json.dumps(r) + "\n" for r in lines))
         raise HwpruneError("the backend failed (simulated)")
 
-    monkeypatch.setattr(jobs, "prune_to_budget", fake_prune)
+    monkeypatch.setattr(workflow, "prune_to_budget", fake_prune)
     out = tmp_path / "runs" / "p"
     code, _, err = run_main(["prune", "--model", MODEL, "--latency", "0.7", "--out", str(out)])
     assert code == 2 and "simulated" in err
@@ -421,12 +421,12 @@ def test_prune_failure_keeps_the_journal_only_when_it_holds_measurements(measure
 
 
 def test_prune_without_lut_into_a_fresh_folder_passes_the_checks(tmp_path, monkeypatch):
-    import hwprune.jobs as jobs
+    import hwprune.workflow as workflow
 
     def reached(*a, **k):
         raise HwpruneError("reached prune_to_budget")
 
-    monkeypatch.setattr(jobs, "prune_to_budget", reached)
+    monkeypatch.setattr(workflow, "prune_to_budget", reached)
     out = tmp_path / "a" / "b"
     code, _, err = run_main(["prune", "--model", MODEL, "--latency", "0.7", "--out", str(out)])
     assert code == 2 and "reached prune_to_budget" in err  # every check passed
@@ -434,15 +434,15 @@ def test_prune_without_lut_into_a_fresh_folder_passes_the_checks(tmp_path, monke
 
 
 def test_failure_mid_run_leaves_the_output_folder_as_it_was(tmp_path, monkeypatch):
-    import hwprune.jobs as jobs
+    import hwprune.workflow as workflow
 
-    real = jobs.prune_export_measure
+    real = workflow.prune_export_measure
 
     def fails_after_writing(job, mask, graph, onnx_path, *a, **k):
         Path(onnx_path).write_bytes(b"half")  # a file in the staging folder, then a failure
         raise HwpruneError("export failed verification (simulated)")
 
-    monkeypatch.setattr(jobs, "prune_export_measure", fails_after_writing)
+    monkeypatch.setattr(workflow, "prune_export_measure", fails_after_writing)
     out = tmp_path / "deep" / "demo"
     code, _, err = run_main(["demo", "--model", MODEL, "--out", str(out)])
     assert code == 2 and "simulated" in err
@@ -453,16 +453,16 @@ def test_failure_mid_run_leaves_the_output_folder_as_it_was(tmp_path, monkeypatc
     before = snapshot(tmp_path)
     assert run_main(["demo", "--model", MODEL, "--out", str(out)])[0] == 2
     assert snapshot(tmp_path) == before
-    monkeypatch.setattr(jobs, "prune_export_measure", real)
+    monkeypatch.setattr(workflow, "prune_export_measure", real)
 
 
 def test_internal_error_is_one_line_naming_the_stage_traceback_with_debug(tmp_path, monkeypatch):
-    import hwprune.jobs as jobs
+    import hwprune.workflow as workflow
 
     def bug(*a, **k):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(jobs, "make_mask", bug)
+    monkeypatch.setattr(workflow, "make_mask", bug)
     argv = ["mask", "--model", MODEL, "--out", str(tmp_path / "m.json")]
     code, _, err = run_main(argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -475,13 +475,13 @@ def test_internal_error_is_one_line_naming_the_stage_traceback_with_debug(tmp_pa
 
 
 def test_interrupt_during_work_leaves_nothing_half_written(tmp_path, monkeypatch):
-    import hwprune.jobs as jobs
+    import hwprune.workflow as workflow
 
     def interrupted(job, mask, graph, onnx_path, *a, **k):
         Path(onnx_path).write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(jobs, "prune_export_measure", interrupted)
+    monkeypatch.setattr(workflow, "prune_export_measure", interrupted)
     code, _, err = run_main(["demo", "--model", MODEL, "--out", str(tmp_path / "d")])
     assert code == 130 and len(err.strip().splitlines()) == 1 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
@@ -516,10 +516,10 @@ def test_flops_budget_below_the_floor_names_the_best_and_what_binds(tmp_path):
 
 
 def test_python_api_refuses_the_same_input(inputs):
-    from hwprune.jobs import ModelInput, prune_to_budget
     from hwprune.latency.lut import LUT
     from hwprune.prune.masks import ChannelMask
     from hwprune.train import TrainConfig
+    from hwprune.workflow import ModelInput, prune_to_budget
 
     with pytest.raises(HwpruneError, match="outside the group's channels"):
         ChannelMask.load(inputs.file("m_oor.json"))

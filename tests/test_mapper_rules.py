@@ -12,7 +12,7 @@ from hwprune.export.compact import compact_model, masked_model
 from hwprune.export.verify import max_rel_diff, randomize_for_check
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PRODUCER
-from hwprune.prune.channel import mask_from_scores, random_scores
+from hwprune.prune.channel import random_scores, uniform_channel_mask
 from hwprune.prune.masks import ChannelMask
 
 # ----------------------------------------------------------------------------- helpers
@@ -51,7 +51,7 @@ def tensors(group, role):
 
 def assert_compacts_exactly(model, x, graph, ratio=0.5, seed=1):
     """A random mask over the prunable groups compacts to a model equal to the masked model."""
-    mask = mask_from_scores(graph, random_scores(graph, seed), ratio)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed), ratio)
     assert mask.pruned_groups(), "the mask removes nothing"
     compacted = compact_model(graph, mask).eval()
     oracle = masked_model(model, graph, mask).eval()
@@ -440,10 +440,10 @@ def test_layer_norm_over_channels_is_inexact():
     g2 = group_of(graph, "c2.weight", 0)
     assert g2.exact and g2.prunable
     # layer-uniform pruning leaves inexact groups alone unless asked
-    mask = mask_from_scores(graph, random_scores(graph, 0), 0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, 0), 0.5)
     assert g.id not in mask.keep and g2.id in mask.keep
     # compaction of the inexact group still runs and yields the right shapes
-    mask = mask_from_scores(graph, random_scores(graph, 0), 0.5, include_inexact=True)
+    mask = uniform_channel_mask(graph, random_scores(graph, 0), 0.5, include_inexact=True)
     compacted = compact_model(graph, mask).eval()
     k = int(mask.keep[g.id].sum())
     assert compacted.ln.normalized_shape == (k,) and compacted.c2.in_channels == k

@@ -10,7 +10,7 @@ from torch import nn
 
 from hwprune.errors import HwpruneError, MaskMismatchError
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.prune.channel import keep_count, mask_from_scores, norm_scores, top_k_mask
+from hwprune.prune.channel import channels_kept, norm_scores, top_k_mask, uniform_channel_mask
 from hwprune.prune.masks import ChannelMask, WeightMask
 
 shapes = st.lists(st.integers(1, 7), min_size=1, max_size=4).map(tuple)
@@ -58,7 +58,7 @@ class Grouped(nn.Module):
 def test_constrained_keep_counts_are_valid(ratio, rnd):
     graph = build_channel_graph(Grouped(), torch.randn(1, 3, 6, 6))
     for group in graph.prunable_groups:
-        k = keep_count(group, ratio)
+        k = channels_kept(group, ratio)
         assert 1 <= k <= group.size
         if group.blocks:
             assert k % len(group.blocks) == 0
@@ -102,7 +102,7 @@ def test_l1_scores_rank_channels_by_producer_norm():
     scores = norm_scores(graph, model, p=1)
     group = next(g for g in graph.groups if any(s.tensor == "a.weight" for s in g.producers))
     np.testing.assert_allclose(scores[group.id], np.arange(8.0) * 27)
-    mask = mask_from_scores(graph, scores, 0.5)
+    mask = uniform_channel_mask(graph, scores, 0.5)
     # blocks of 2 channels: the stronger channel of each block survives
     assert np.flatnonzero(mask.keep[group.id]).tolist() == [1, 3, 5, 7]
 

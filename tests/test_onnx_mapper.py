@@ -22,7 +22,7 @@ from hwprune.graph_mapper.crosscheck import match_groups
 from hwprune.graph_mapper.onnx_mapper import InitializerParameters, build_onnx_channel_graph, random_feeds
 from hwprune.graph_mapper.onnx_ops import attr
 from hwprune.models.zoo import zoo_case
-from hwprune.prune.channel import mask_from_scores, random_scores
+from hwprune.prune.channel import random_scores, uniform_channel_mask
 from hwprune.prune.importance import CHANNEL_IMPORTANCES
 from hwprune.prune.masks import ChannelMask
 
@@ -80,7 +80,7 @@ def test_random_mask_compacts_the_file_exactly(qualified, size, exporter, export
     graph = build_onnx_channel_graph(path)
     assert graph.prunable_groups and graph.prunable_macs_share() > 0.95
     assert all(g.prunable or g.reason for g in graph.groups)
-    mask = mask_from_scores(graph, random_scores(graph, seed=1), ratio=0.4)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=1), ratio=0.4)
     assert mask.pruned_groups()
     compacted, masked = compact_onnx(graph, mask), masked_onnx(graph, mask)
     # every producer axis lost exactly the removed channels
@@ -177,7 +177,7 @@ def test_every_handled_op_compacts_exactly(exporter, tmp_path):
     assert ("GatherND" in {n.op_type for n in graph.gm.graph.node}) == (exporter == "dynamo")
     frozen = [g.name for g in graph.groups if not g.prunable]
     assert len(graph.groups) == 8 and frozen == ["fc"]
-    mask = mask_from_scores(graph, random_scores(graph, seed=1), ratio=0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=1), ratio=0.5)
     assert len(mask.pruned_groups()) == 7
     compacted = compact_onnx(graph, mask)
     feeds = random_feeds(graph.gm, seed=1)
@@ -225,7 +225,7 @@ def test_unhandled_op_freezes_the_channels_reaching_it(cumsum_onnx, tmp_path):
     assert not groups["conv1"].prunable
     assert groups["conv1"].reason == f"no handler for ONNX op CumSum (node {cumsum})"
     assert groups["conv2"].prunable and groups["conv3"].prunable
-    mask = mask_from_scores(graph, random_scores(graph, seed=0), ratio=0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=0), ratio=0.5)
     assert sorted(mask.pruned_groups()) == sorted([groups["conv2"].id, groups["conv3"].id])
     report = prune_onnx_file(cumsum_onnx, mask, tmp_path / "small.onnx")
     assert report.max_rel_diff <= 1e-4 and report.params_after < report.params_before
@@ -251,7 +251,7 @@ def test_custom_domain_op_fails_closed_without_onnxruntime(cumsum_onnx, tmp_path
     groups = _by_producer(graph)
     assert groups["conv1"].reason == f"no handler for ONNX op com.example::MyOp (node {node.name})"
     assert groups["conv2"].prunable and groups["conv3"].prunable
-    mask = mask_from_scores(graph, random_scores(graph, seed=0), ratio=0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=0), ratio=0.5)
     compacted = {t.name: tuple(t.dims) for t in compact_onnx(graph, mask).graph.initializer}
     assert compacted["conv2.weight"] == (8, 8, 3, 3)  # compacts, but cannot be verified:
     with pytest.raises(VerificationError, match="onnxruntime cannot run .* nothing was written"):
@@ -294,7 +294,7 @@ def test_dynamic_batch_freezes_computed_shapes_unless_an_input_shape_is_given(tm
     dynamic = build_onnx_channel_graph(path)
     frozen = [g.reason for g in dynamic.groups if not g.prunable]
     assert any("to a computed shape" in r for r in frozen) and len(dynamic.prunable_groups) >= 10
-    mask = mask_from_scores(dynamic, random_scores(dynamic, seed=1), ratio=0.4)
+    mask = uniform_channel_mask(dynamic, random_scores(dynamic, seed=1), ratio=0.4)
     compacted, masked = compact_onnx(dynamic, mask), masked_onnx(dynamic, mask)
     for batch in (1, 3):  # the compacted file keeps its dynamic batch
         feeds = {"input": np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)}
@@ -338,7 +338,7 @@ def test_input_shapes_that_cannot_be_determined_are_refused():
 def test_prune_onnx_file_writes_nothing_unless_verified(exported, tmp_path):
     _, _, path = exported("seed:resnet20", None, "dynamo")
     graph = build_onnx_channel_graph(path)
-    mask = mask_from_scores(graph, random_scores(graph, seed=2), ratio=0.5)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=2), ratio=0.5)
     dst = tmp_path / "out" / "small.onnx"
     dst.parent.mkdir()
     with pytest.raises(VerificationError, match="nothing was written"):

@@ -13,7 +13,7 @@ from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.crosscheck import match_groups, onnx_groups_of
 from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
 from hwprune.models.zoo import SLOW, UNTRACEABLE, zoo_case, zoo_cases
-from hwprune.prune.channel import mask_from_scores, random_scores
+from hwprune.prune.channel import random_scores, uniform_channel_mask
 
 # fx maps nn.MultiheadAttention and Swin's window attention as one op (compaction swaps in a call
 # with free head widths), so query/key and value dimensions are separate groups there; the ONNX
@@ -62,7 +62,7 @@ def test_onnx_front_end_matches_fx_and_compacts_exactly(qualified, size, tmp_pat
         else:
             assert match.ok, "\n".join(match.differences[:5])
 
-    mask = mask_from_scores(graph, random_scores(graph, seed=1), 0.4)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=1), 0.4)
     assert mask.pruned_groups()
     report = prune_onnx_file(dense, mask, tmp_path / "pruned.onnx", graph=graph)
     assert report.max_rel_diff is not None and report.max_rel_diff <= 1e-4

@@ -9,15 +9,17 @@ import pytest
 import torch
 from torch import fx, nn
 
-from hwprune import jobs
 from hwprune.cli import main
 from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import export_onnx
-from hwprune.jobs import IMPORTANCE_BATCH, ModelInput, budget_verdict, importance_batches, importance_scores
 from hwprune.latency.measurement import Measurement, paired_ratio, time_interleaved
 from hwprune.prune.importance import DEFAULT_T, channel_importance
 from hwprune.prune.masks import ChannelMask
 from hwprune.results import ResultsStore
+from hwprune.workflow import ModelInput, budget_verdict, importance_batches, importance_scores
+from hwprune.workflow import budget as budget_stage
+from hwprune.workflow import ship as ship_stage
+from hwprune.workflow.scoring import IMPORTANCE_BATCH
 from tests.test_importance import chain, chain_channel, chain_group, hand_grads
 
 
@@ -93,21 +95,22 @@ def prune_args(out, backend="ort-cpu", target="0.7"):
 def spy_measure(monkeypatch):
     """Record every measure() call the budget job makes (the backend, the models' types, the exporter)."""
     calls = []
-    real = jobs.measure
+    real = ship_stage.measure
 
     def spy(backend, models, example, **kw):
         files = {m.name: hashlib.sha256(m.read_bytes()).hexdigest() for m in models if isinstance(m, Path)}
         calls.append({"backend": backend, "models": list(models), "exporter": kw.get("exporter"), "sha256": files})
         return real(backend, models, example, **kw)
 
-    monkeypatch.setattr(jobs, "measure", spy)
+    for stage in (budget_stage, ship_stage):  # the closed loop and the shipped file's re-measurement
+        monkeypatch.setattr(stage, "measure", spy)
     return calls
 
 
 @pytest.mark.onnx
 def test_ort_budget_is_decided_on_the_shipped_file_timed_afresh(tmp_path, monkeypatch, capsys):
     calls = spy_measure(monkeypatch)
-    real_export = jobs.export_pruned
+    real_export = ship_stage.export_pruned
     out = tmp_path / "p"
 
     def export_then_ship_the_dense_model(model, graph, mask, example, onnx_path, **kw):
@@ -130,7 +133,7 @@ def test_ort_budget_is_decided_on_the_shipped_file_timed_afresh(tmp_path, monkey
     assert json.loads((out / "lut.json").read_text())["meta"]["exporter"] == "dynamo"
     capsys.readouterr()
 
-    monkeypatch.setattr(jobs, "export_pruned", export_then_ship_the_dense_model)
+    monkeypatch.setattr(ship_stage, "export_pruned", export_then_ship_the_dense_model)
     rc = main([*prune_args(tmp_path / "q"), "--lut", str(out / "lut.json")])
     extra = json.loads(ResultsStore(tmp_path / "results.csv").records()[-1].extra)
     # the loop's candidate was fast, the shipped file is the dense model: the verdict follows the file
@@ -195,7 +198,7 @@ def test_a_noisy_measurement_is_undecided_never_met(tmp_path, monkeypatch, capsy
         base = 10 + rng.normal(0, 2, 60)
         return fake_measurement(base, backend), fake_measurement(base * 0.0 + 7.0 + rng.normal(0, 2, 60), backend)
 
-    monkeypatch.setattr(jobs, "time_shipped", noisy_time_shipped)
+    monkeypatch.setattr(ship_stage, "time_shipped", noisy_time_shipped)
     rc = main(prune_args(tmp_path / "p", "torch-cpu"))
     err = capsys.readouterr().err
     extra = json.loads(ResultsStore(tmp_path / "results.csv").records()[-1].extra)

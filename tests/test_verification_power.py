@@ -26,7 +26,7 @@ from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.types import GROUPED_IN
 from hwprune.models import get_model
 from hwprune.models.api import model_spec
-from hwprune.prune.channel import mask_from_scores, random_scores
+from hwprune.prune.channel import random_scores, uniform_channel_mask
 
 # ----------------------------------------------------------------------------- negative controls
 #
@@ -152,7 +152,7 @@ def init_case(qualified: str, size: int, batch: int = 2, seed: int = 0):
 
 
 def random_mask(graph, ratio: float = 0.4, seed: int = 1):
-    return mask_from_scores(graph, random_scores(graph, seed), ratio)
+    return uniform_channel_mask(graph, random_scores(graph, seed), ratio)
 
 
 # ----------------------------------------------------------------------------- comparisons

@@ -10,7 +10,7 @@ from hwprune.errors import HwpruneError
 from hwprune.export.pipeline import export_pruned
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.models.zoo import SLOW, UNTRACEABLE, timm_zoo, zoo_case, zoo_cases
-from hwprune.prune.channel import mask_from_scores, random_scores
+from hwprune.prune.channel import random_scores, uniform_channel_mask
 
 CASES = [(q, size) for q, size in zoo_cases() if q not in UNTRACEABLE]
 
@@ -28,7 +28,7 @@ def test_random_mask_compacts_and_exports_exactly(qualified, size, tmp_path):
     assert graph.prunable_macs_share() >= 0.8  # conv/linear MACs in ops with a prunable channel axis
     for g in graph.groups:
         assert g.prunable or g.reason, f"group {g.id} frozen without a reason"
-    mask = mask_from_scores(graph, random_scores(graph, seed=1), ratio=0.4)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=1), ratio=0.4)
     assert mask.pruned_groups(), "the mask removes nothing"
     for gid in mask.pruned_groups():
         group, keep = graph.groups[gid], mask.keep[gid]

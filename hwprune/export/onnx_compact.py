@@ -214,7 +214,7 @@ class OnnxPruneReport:
     """What :func:`prune_onnx_file` wrote and how well it matched the masked model."""
 
     model: str
-    path: str
+    onnx_path: str
     params_before: int
     params_after: int
     max_rel_diff: float | None  # compacted vs masked in onnxruntime (None when inexact groups were pruned)
@@ -241,7 +241,7 @@ class OnnxPruneReport:
             if self.random_max_rel_diff is not None:
                 line += f", {self.random_max_rel_diff:.2e} on randomised weights (seed {self.check_seed})"
             lines.append(line + ".")
-        lines.append(f"Written to {self.path}")
+        lines.append(f"Written to {self.onnx_path}")
         return "\n".join(lines + [f"Note: {n}" for n in self.notes])
 
 
@@ -376,7 +376,7 @@ def prune_onnx_file(
         tmp.unlink(missing_ok=True)
     return OnnxPruneReport(
         model=name,
-        path=str(dst),
+        onnx_path=str(dst),
         params_before=float_params(graph.gm),
         params_after=float_params(compacted),
         max_rel_diff=diff,

@@ -74,8 +74,16 @@ def check_onnx(path: str | Path) -> None:
         raise HwpruneError(f"onnx.checker rejects {path}: {str(exc).splitlines()[0]}") from exc
 
 
-def ort_session(path: str | Path, intra_threads: int = 1, inter_threads: int = 1):
-    """An onnxruntime CPU session with explicit thread counts (never the machine-wide default)."""
+def onnx_source(model) -> str | bytes:
+    """What ``onnxruntime.InferenceSession`` takes: a file path, or an in-memory ``onnx.ModelProto`` serialised."""
+    return model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+
+
+def ort_session(path, intra_threads: int = 1, inter_threads: int = 1):
+    """An onnxruntime CPU session with explicit thread counts (never the machine-wide default).
+
+    ``path`` is an ONNX file or an in-memory ``onnx.ModelProto`` (a candidate compacted from an ONNX file).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -85,7 +93,7 @@ def ort_session(path: str | Path, intra_threads: int = 1, inter_threads: int = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(onnx_source(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(path_or_session, example: torch.Tensor) -> list[np.ndarray]:

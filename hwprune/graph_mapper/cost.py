@@ -34,7 +34,7 @@ class CostModel:
             gids = np.array([group_of_root.get(int(r), -1) for r in site.roots])
             uniq, counts = np.unique(gids, return_counts=True)  # group of each position (-1: fixed)
             entry["axes"].append((uniq.tolist(), counts / counts.sum()))
-        params = dict(self.graph.gm.named_parameters())
+        params = self.graph.parameters()
         for name in [n for n in self.tensors if n not in params]:  # buffers (running stats) are no params
             self.tensors[name]["numel"] = 0
         self.total_macs = sum(e["macs"] for e in self.tensors.values())

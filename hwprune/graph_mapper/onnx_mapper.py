@@ -492,35 +492,6 @@ def running_statistics(model: onnx.ModelProto) -> set[str]:
     return {i for n in model.graph.node if n.op_type == "BatchNormalization" for i in n.input[3:5]}
 
 
-@dataclass
-class OnnxJob:
-    """An ONNX file mapped at its input shape: the ONNX counterpart of :class:`hwprune.jobs.ModelInput`.
-
-    ``model`` lists the initializers as parameters, so :func:`hwprune.jobs.make_mask` scores it
-    with the weight-based importances.
-    """
-
-    channel_graph: ChannelGraph
-
-    @classmethod
-    def build(cls, path, input_shape=None) -> OnnxJob:
-        return cls(build_onnx_channel_graph(path, input_shape=input_shape))
-
-    def graph(self) -> ChannelGraph:
-        return self.channel_graph
-
-    @property
-    def model(self) -> InitializerParameters:
-        return InitializerParameters(self.channel_graph.gm)
-
-    @property
-    def example(self):
-        """A random input of the (first) graph input's shape, for timing and for the mask's metadata."""
-        import torch
-
-        return torch.randn(self.channel_graph.input_shape, generator=torch.Generator().manual_seed(0))
-
-
 def check_onnx_importance(method: str) -> None:
     """Refuse importances that need a PyTorch model (gradients, module types) for an ONNX file."""
     if method not in ONNX_IMPORTANCES:

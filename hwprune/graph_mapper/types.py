@@ -122,7 +122,7 @@ class ChannelGraph:
     sites: list[Site]
     model_name: str
     input_shape: tuple[int, ...]
-    gm: object = field(repr=False)  # torch.fx.GraphModule (None for ONNX-built graphs)
+    gm: object = field(repr=False)  # torch.fx.GraphModule, or the onnx.ModelProto of an ONNX-built graph
     rewrites: dict[str, object] = field(default_factory=dict, repr=False)  # node -> rewrite record
     build_s: float = 0.0
     total_macs: int = 0
@@ -133,6 +133,19 @@ class ChannelGraph:
     @property
     def prunable_groups(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.prunable]
+
+    def parameters(self) -> dict:
+        """The model's parameters by name: the module's, or an ONNX graph's initializers less BN statistics."""
+        if self.from_onnx:
+            from hwprune.graph_mapper.onnx_mapper import InitializerParameters
+
+            return dict(InitializerParameters(self.gm).named_parameters())
+        return dict(self.gm.named_parameters())
+
+    @property
+    def from_onnx(self) -> bool:
+        """Mapped from an ONNX file (``gm`` is its normalised ``onnx.ModelProto``), not from a PyTorch module."""
+        return type(self.gm).__name__ == "ModelProto"
 
     def fingerprint(self) -> str:
         """A hash of the group structure: a mask made on another structure is refused."""

@@ -117,8 +117,10 @@ def _ort_cuda(
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     device_id = torch.cuda.current_device()
+    from hwprune.export.onnx_export import onnx_source
+
     session = ort.InferenceSession(
-        str(model), sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id})]
+        onnx_source(model), sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id})]
     )
     if session.get_providers()[0] != "CUDAExecutionProvider":  # ort falls back to CPU when CUDA libs are missing
         raise HwpruneError(

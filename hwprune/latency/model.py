@@ -37,7 +37,7 @@ def op_classes(graph: ChannelGraph) -> dict[str, str]:
     # a plain conv on a one-channel input has an (unprunable) input site on axis 1
     has_input_axis = {s.tensor for s in graph.sites if s.axis == 1}
     out = {}
-    for name, weight in graph.gm.named_parameters():
+    for name, weight in graph.parameters().items():
         shape = tuple(weight.shape)
         if len(shape) != 4:
             out[name] = "linear"

@@ -209,7 +209,8 @@ def profile_edges(
     scores = norm_scores(graph, model, p=1)
     costs = CostModel(graph)
     todo = [(g, p, k) for k in range(passes) for g in groups for p in points if (g.id, p, k) not in done_keys]
-    model.eval()
+    if isinstance(model, nn.Module):  # an ONNX file's initializers (InitializerParameters) have no mode
+        model.eval()
     fh = None
     if journal:
         fresh = not journal.exists() or not journal.read_text().strip()
@@ -294,9 +295,21 @@ def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporte
     round-by-round differences (drift shared by both within a round cancels).
     """
     base, cand = measure(
-        backend, [baseline, compact_model(graph, mask)], example, threads=threads, repeats=repeats, exporter=exporter
+        backend, [baseline, timing_candidate(graph, mask)], example, threads=threads, repeats=repeats, exporter=exporter
     )
     return base, cand, base.median_ms - paired_delta_ms(base, cand)
+
+
+def timing_candidate(graph: ChannelGraph, mask: ChannelMask):
+    """What a backend times for ``mask``: the compacted model in the form it ships in.
+
+    A GraphModule for a PyTorch model; the compacted ``onnx.ModelProto`` for a graph mapped from an ONNX file.
+    """
+    if graph.from_onnx:
+        from hwprune.export.onnx_compact import compact_onnx
+
+        return compact_onnx(graph, mask)
+    return compact_model(graph, mask)
 
 
 def baseline_for(graph: ChannelGraph, example, backend: str, tmp: Path, exporter: str = DEFAULT_EXPORTER):
@@ -305,8 +318,14 @@ def baseline_for(graph: ChannelGraph, example, backend: str, tmp: Path, exporter
     Candidates are ``compact_model`` GraphModules, so the baseline is one too (the full mask): timing the
     user's eager module against fx GraphModules would count the interpreter's overhead as pruning's
     effect. onnxruntime backends get it exported once, by the exporter the candidates and the shipped
-    file go through.
+    file go through. A graph mapped from an ONNX file is its normalised file with every channel kept.
     """
+    if graph.from_onnx:
+        if not backend.startswith("ort"):
+            raise HwpruneError(
+                f"an ONNX file is timed in onnxruntime: use backend ort-cpu or ort-cuda, not {backend!r}"
+            )
+        return timing_candidate(graph, ChannelMask.full(graph))
     dense = compact_model(graph, ChannelMask.full(graph)).eval()
     if backend.startswith("ort"):
         path = tmp / "baseline.onnx"

@@ -24,7 +24,7 @@ def unit_of(group: ChannelGroup, round_to: int = 1) -> int:
     return min(group.size, math.lcm(blocks, max(1, round_to, group.round_to)))
 
 
-def keep_count(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
+def channels_kept(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:
     """Channels to keep when removing ``ratio`` of the group: a whole number of units, at least one."""
     unit = unit_of(group, round_to)
     kept = int(round(group.size * (1.0 - ratio) / unit)) * unit
@@ -44,7 +44,7 @@ def top_k_mask(group: ChannelGroup, scores: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
-def mask_from_scores(
+def uniform_channel_mask(
     graph: ChannelGraph,
     scores: dict[int, np.ndarray],
     ratio: float,
@@ -56,7 +56,7 @@ def mask_from_scores(
     for group in graph.prunable_groups:
         if group.size < 2 or (not group.exact and not include_inexact) or group.id not in scores:
             continue
-        mask.keep[group.id] = top_k_mask(group, scores[group.id], keep_count(group, ratio, round_to))
+        mask.keep[group.id] = top_k_mask(group, scores[group.id], channels_kept(group, ratio, round_to))
     return mask
 
 

@@ -1,0 +1,236 @@
+"""Pruning to a budget: map, score, profile (latency), solve in a closed loop, ship, fine-tune, record.
+
+Each stage lives in its own module of this package; this one only composes them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from hwprune import checks
+from hwprune.errors import HwpruneError
+from hwprune.export.onnx_export import DEFAULT_EXPORTER
+from hwprune.graph_mapper import ChannelGraph
+from hwprune.latency import measure
+from hwprune.latency.measurement import paired_ratio
+from hwprune.results import ResultsStore
+from hwprune.workflow.closed_loop import BudgetOutcome, budget_verdict, closed_loop
+from hwprune.workflow.finetune import finetune_and_reexport
+from hwprune.workflow.inputs import ModelInput, OnnxInput
+from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, importance_scores
+from hwprune.workflow.ship import prune_export_measure
+
+BUDGET_POINTS = (0.25, 0.5, 0.75)  # kept fractions profiled when prune has to profile: little extrapolation
+# channel-count alignment per backend: on this project's AVX-512 CPUs, ONNX Runtime ran resnet18 with
+# 40/72/136/264 channels 1.6x slower than with 32/64/128/256 (benchmarks/results/alignment.md)
+DEFAULT_ROUND_TO = {"ort-cpu": 16, "torch-cpu": 16, "cuda": 8, "ort-cuda": 8, "xla": 8}
+
+
+def latency_cost(
+    job: ModelInput | OnnxInput,
+    graph: ChannelGraph,
+    backend: str,
+    out_dir: Path,
+    lut_path: Path | None,
+    threads: int,
+    repeats: int,
+    round_to: int,
+    exporter: str,
+    progress: bool,
+):
+    """Profile stage: the LUT (read from ``lut_path``, or profiled into it, journaled) as a cost function.
+
+    Returns the cost function and the latency model's held-out fit summary.
+    """
+    from hwprune.latency.lut import LUT
+    from hwprune.latency.model import LatencyModel
+    from hwprune.latency.profiler import profile_edges
+    from hwprune.prune.budget import CostFn
+
+    if lut_path is not None and lut_path.exists():
+        lut = LUT.load(lut_path)
+    else:
+        lut_path = lut_path or out_dir / "lut.json"
+        lut = profile_edges(
+            job.model,
+            graph,
+            job.example,
+            backend,
+            points=BUDGET_POINTS,
+            threads=threads,
+            repeats=repeats,
+            journal=lut_path.with_suffix(".journal.jsonl"),
+            progress=progress,
+            round_to=round_to,
+            exporter=exporter,
+        )
+        lut.save(lut_path)
+    lut.check(
+        model=job.name,
+        fingerprint=graph.fingerprint(),
+        input_shape=list(job.example.shape),
+        backend=backend,
+        threads=threads,
+        **({"exporter": exporter} if backend.startswith("ort") and isinstance(job, ModelInput) else {}),
+    )
+    latency_model = LatencyModel(lut, graph)
+    return CostFn.latency(latency_model), latency_model.fit_summary()
+
+
+def _check_input(job, backend: str, tune) -> None:
+    """An ONNX input is timed in onnxruntime and has no module to fine-tune: refuse anything else up front."""
+    if not isinstance(job, OnnxInput):
+        return
+    if not backend.startswith("ort"):
+        raise HwpruneError(
+            f"an ONNX file is timed in onnxruntime: use --backend ort-cpu (or ort-cuda), not {backend!r}"
+        )
+    if tune:
+        raise HwpruneError("an ONNX file has no PyTorch module to fine-tune: drop --finetune-epochs (or prune --model)")
+
+
+def prune_to_budget(
+    job: ModelInput | OnnxInput,
+    target_kind: str,
+    target: float,
+    out_dir: Path,
+    backend: str = "ort-cpu",
+    lut_path: Path | None = None,
+    importance: str = "l1",
+    threads: int = 1,
+    repeats: int = 30,
+    tolerance: float = 0.03,
+    max_iterations: int = 5,
+    results: Path | None = None,
+    progress: bool = True,
+    round_to: int | None = None,
+    data: str | None = None,
+    data_dir: str | None = None,
+    finetune_epochs: int = 0,
+    imp_samples: int = IMPORTANCE_SAMPLES,
+    exporter: str = DEFAULT_EXPORTER,
+    finetune: int | Callable[[nn.Module], None] | None = None,
+) -> BudgetOutcome:
+    """Solve for a mask within a FLOPs/params/latency budget, close the loop on measurement, export.
+
+    ``job`` is a PyTorch model (:class:`ModelInput`) or an ONNX file (:class:`OnnxInput`, timed and shipped as
+    ONNX). A latency budget is decided on the shipped artifact timed afresh against the dense model after the
+    loop (the loop's own best measurement is selected among several, hence biased toward the target).
+    ``data`` is a dataset name or the user's own iterable of (x, y) batches; ``finetune`` (default
+    ``finetune_epochs``) is a number of epochs of the built-in trainer on it, or the user's ``fn(model)``.
+    """
+    from hwprune.latency.backends import require_available
+    from hwprune.latency.profiler import baseline_for, profiled_groups, timing_candidate
+    from hwprune.prune.budget import CostFn, solve
+
+    tune = finetune if finetune is not None else finetune_epochs
+    checks.prune_settings(
+        target_kind, target, threads, repeats, tolerance, round_to, tune if isinstance(tune, int) else 0
+    )
+    if isinstance(tune, int) and tune and data is None:
+        raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
+    _check_input(job, backend, tune)
+    require_available(backend)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if round_to is None:  # alignment buys speed: it matters to latency budgets, FLOPs/params are exact counts
+        round_to = DEFAULT_ROUND_TO.get(backend, 1) if target_kind == "latency" else 1
+    graph = job.graph()
+    groups = profiled_groups(graph, round_to)
+    if target_kind != "latency":  # a count: an unreachable budget is refused before any work
+        counted = CostFn.macs(graph) if target_kind == "flops" else CostFn.params(graph)
+        checks.reachable_budget(graph, groups, counted, target, target_kind, round_to)
+    scores = importance_scores(job, graph, importance, data, data_dir, samples=imp_samples)
+    if target_kind == "latency":
+        cost, model_fit = latency_cost(
+            job, graph, backend, out_dir, lut_path, threads, repeats, round_to, exporter, progress
+        )
+    else:
+        cost, model_fit = (CostFn.macs(graph) if target_kind == "flops" else CostFn.params(graph)), ""
+
+    with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+        if target_kind == "latency":
+            dense = baseline_for(graph, job.example, backend, Path(tmp), exporter)
+
+            def measured_ratio(sol):
+                base, cand = measure(
+                    backend,
+                    [dense, timing_candidate(graph, sol.mask)],
+                    job.example,
+                    threads=threads,
+                    repeats=repeats,
+                    exporter=exporter,
+                )
+                return paired_ratio(base, cand)[0]
+        else:
+
+            def measured_ratio(sol):
+                return sol.ratio  # exact: the cost formula is the count, and the budget a hard cap
+
+        sol, loop_ratio, iterations = closed_loop(
+            lambda budget: solve(graph, groups, scores, cost, budget, round_to=round_to),
+            measured_ratio,
+            target,
+            tolerance,
+            max_iterations if target_kind == "latency" else 1,  # a FLOPs/params budget is a cap, met at once
+        )
+    predicted = sol.ratio
+    sol.mask.meta.update(
+        {"method": importance, "target_kind": target_kind, "target": target, "input_shape": list(job.example.shape)}
+    )
+    sol.mask.save(out_dir / "mask.json")
+    outcome = prune_export_measure(
+        job,
+        sol.mask,
+        graph,
+        out_dir / f"{job.name.split(':')[-1]}_pruned.onnx",
+        importance,
+        threads=threads,
+        repeats=repeats,
+        results=None,
+        exporter=exporter,
+        backend=backend,
+        # a latency verdict needs the ratio's 95 % interval within half the tolerance (when the host allows)
+        precision=tolerance * target / (2 * 1.96) if target_kind == "latency" else 0.005,
+    )
+    if target_kind == "latency":
+        measured, stderr = outcome.ratio
+        status = budget_verdict(measured, stderr, target, tolerance)
+    else:
+        measured, stderr = loop_ratio, 0.0
+        status = "met" if measured <= target + 1e-9 else "missed"
+    if tune:
+        finetune_and_reexport(job, outcome, data, data_dir, tune)
+    outcome.record.target_kind = target_kind
+    outcome.record.target_value = target
+    outcome.record.extra = json.dumps(
+        {
+            **json.loads(outcome.record.extra),
+            "predicted_ratio": predicted,
+            "measured_ratio": measured,
+            "measured_stderr": stderr,
+            "loop_ratio": loop_ratio,
+            "status": status,
+            "iterations": iterations,
+            "notes": sol.notes,
+        }
+    )
+    if results is not None:
+        ResultsStore(results).append(outcome.record)
+    return BudgetOutcome(
+        target_kind,
+        target,
+        predicted,
+        measured,
+        status,
+        iterations,
+        outcome,
+        model_fit,
+        loop_ratio if target_kind == "latency" else None,
+        stderr,
+        tolerance,
+    )
