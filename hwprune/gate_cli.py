@@ -109,10 +109,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise HwpruneError(f"--subdivision {args.subdivision} is more than --batch-size {args.batch_size}")
     if args.channels is not None and args.channels not in (1, 3):
         raise HwpruneError(f"--channels must be 1 or 3, got {args.channels}")
-    for name in ("gating_config", "lut", "weights"):
-        value = getattr(args, name)
-        if value is not None and not (name == "weights" and not Path(value).suffix):
-            checks.input_file(value, "--" + name.replace("_", "-"))
+    for name in ("gating_config", "lut"):
+        if getattr(args, name) is not None:
+            checks.input_file(getattr(args, name), "--" + name.replace("_", "-"))
+    if args.weights is not None and Path(args.weights).suffix:  # a file (a torchvision weight name has no suffix)
+        checks.input_file(args.weights, "--weights")
     if not args.list_groups:
         checks.output_dir(args.out, "--out")
         checks.results_file(args.results)
@@ -136,6 +137,17 @@ def _data_and_model(args):
     model = get_model(args.model, num_classes=info.num_classes, in_channels=channels, input_size=args.image_size)
     if args.weights:
         load_weights(model, args.weights, args.model)
+    if args.export_size not in (None, args.image_size):  # before training: can the model run at the export size?
+        import torch
+
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, channels, args.export_size, args.export_size))
+        except Exception as exc:  # shape errors come as several types
+            raise HwpruneError(
+                f"{args.model} built for --image-size {args.image_size} cannot run at --export-size "
+                f"{args.export_size} ({first_line(exc)}): export at the training size"
+            ) from None
     return sets, model, channels
 
 

@@ -339,6 +339,61 @@ def test_edge_multipliers_must_name_every_gated_group():
         prepare(Tiny(), torch.randn(1, 1, 4, 4), from_mapping({"edge_multipliers": [1.0, 2.0, 3.0]}))
 
 
+# ----------------------------------------------------------------------------- latency multipliers from a LUT
+
+
+class TwoKinds(nn.Module):
+    """A 3x3 conv group and a pointwise one, so that a per-class time per MAC tells them apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))
+        return self.head(torch.relu(y).mean((2, 3)))
+
+
+def save_lut(lut, path):
+    lut.meta.update(input_shape=[1, 3, 8, 8], threads=1)  # what a profile records; the file's schema wants it
+    lut.save(path)
+
+
+def test_lut_multipliers_are_gators_latency_over_flops_ratio(tmp_path):
+    from hwprune.graph_mapper.cost import CostModel
+    from hwprune.latency.model import op_classes
+    from tests.test_budget_latency import synthetic_lut
+
+    model, x = TwoKinds(), torch.randn(1, 3, 8, 8)
+    graph = build_channel_graph(model, x, "twokinds")
+    cm, kinds = CostModel(graph), op_classes(graph)
+    per_mac = {"conv": 1e-6, "pointwise": 6e-6, "linear": 2e-6}  # ms per multiply-add
+
+    def latency_of(shares):
+        return 0.05 + sum(per_mac[kinds[t]] * e["macs"] * cm.fraction(t, shares) for t, e in cm.tensors.items())
+
+    save_lut(synthetic_lut(graph, latency_of), tmp_path / "lut.json")
+    gated, objective, multipliers, source = prepare(model, x, GatingConfig(), lut=tmp_path / "lut.json")
+    assert source == f"lut:{tmp_path / 'lut.json'}"
+    for group, m in zip(gated.layout.groups, multipliers, strict=True):  # (% latency drop) / (% FLOPs drop)
+        latency_drop = 1 - latency_of({group.id: 0.5}) / latency_of({})
+        flops_drop = -cm.change({}, group.id, 0.5)[0] / cm.total_macs
+        assert m == pytest.approx(latency_drop / flops_drop, rel=1e-4)
+    names = [g.name for g in gated.layout.groups]
+    assert multipliers[names.index("c2")] > multipliers[names.index("c1")]  # c2 feeds the slow pointwise conv
+    with pytest.raises(HwpruneError, match="flop_factor"):
+        prepare(model, x, GatingConfig(factor_type="memory_factor"), lut=tmp_path / "lut.json")
+    with pytest.raises(HwpruneError, match="not both"):
+        prepare(model, x, GatingConfig(edge_multipliers=(1.0, 1.0, 1.0)), lut=tmp_path / "lut.json")
+    other = build_channel_graph(InvertedResidual(), torch.randn(1, 3, 8, 8))
+    save_lut(synthetic_lut(other, lambda shares: 1.0 - 0.1 * sum(1 - v for v in shares.values())), tmp_path / "o.json")
+    with pytest.raises(HwpruneError, match="profile again"):
+        prepare(model, x, GatingConfig(), lut=tmp_path / "o.json")
+
+
 # ----------------------------------------------------------------------------- trainer: gradient accumulation
 
 

@@ -58,7 +58,8 @@ class GatingObjective(Objective):
     def extra_loss(self) -> torch.Tensor | None:
         if self.holding or self.config.criteria_weight == 0:
             return None
-        return self.config.criteria_weight * (self.slot_weights @ self.gated.last_gates)
+        gates = self.gated.last_gates
+        return self.config.criteria_weight * (self.slot_weights.to(gates.device) @ gates)
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -96,4 +97,4 @@ class GatingObjective(Objective):
     def epoch_metrics(self) -> dict:
         state = self.state()
         self.history.append(state)
-        return {k: (float(v) if not isinstance(v, bool) else int(v)) for k, v in state.items()}
+        return {k: int(v) if isinstance(v, (bool, int)) else float(v) for k, v in state.items()}
