@@ -1,17 +1,21 @@
 """Seed-004 prune-at-init on digits against the SynFlow paper's VGG16-BN / CIFAR-10 table (issue 17).
 
-One command regenerates every table below (about 20 minutes on one core):
+One command regenerates every table below (about 40 minutes on one core):
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prune_at_init_fidelity.py [--seeds 0,1,2] [--epochs N]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prune_at_init_fidelity.py [--only diagnosis,digits,fidelity]
 
-Writes to benchmarks/results/ (markdown with the settings in its header, CSV, PNG):
+Each run's row goes to runs/prune_at_init_fidelity/<part>.csv as it finishes; ``--resume`` keeps the rows
+there and runs only the missing ones. Writes to benchmarks/results/ (markdown with the settings in its
+header, CSV, PNG):
 - digits_sweep_diagnosis  why runs sat at chance: training-loss curves and the logits' spread at init of
                           LeNet-5 (no batch norm) under PyTorch's default init and the reference init, and
-                          of vgg11_slim (batch norm)
+                          of the batch-norm default
 - digits_sweep            the embedded default sweep (``hwprune prune-at-init`` with no options: vgg11_slim on
-                          digits at 32 px, 3 channels) over --seeds: top-1, run status, effective FLOPs, testing
-                          time of the dense and the CSR execution path (first seed)
-- fidelity_synflow        compressions 10^0.5, 10^1, 10^2: ours against the paper, ranks, Kendall tau
+                          digits at 32 px, 3 channels) over the seeds: top-1, run status, effective FLOPs,
+                          testing time of the dense and the CSR execution path (first seed)
+- fidelity_synflow        10^0.5, 10^1, 10^2 with vgg16_quarter (VGG16-BN's plan at 1/4 width): ours against
+                          the paper, ranks, Kendall tau per compression; the embedded default's numbers at the
+                          same compressions below it
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,12 +30,14 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau, rankdata
 
-from hwprune.results import RunRecord
+from hwprune.results import ResultsStore, RunRecord
 from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, run_sweep
 from hwprune.sweep_cli import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SMALL
 from hwprune.train import TrainConfig
 
-RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "runs" / "prune_at_init_fidelity"
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prune_at_init_fidelity.py"
 # SynFlow paper (Tanaka et al. 2020), CIFAR-10 VGG16-BN top-1 %, as tabulated in /work/shared/METHODS.md
 PAPER = {
@@ -43,41 +48,62 @@ PAPER = {
 }
 FIDELITY_EXPONENTS = (0.5, 1, 2)
 FIDELITY_COLUMNS = ["compression", "method", "ours_mean", "ours_std", "paper", "rank_ours", "rank_paper"]
-LENET = {"image_size": 28, "channels": 1, "epochs": 15, "lr": 0.05, "batch_size": 64}  # the old default
+EMBEDDED = {"model": DEFAULT_MODEL, **DEFAULT_SMALL}
+# lr 0.02: at 0.1 the 13-layer network's dense run stayed near chance on digits (19.7 % after 8 epochs)
+FIDELITY = {"model": "vgg16_quarter", "epochs": 8, "lr": 0.02, "batch_size": 64, "image_size": 32, "channels": 3}
+LENET = {"model": "lenet5", "epochs": 15, "lr": 0.05, "batch_size": 64, "image_size": 28, "channels": 1}  # old default
 
 
-def _sweep(model, settings, pruners, compressions, mode, seeds, **kw) -> list[RunRecord]:
-    with tempfile.TemporaryDirectory() as tmp:
-        return run_sweep(
-            model,
-            DEFAULT_DATASET,
-            pruners,
-            compressions,
-            mode,
-            seeds=seeds,
-            epochs=settings["epochs"],
-            train_config=TrainConfig(lr=settings["lr"], batch_size=settings["batch_size"]),
-            image_size=settings["image_size"],
-            channels=settings["channels"],
-            results_path=Path(tmp) / "results.csv",
-            **kw,
-        )
-
-
-def _settings_line(model: str, s: dict, seeds) -> str:
-    return (
-        f"{model} on digits ({s['image_size']} px, {s['channels']} channel(s)), Synaptic-Flow's init, pruned at init "
-        f"(global masking, reference mask rule, SynFlow 100 rounds, pruning set 10 samples/class), then "
-        f"{s['epochs']} epochs SGD (lr {s['lr']}, batch {s['batch_size']}, momentum 0.9, wd 5e-4, cosine); "
-        f"seeds {','.join(map(str, seeds))}; CPU, {torch.get_num_threads()} thread(s). Regenerate: `{COMMAND}`."
+def _run(settings: dict, method: str, compression: float, mode: str, seed: int, store: Path, **kw) -> RunRecord:
+    [record] = run_sweep(
+        settings["model"],
+        DEFAULT_DATASET,
+        [method],
+        [compression],
+        mode,
+        seeds=[seed],
+        epochs=settings["epochs"],
+        train_config=TrainConfig(lr=settings["lr"], batch_size=settings["batch_size"]),
+        image_size=settings["image_size"],
+        channels=settings["channels"],
+        results_path=store,
+        progress=False,
+        **kw,
     )
+    e = record.extra_dict()
+    print(f"{settings['model']} {method} {mode} {compression:g} seed {seed}: {record.accuracy_top1:.4f} {e['status']}")
+    return record
 
 
-def _write(name: str, df: pd.DataFrame, markdown: str, columns: list[str] | None = None) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    df[columns or list(df.columns)].to_csv(RESULTS / f"{name}.csv", index=False)
-    (RESULTS / f"{name}.md").write_text(markdown)
-    print(markdown)
+def _key(method: str, compression: float, mode: str, seed: int, init: str = "reference") -> tuple:
+    return method, float(compression), mode, seed, init
+
+
+def _record_key(r: RunRecord) -> tuple:
+    e = r.extra_dict()
+    return _key(r.method, r.target_value, e["compression_mode"], r.seed, e["init"])
+
+
+def run_part(name: str, settings: dict, grid: list[tuple], resume: bool) -> list[RunRecord]:
+    """Run ``grid`` items ``(method, compression, mode, seed, options)``; rows to runs/<name>.csv as they finish."""
+    store = RUNS / f"{name}.csv"
+    if store.exists() and not resume:
+        store.unlink()
+    store.parent.mkdir(parents=True, exist_ok=True)
+    done = {_record_key(r) for r in ResultsStore(store).records()} if store.exists() else set()
+    for method, compression, mode, seed, options in grid:
+        if _key(method, compression, mode, seed, options.get("init", "reference")) not in done:
+            _run(settings, method, compression, mode, seed, store, **options)
+    return ResultsStore(store).records()
+
+
+def _settings_line(s: dict, seeds) -> str:
+    return (
+        f"{s['model']} on digits ({s['image_size']} px, {s['channels']} channel(s)), Synaptic-Flow's init, pruned "
+        "at init (global masking, reference mask rule, SynFlow 100 rounds, pruning set 10 samples/class), then "
+        f"{s['epochs']} epochs SGD (lr {s['lr']}, batch {s['batch_size']}, momentum 0.9, wd 5e-4, cosine); "
+        f"seeds {','.join(map(str, seeds))}; CPU, one thread."
+    )
 
 
 def _plateau_epochs(losses: list[float], classes: int = 10) -> int:
@@ -85,28 +111,41 @@ def _plateau_epochs(losses: list[float], classes: int = 10) -> int:
     return sum(loss > math.log(classes) - 0.05 for loss in losses)
 
 
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 # --------------------------------------------------------------------------- diagnosis
 
+DIAGNOSIS = [  # (settings, init, method, ratio compression), seed 0
+    (LENET, "model", "rand", 1),
+    (LENET, "model", "rand", 5),
+    (LENET, "reference", "rand", 5),
+    (LENET, "model", "mag", 10),
+    (LENET, "reference", "mag", 10),
+    (LENET, "reference", "rand", 20),
+    (EMBEDDED, "reference", "rand", 20),
+]
 
-def diagnosis() -> None:
-    runs = [
-        ("lenet5", LENET, "model", "rand", 1),
-        ("lenet5", LENET, "model", "rand", 5),
-        ("lenet5", LENET, "reference", "rand", 5),
-        ("lenet5", LENET, "model", "mag", 10),
-        ("lenet5", LENET, "reference", "mag", 10),
-        ("lenet5", LENET, "reference", "rand", 20),
-        (DEFAULT_MODEL, DEFAULT_SMALL, "reference", "rand", 20),
-    ]
+
+def diagnosis(resume: bool) -> None:
+    records = {}
+    for settings in {id(s): s for s, *_ in DIAGNOSIS}.values():
+        grid = [(m, c, "ratio", 0, {"init": init}) for s, init, m, c in DIAGNOSIS if s is settings]
+        records.update({_record_key(r): r for r in run_part(f"diagnosis_{settings['model']}", settings, grid, resume)})
     rows, curves = [], {}
-    for model, settings, init, method, c in runs:
-        [r] = _sweep(model, settings, [method], [c], "ratio", [0], init=init, progress=False)
+    for _, init, method, c in DIAGNOSIS:
+        r = records[_key(method, c, "ratio", 0, init)]
         e = r.extra_dict()
-        label = f"{model} {init} init, {method} {c}x"
-        curves[label] = e["train_loss"]
+        curves[f"{r.model} {init} init, {method} {c}x"] = e["train_loss"]
         rows.append(
             {
-                "model": model,
+                "model": r.model,
                 "init": init,
                 "method": method,
                 "compression": f"{c}x",
@@ -120,18 +159,19 @@ def diagnosis() -> None:
                 "mask_violations": e["mask_violations"],
             }
         )
-        print(rows[-1], flush=True)
     df = pd.DataFrame(rows)
+    df.to_csv(RESULTS / "digits_sweep_diagnosis.csv", index=False)
     _plot_curves(curves, RESULTS / "digits_sweep_diagnosis.png")
     md = f"""# digits_sweep_diagnosis
 
-Why Rand at 5x and Mag at 10x sat at chance in the old embedded sweep (issue 17). Seed 0; LeNet-5 with the
-old default ({LENET["epochs"]} epochs, lr {LENET["lr"]}, batch {LENET["batch_size"]}, 28 px, 1 channel),
-vgg11_slim with the new one ({DEFAULT_SMALL["epochs"]} epochs, lr {DEFAULT_SMALL["lr"]}, batch
-{DEFAULT_SMALL["batch_size"]}, 32 px, 3 channels). `model` init = PyTorch's default (Kaiming-uniform a=sqrt(5),
-weight std sqrt(1/(3 fan_in)), uniform biases); `reference` = Synaptic-Flow's (Kaiming-normal, std
-sqrt(2/fan_in), zero biases). `logit_spread_at_init` = std of the logits over the 100 pruning samples after
-masking (mean over classes); `epochs_on_plateau` = epochs whose training loss stayed within 0.05 of
+Why Rand at 5x and Mag at 10x sat at chance in the old embedded sweep (issue 17). Seed 0. LeNet-5 with the
+old default ({LENET["epochs"]} epochs, lr {LENET["lr"]}, batch {LENET["batch_size"]}, 28 px, 1 channel);
+{EMBEDDED["model"]} with the new one ({EMBEDDED["epochs"]} epochs, lr {EMBEDDED["lr"]}, batch
+{EMBEDDED["batch_size"]}, 32 px, 3 channels); SGD momentum 0.9, wd 5e-4, cosine. `model` init = PyTorch's
+default (Kaiming-uniform a=sqrt(5), weight std sqrt(1/(3 fan_in)), uniform biases); `reference` =
+Synaptic-Flow's (Kaiming-normal, std sqrt(2/fan_in), zero biases). `logit_spread_at_init` = std of the logits
+over the 100 pruning samples after masking, in train mode (mean over classes); `paths_log10` = log10 of the
+input-output paths the mask leaves; `epochs_on_plateau` = epochs whose training loss stayed within 0.05 of
 ln(10) = 2.303, the loss of an input-independent output. Regenerate: `{COMMAND} --only diagnosis`.
 
 {df.to_markdown(index=False)}
@@ -140,13 +180,14 @@ ln(10) = 2.303, the loss of an input-independent output. Regenerate: `{COMMAND} 
 
 ![training loss](digits_sweep_diagnosis.png)
 """
-    _write("digits_sweep_diagnosis", df, md)
+    (RESULTS / "digits_sweep_diagnosis.md").write_text(md)
+    print(md)
 
 
 def _diagnosis_reading(df: pd.DataFrame) -> str:
     """The reading of the diagnosis table, its numbers taken from the table."""
     stuck = df[(df["init"] == "model") & (df["status"] == "untrainable")]
-    fixed = df[(df["init"] == "reference") & (df["model"] == "lenet5") & (df["compression"].isin(stuck["compression"]))]
+    fixed = df[(df["init"] == "reference") & (df["model"] == "lenet5") & df["compression"].isin(stuck["compression"])]
     lenet20 = df[(df["model"] == "lenet5") & (df["compression"] == "20x")].iloc[0]
     bn20 = df[(df["model"] != "lenet5") & (df["compression"] == "20x")].iloc[0]
     names = ", ".join(stuck["method"] + " " + stuck["compression"])
@@ -170,11 +211,7 @@ def _diagnosis_reading(df: pd.DataFrame) -> str:
 
 
 def _plot_curves(curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, losses in curves.items():
         style = "--" if " model init" in label else "-"  # PyTorch's default init dashed
@@ -190,31 +227,29 @@ def _plot_curves(curves: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-# --------------------------------------------------------------------------- the sweep
+# --------------------------------------------------------------------------- grids and cells
 
 
-def run_grid(seeds: list[int], epochs: int) -> tuple[dict, list[RunRecord]]:
-    """Every run of both tables: ratio 1..20 (1x once: every method keeps all weights) and 10^0.5, 10^2."""
-    settings = {**DEFAULT_SMALL, "epochs": epochs}
-    pruned = [c for c in SEED_004_COMPRESSIONS if c != 1]
-    records = []
+def digits_grid(seeds: list[int]) -> list[tuple]:
+    """Ratio 1..20 (1x once per seed: every method keeps every weight), and 10^0.5, 10^2 for the fidelity note."""
+    grid = []
     for i, seed in enumerate(seeds):
-        timed = i == 0  # the testing times come from the first seed
-        records += _sweep(DEFAULT_MODEL, settings, ["rand"], [1], "ratio", [seed], sparse_eval=timed)
-        records += _sweep(DEFAULT_MODEL, settings, SEED_004_PRUNERS, pruned, "ratio", [seed], sparse_eval=timed)
-        records += _sweep(DEFAULT_MODEL, settings, SEED_004_PRUNERS, [0.5, 2], "exponent", [seed])
-    return settings, records
+        timed = {"sparse_eval": i == 0}  # the testing times come from the first seed
+        grid.append(("rand", 1, "ratio", seed, timed))
+        grid += [(m, c, "ratio", seed, timed) for c in SEED_004_COMPRESSIONS if c != 1 for m in SEED_004_PRUNERS]
+        grid += [(m, e, "exponent", seed, {}) for e in (0.5, 2) for m in SEED_004_PRUNERS]
+    return grid
 
 
-def _density(r: RunRecord) -> float:
-    return r.extra_dict()["target_density"]
+def fidelity_grid(seeds: list[int]) -> list[tuple]:
+    return [(m, e, "exponent", s, {}) for s in seeds for e in FIDELITY_EXPONENTS for m in SEED_004_PRUNERS]
 
 
 def _cells(records: list[RunRecord]) -> dict[tuple[float, str], list[RunRecord]]:
-    """Runs by (target density, method); the dense runs stand for every method."""
+    """Runs by (target density rounded, method); a dense run stands for every method."""
     cells: dict[tuple[float, str], list[RunRecord]] = defaultdict(list)
     for r in records:
-        d = round(_density(r), 12)
+        d = round(r.extra_dict()["target_density"], 12)
         for m in SEED_004_PRUNERS if d == 1.0 else [r.method]:
             cells[(d, m)].append(r)
     return cells
@@ -225,20 +260,28 @@ def _status_counts(runs: list[RunRecord]) -> dict[str, int]:
     return {s: statuses.count(s) for s in ("ok", "untrainable", "collapsed")}
 
 
-def _prunable_weights(r: RunRecord) -> int:
-    return sum(total for _, total in r.extra_dict()["layer_kept"].values())
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def digits_table(settings: dict, records: list[RunRecord], seeds: list[int]) -> None:
-    cells = _cells(records)
+def _prunable_weights(r: RunRecord) -> int:
+    return sum(total for _, total in r.extra_dict()["layer_kept"].values())
+
+
+def _flag_cell(mean: float, std: float, counts: dict[str, int], n: int) -> str:
+    flags = [f"{counts[s]}/{n} {s}" for s in ("untrainable", "collapsed") if counts[s]]
+    return f"{mean:.2f} ± {std:.2f}" + (f" ({', '.join(flags)})" if flags else "")
+
+
+# --------------------------------------------------------------------------- digits_sweep
+
+
+def digits_table(records: list[RunRecord], seeds: list[int]) -> None:
+    cells = _cells([r for r in records if r.extra_dict()["compression_mode"] == "ratio"])
     rows = []
     for c in SEED_004_COMPRESSIONS:
         for m in SEED_004_PRUNERS:
-            runs = [r for r in cells[(round(1.0 / c, 12), m)] if r.target_value == c]
+            runs = cells[(round(1.0 / c, 12), m)]
             mean, std = _mean_std([100 * r.accuracy_top1 for r in runs])
             timed = [r.extra_dict() for r in runs if "testing_seconds_csr" in r.extra_dict()]
             rows.append(
@@ -251,34 +294,29 @@ def digits_table(settings: dict, records: list[RunRecord], seeds: list[int]) -> 
                     **_status_counts(runs),
                     "density": round(statistics.mean(r.density for r in runs), 4),
                     "mflops": round(statistics.mean(r.flops for r in runs) / 1e6, 3),
-                    "test_ms_dense": round(1e3 * timed[0]["testing_seconds_dense"], 1) if timed else None,
-                    "test_ms_csr": round(1e3 * timed[0]["testing_seconds_csr"], 1) if timed else None,
+                    "test_ms_dense": round(1e3 * timed[0]["testing_seconds_dense"], 1),
+                    "test_ms_csr": round(1e3 * timed[0]["testing_seconds_csr"], 1),
                 }
             )
     df = pd.DataFrame(rows)
     df.to_csv(RESULTS / "digits_sweep.csv", index=False)
     _plot_sweep(df, RESULTS / "digits_sweep.png")
-
-    def cell(row) -> str:
-        flags = [f"{row[s]}/{row['n']} {s}" for s in ("untrainable", "collapsed") if row[s]]
-        return f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f}" + (f" ({', '.join(flags)})" if flags else "")
-
-    acc = df.assign(cell=df.apply(cell, axis=1)).pivot(index="compression", columns="method", values="cell")
-    times = df.assign(cell=df.apply(lambda r: f"{r['test_ms_dense']:.0f} / {r['test_ms_csr']:.0f}", axis=1))
-    times = times.pivot(index="compression", columns="method", values="cell")
     order = [f"{c}x" for c in SEED_004_COMPRESSIONS]
-    acc, times = acc.loc[order, list(SEED_004_PRUNERS)], times.loc[order, list(SEED_004_PRUNERS)]
-    dense_ms, csr_ms = df["test_ms_dense"], df["test_ms_csr"]
+    acc = df.assign(cell=df.apply(lambda r: _flag_cell(r["top1_mean"], r["top1_std"], r, r["n"]), axis=1))
+    acc = acc.pivot(index="compression", columns="method", values="cell").loc[order, list(SEED_004_PRUNERS)]
+    times = df.assign(cell=df.apply(lambda r: f"{r['test_ms_dense']:.0f} / {r['test_ms_csr']:.0f}", axis=1))
+    times = times.pivot(index="compression", columns="method", values="cell").loc[order, list(SEED_004_PRUNERS)]
     flops = df.groupby("compression", sort=False)["mflops"].mean()
-    dense_params = records[0].params_before
+    dense, csr = df["test_ms_dense"], df["test_ms_csr"]
+    csr_at = df.groupby("compression", sort=False)["test_ms_csr"].mean()
     md = f"""# digits_sweep
 
-{_settings_line(DEFAULT_MODEL, settings, seeds)} This is what `hwprune prune-at-init` runs with no options
-(one seed there). {dense_params} parameters dense. Cells: test top-1 % mean ± sample std over the seeds;
-a run is `collapsed` when the mask leaves no input-to-output path, `untrainable` when it is connected but
-its test top-1 is at chance (at most 1/10 + 3 binomial standard errors on the 360 test images = 14.74 %),
-`ok` otherwise; only non-ok counts are shown. At 1x every method keeps every weight, so one dense run per
-seed stands for all five.
+{_settings_line(EMBEDDED, seeds)} This is what `hwprune prune-at-init` runs with no options (seed 0 only
+there). {_prunable_weights(records[0])} prunable weights. Cells: test top-1 % mean ± sample std over the
+seeds; a run is `collapsed` when the mask leaves no input-to-output path, `untrainable` when it is connected
+but its test top-1 is at chance (at most 1/10 + 3 binomial standard errors on the 360 test images, 14.74 %),
+`ok` otherwise; only the runs that are not ok are counted in the cells. At 1x every method keeps every
+weight, so one dense run per seed stands for all five. Regenerate: `{COMMAND} --only digits`.
 
 ## Test top-1 (%)
 
@@ -286,17 +324,17 @@ seed stands for all five.
 
 ## Testing time: dense / CSR execution (ms per pass over the 360 test images, median of 3, seed {seeds[0]})
 
-Unstructured masks keep the dense tensor shapes: the masked model runs the same dense kernels at every
-compression, so its testing time does not fall with compression ({dense_ms.min():.0f}-{dense_ms.max():.0f} ms
-here) while the effective FLOPs do ({flops.iloc[0]:.2f} MFLOPs per image at 1x, {flops.iloc[-1]:.3f} at
-{SEED_004_COMPRESSIONS[-1]}x; FLOPs count one multiply-add as one FLOP, each masked layer at its kept
-density). The CSR path (`--sparse-eval`: Linear and im2col Conv2d as torch sparse CSR products on CPU,
-logits equal to the dense path's within float rounding) multiplies only the kept weights:
-{csr_ms.min():.0f}-{csr_ms.max():.0f} ms.
+Unstructured masks keep the dense tensor shapes, so the masked model runs the same dense kernels at every
+compression and its testing time does not fall with compression ({dense.min():.0f}-{dense.max():.0f} ms
+here), while the effective FLOPs do ({flops.iloc[0]:.2f} MFLOPs per image at 1x, {flops.iloc[-1]:.3f} at
+{SEED_004_COMPRESSIONS[-1]}x; one multiply-add = one FLOP, each masked layer counted at its kept density).
+The CSR path (`--sparse-eval`: Linear and im2col Conv2d as torch sparse CSR products on CPU, logits equal to
+the dense path's within float rounding) multiplies only the kept weights: {csr.min():.0f}-{csr.max():.0f} ms,
+{csr_at.iloc[0]:.0f} ms at 1x (mean over methods) and {csr_at.iloc[-1]:.0f} ms at {SEED_004_COMPRESSIONS[-1]}x.
 
 {times.to_markdown()}
 
-Long form with densities, effective FLOPs and both times per cell: `digits_sweep.csv`; curves: `digits_sweep.png`.
+Long form (densities, effective FLOPs, both times per cell): `digits_sweep.csv`; curves: `digits_sweep.png`.
 
 ![accuracy and testing time](digits_sweep.png)
 """
@@ -305,14 +343,9 @@ Long form with densities, effective FLOPs and both times per cell: `digits_sweep
 
 
 def _plot_sweep(df: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     fig, (acc, tim) = plt.subplots(1, 2, figsize=(10, 4))
-    x = [float(c.rstrip("x")) for c in df["compression"]]
-    df = df.assign(x=x)
+    df = df.assign(x=[float(c.rstrip("x")) for c in df["compression"]])
     for m in SEED_004_PRUNERS:
         d = df[df["method"] == m]
         line = acc.errorbar(d["x"], d["top1_mean"], yerr=d["top1_std"], marker="o", ms=4, capsize=2, label=m)
@@ -320,7 +353,7 @@ def _plot_sweep(df: pd.DataFrame, path: Path) -> None:
         acc.scatter(bad["x"], bad["top1_mean"], marker="x", s=80, color=line[0].get_color(), zorder=3)
         tim.plot(d["x"], d["test_ms_csr"], marker="o", ms=3, color=line[0].get_color(), label=f"{m} CSR")
     dense = df.groupby("x")["test_ms_dense"].mean()
-    tim.plot(dense.index, dense.values, color="k", ls="--", label="dense (mean over methods)")
+    tim.plot(dense.index, dense.values, color="k", ls="--", label="dense kernels (mean over methods)")
     for ax in (acc, tim):
         ax.set_xscale("log")
         ax.set_xlabel("compression ratio (x)")
@@ -328,93 +361,126 @@ def _plot_sweep(df: pd.DataFrame, path: Path) -> None:
     acc.axhline(10, color="grey", ls=":", lw=1)
     acc.set_ylabel("test top-1 % (x: a run untrainable or collapsed)")
     tim.set_ylabel("ms per test pass (360 images)")
-    acc.set_title(f"{DEFAULT_MODEL} on digits: accuracy", fontsize=9)
+    acc.set_title(f"{EMBEDDED['model']} on digits: accuracy", fontsize=9)
     tim.set_title("testing time: dense kernels vs CSR", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def fidelity_table(settings: dict, records: list[RunRecord], seeds: list[int]) -> None:
+# --------------------------------------------------------------------------- fidelity_synflow
+
+
+def _fidelity_rows(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per compression: ours vs the paper per method, and the ordering with Kendall tau."""
     cells = _cells(records)
     rows, taus = [], []
     for e in FIDELITY_EXPONENTS:
-        stats = {m: _mean_std([100 * r.accuracy_top1 for r in cells[(round(10.0**-e, 12), m)]]) for m in PAPER[e]}
+        runs = {m: cells[(round(10.0**-e, 12), m)] for m in PAPER[e]}
+        stats = {m: _mean_std([100 * r.accuracy_top1 for r in rs]) for m, rs in runs.items()}
         methods = list(PAPER[e])
-        ours = [stats[m][0] for m in methods]
-        paper = [PAPER[e][m] for m in methods]
+        ours, paper = [stats[m][0] for m in methods], [PAPER[e][m] for m in methods]
         rank_ours, rank_paper = rankdata([-v for v in ours], method="min"), rankdata([-v for v in paper], method="min")
-        label = f"10^{e:g}"
         for i, m in enumerate(methods):
             rows.append(
                 {
-                    "compression": label,
+                    "compression": f"10^{e:g}",
                     "method": m,
                     "ours_mean": round(stats[m][0], 2),
                     "ours_std": round(stats[m][1], 2),
                     "paper": paper[i],
                     "rank_ours": int(rank_ours[i]),
                     "rank_paper": int(rank_paper[i]),
+                    "n": len(runs[m]),
+                    **_status_counts(runs[m]),
                 }
             )
-        at_chance = [
-            m for m in methods if any(r.extra_dict()["status"] != "ok" for r in cells[(round(10.0**-e, 12), m)])
-        ]
+        counts = {m: _status_counts(runs[m]) for m in methods}
         taus.append(
             {
-                "compression": label,
+                "compression": f"10^{e:g}",
                 "kendall_tau": round(float(kendalltau(ours, paper).statistic), 2),
                 "order_ours": " > ".join(m for _, m in sorted(zip(ours, methods, strict=True), reverse=True)),
                 "order_paper": " > ".join(m for _, m in sorted(zip(paper, methods, strict=True), reverse=True)),
-                "not_ok_runs": ", ".join(at_chance) or "none",
+                "runs_not_ok": "; ".join(
+                    f"{m} {c[s]}/{len(runs[m])} {s}"
+                    for m, c in counts.items()
+                    for s in ("untrainable", "collapsed")
+                    if c[s]
+                )
+                or "none",
             }
         )
-    df, tau = pd.DataFrame(rows), pd.DataFrame(taus)
+    return pd.DataFrame(rows), pd.DataFrame(taus)
+
+
+def fidelity_table(records: list[RunRecord], embedded: list[RunRecord], seeds: list[int]) -> None:
+    df, tau = _fidelity_rows(records)
     tau.to_csv(RESULTS / "fidelity_synflow_tau.csv", index=False)
     weights = _prunable_weights(records[0])
+    shown = df.drop(columns=["n"])
+    embedded_part = ""
+    if embedded:
+        e_df, e_tau = _fidelity_rows(embedded)
+        embedded_part = f"""
+## The embedded default at the same compressions
+
+{_settings_line(EMBEDDED, seeds)} ({_prunable_weights(embedded[0])} prunable weights; 10^1 = the 10x runs of
+`digits_sweep`.)
+
+{e_df.drop(columns=["n"]).to_markdown(index=False)}
+
+{e_tau.to_markdown(index=False)}
+"""
     md = f"""# fidelity_synflow
 
 Our digits sweep against the SynFlow paper's CIFAR-10 VGG16-BN top-1 (Tanaka et al. 2020, table in
 METHODS.md) at the compressions the paper tabulates that fit digits: 10^0.5, 10^1, 10^2 (density 31.6 %,
-10 %, 1 %). 10^3 is left out: our network would keep {weights // 1000} of its {weights} prunable weights over
-9 layers, where the paper's VGG16 keeps 14.7 thousand. Our network is VGG11-BN's plan at 1/16 width, not
-VGG16-BN: the 13-layer plan at the same width took 2.5x longer per training step (47 against 19 ms for a
-batch of 64 on one thread, measured once while choosing), past the embedded sweep's time budget.
+10 %, 1 %). 10^3 is left out: {FIDELITY["model"]} would keep {weights // 1000} of its {weights} prunable
+weights, where the paper's VGG16 keeps 14.7 thousand.
 
-Ours: {_settings_line(DEFAULT_MODEL, settings, seeds)} The 10^1 runs are the 10x runs of `digits_sweep`
-(the same density). Ranks: 1 = highest top-1. Kendall tau (tau-b, scipy) of our mean top-1 against the
-paper's over the five methods; goal: tau >= 0.8 at 10^1 and 10^2 (at most one swapped pair), and no run at
-chance below 10^2 (the paper has none there).
+Ours: {_settings_line(FIDELITY, seeds)} vgg16_quarter is the paper's VGG16-BN plan at 1/4 width; of the
+widths 1/16, 1/8 and 1/4 it is the narrowest whose random and magnitude masks at 10^2 connect input to output
+for seeds 0-2, as the paper's do. Ranks: 1 = highest mean top-1. Kendall tau (tau-b, scipy) of our mean
+top-1 against the paper's over the five methods; goal: tau >= 0.8 at 10^1 and 10^2 (at most one swapped
+pair), and no run at chance below 10^2 (the paper has none there). `ok`/`untrainable`/`collapsed` count the
+runs by status. Regenerate: `{COMMAND} --only fidelity` (the embedded default's part below: `--only digits`).
 
-{df.to_markdown(index=False)}
+{shown.to_markdown(index=False)}
 
 ## Method ordering per compression
 
 {tau.to_markdown(index=False)}
 
-(`not_ok_runs`: methods with a run marked untrainable or collapsed.) Differences between methods in the
-paper at 10^0.5 and 10^1 are 0.1-2 points, within our seed-to-seed spread on 360 test images (one image
-is 0.28 points), so the ordering there is mostly noise on both sides; see the stds.
-"""
-    _write("fidelity_synflow", df, md, FIDELITY_COLUMNS)
+The paper's methods differ by 0.1-2 points at 10^0.5 and 10^1, which is within our seed-to-seed spread on
+360 test images (one image is 0.28 points), so the ordering there is mostly noise on our side; see the stds.
+{embedded_part}"""
+    df[FIDELITY_COLUMNS].to_csv(RESULTS / "fidelity_synflow.csv", index=False)
+    (RESULTS / "fidelity_synflow.md").write_text(md)
+    print(md)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="diagnosis,sweep", help="diagnosis, sweep (digits_sweep + fidelity_synflow)")
+    p.add_argument("--only", default="diagnosis,digits,fidelity", help="parts, comma-separated")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=DEFAULT_SMALL["epochs"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", action="store_true", help="keep the rows already in runs/ and run only the rest")
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     only = set(args.only.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
+    RESULTS.mkdir(parents=True, exist_ok=True)
     if "diagnosis" in only:
-        diagnosis()
-    if "sweep" in only:
-        settings, records = run_grid(seeds, args.epochs)
-        digits_table(settings, records, seeds)
-        fidelity_table(settings, records, seeds)
+        diagnosis(args.resume)
+    embedded = []
+    if "digits" in only:
+        embedded = run_part("digits", EMBEDDED, digits_grid(seeds), args.resume)
+        digits_table(embedded, seeds)
+    if "fidelity" in only:
+        if not embedded and (RUNS / "digits.csv").exists():
+            embedded = ResultsStore(RUNS / "digits.csv").records()
+        records = run_part("fidelity", FIDELITY, fidelity_grid(seeds), args.resume)
+        fidelity_table(records, embedded, seeds)
 
 
 if __name__ == "__main__":
