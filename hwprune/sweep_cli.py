@@ -30,6 +30,7 @@ from hwprune.errors import HwpruneError, OneLineParser, first_line
 from hwprune.models.init import INITS
 from hwprune.prune.weight_masking import COMPRESSION_MODES, RULES, density_from
 from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, SYNFLOW_ROUNDS, run_sweep
+from hwprune.sweep_status import STATUSES
 from hwprune.train import add_train_args, config_from_args
 
 PROG = "hwprune prune-at-init"
@@ -228,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.method:>8} c={r.target_value:g} seed={r.seed}: density {r.density:.4f} top1 {top1:.4f} "
             f"flops {r.flops} test {extra['testing_seconds']:.3f}s{csr} {extra['status']}"
         )
-    print(f"{PROG}: {len(records)} rows appended to {args.results}; tabulate with hwprune compare")
+    statuses = [r.extra_dict()["status"] for r in records]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in STATUSES)
+    print(f"{PROG}: {len(records)} rows ({counts}) appended to {args.results}; tabulate with hwprune compare")
     return 0
 
 
