@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -153,6 +154,26 @@ def table(journal: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS).round(4)
 
 
+def at_equal_latency(frame: pd.DataFrame) -> list[str]:
+    """gator-latency's top-1 interpolated (linearly, over its targets) at each gator-flops latency ratio."""
+    lines = []
+    for model, g in frame.groupby("model", sort=False):
+        lat = g[g.method == "gator-latency"].sort_values("measured_latency_ratio")
+        if len(lat) < 2:
+            continue
+        for _, row in g[g.method == "gator-flops"].iterrows():
+            x = row.measured_latency_ratio
+            if lat.measured_latency_ratio.min() <= x <= lat.measured_latency_ratio.max():
+                top1 = float(np.interp(x, lat.measured_latency_ratio, lat.top1_mean))
+                lines.append(f"| {model} | {x:.3f} | {row.top1_mean:.4f} | {top1:.4f} | {top1 - row.top1_mean:+.4f} |")
+            else:
+                lines.append(f"| {model} | {x:.3f} | {row.top1_mean:.4f} | outside gator-latency's range | |")
+    if not lines:
+        return []
+    head = "| model | latency ratio | gator-flops top-1 | gator-latency top-1 (interpolated) | difference |"
+    return ["## At equal measured latency", "", head, "|---|---:|---:|---:|---:|", *lines, ""]
+
+
 def write(journal: list[dict], args) -> None:
     frame = table(journal)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -169,8 +190,9 @@ def write(journal: list[dict], args) -> None:
         "ONNX; flops_ratio: fvcore FLOPs (one multiply-add = one FLOP) of the compacted over the dense model; "
         "top1: the converted model's accuracy on the digits test split (360 images), mean and std over seeds.\n"
     )
+    equal = "\n".join(at_equal_latency(frame))
     (RESULTS / "gating.md").write_text(
-        f"{note}\n{frame.to_markdown(index=False)}\n\n## Every run\n\n{runs.to_markdown(index=False)}\n"
+        f"{note}\n{frame.to_markdown(index=False)}\n\n{equal}\n## Every run\n\n{runs.to_markdown(index=False)}\n"
     )
     print(frame.to_markdown(index=False), flush=True)
 

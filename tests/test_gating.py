@@ -334,9 +334,17 @@ def test_a_bad_gating_config_is_one_clear_error(tmp_path, capsys, text, words):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_edge_multipliers_must_name_every_gated_group():
+def test_per_group_lists_must_name_every_gated_group():
+    x = torch.randn(1, 3, 8, 8)
     with pytest.raises(HwpruneError, match="3 values, but the model has 1 gated groups"):
         prepare(Tiny(), torch.randn(1, 1, 4, 4), from_mapping({"edge_multipliers": [1.0, 2.0, 3.0]}))
+    gated, _ = gated_for(InvertedResidual(), x)
+    probs = [0.9 + 0.01 * i for i in range(len(gated.layout.groups))]
+    gated, _ = gated_for(InvertedResidual(), x, gate_init_prob=tuple(probs))
+    for i, p in enumerate(probs):  # each group's gates start at its own pass probability
+        assert torch.allclose(torch.sigmoid(gated.logits[gated.slot_range(i)]), torch.tensor(p))
+    with pytest.raises(HwpruneError, match="gate_init_prob has 1 values"):
+        gated_for(InvertedResidual(), x, gate_init_prob=(0.9,))
 
 
 # ----------------------------------------------------------------------------- latency multipliers from a LUT
@@ -440,3 +448,53 @@ def test_gate_command_ships_a_verified_model_and_records_its_settings(tmp_path, 
     assert record.flops < record.flops_before
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"mask.json", "model.onnx", "gating.json"}
     assert math.isfinite(json.loads((tmp_path / "out/gating.json").read_text())["history"][-1]["cost_ratio"])
+
+
+# ----------------------------------------------------------------------------- data-parallel
+
+DDP_SCRIPT = r"""
+import json, os, sys
+import torch
+from torch import nn
+from safetensors.torch import save_file
+torch.set_num_threads(1)
+from hwprune.data import get_dataset
+from hwprune.prune.gating import GatingConfig
+from hwprune.prune.gating.run import prepare
+from hwprune.train import TrainConfig, train_ddp
+
+out, rank = sys.argv[1], int(os.environ["RANK"])
+torch.manual_seed(rank)  # different initial weights per rank: DDP must broadcast rank 0's
+model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+train_set, test_set = get_dataset("digits", "train"), get_dataset("digits", "test")
+config = GatingConfig(criteria_weight=0.1, gradient_multiplier=3000)
+gated, objective, _, _ = prepare(model, train_set[0][0][None], config)
+result = train_ddp(gated, train_set, test_set, TrainConfig(epochs=2, batch_size=64, lr=0.1), objective=objective)
+save_file({k: v.contiguous() for k, v in gated.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+json.dump({"history": objective.history, "top1": result.last_top1}, open(f"{out}/result{rank}.json", "w"))
+"""
+
+
+@pytest.mark.slow
+def test_gating_under_ddp_ranks_end_identical(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+
+    script = tmp_path / "ddp_gate.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PJRT_DEVICE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    proc = subprocess.run([*cmd, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert r0.keys() == r1.keys() and "active" in r0 and "logits" in r0
+    for name in r0:  # weights, gate logits, active gates and BatchNorm buffers alike
+        np.testing.assert_array_equal(r0[name], r1[name], err_msg=name)
+    assert not r0["active"].all()  # the cost term closed gates
+    res0, res1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert res0 == res1 and res0["history"][-1]["macs_ratio"] < 1.0
