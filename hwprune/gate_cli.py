@@ -175,7 +175,7 @@ def run(argv: list[str] | None = None) -> int:
     (train_set, test_set), model, channels = _data_and_model(args)
     torch.manual_seed(train_config.seed)
     example = train_set[0][0].unsqueeze(0)
-    gated, objective, multipliers, source = prepare(model, example, config, args.lut, args.subdivision, args.model)
+    gated, objective = prepare(model, example, config, args.lut, args.subdivision, args.model)
     if args.list_groups:
         print(list_groups(gated))
         return 0
@@ -193,7 +193,7 @@ def run(argv: list[str] | None = None) -> int:
                 loader = ProgressLoader(loader, objective, f"gating {args.model}")
             test_loader = make_loader(test_set, train_config.batch_size, shuffle=False)
             result = train(gated, loader, test_loader, train_config, objective=objective)
-        gate_result = finish(gated, objective, multipliers, source, result)
+        gate_result = finish(gated, objective, result)
         if rank0:
             ship(args, gate_result, channels)
     return 0

@@ -91,8 +91,7 @@ def randomized(model, seed=0):
 
 
 def gated_for(model, x, **config):
-    gated, objective, _, _ = prepare(model, x, GatingConfig(**config))
-    return gated, objective
+    return prepare(model, x, GatingConfig(**config))
 
 
 def close_some(gated, seed=0):
@@ -384,8 +383,9 @@ def test_lut_multipliers_are_gators_latency_over_flops_ratio(tmp_path):
         return 0.05 + sum(per_mac[kinds[t]] * e["macs"] * cm.fraction(t, shares) for t, e in cm.tensors.items())
 
     save_lut(synthetic_lut(graph, latency_of), tmp_path / "lut.json")
-    gated, objective, multipliers, source = prepare(model, x, GatingConfig(), lut=tmp_path / "lut.json")
-    assert source == f"lut:{tmp_path / 'lut.json'}"
+    gated, objective = prepare(model, x, GatingConfig(), lut=tmp_path / "lut.json")
+    multipliers = objective.cost.multipliers
+    assert objective.cost.multiplier_source == f"lut:{tmp_path / 'lut.json'}"
     for group, m in zip(gated.layout.groups, multipliers, strict=True):  # (% latency drop) / (% FLOPs drop)
         latency_drop = 1 - latency_of({group.id: 0.5}) / latency_of({})
         flops_drop = -cm.change({}, group.id, 0.5)[0] / cm.total_macs
@@ -469,7 +469,7 @@ model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReL
                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 train_set, test_set = get_dataset("digits", "train"), get_dataset("digits", "test")
 config = GatingConfig(criteria_weight=0.1, gradient_multiplier=3000)
-gated, objective, _, _ = prepare(model, train_set[0][0][None], config)
+gated, objective = prepare(model, train_set[0][0][None], config)
 result = train_ddp(gated, train_set, test_set, TrainConfig(epochs=2, batch_size=64, lr=0.1), objective=objective)
 save_file({k: v.contiguous() for k, v in gated.state_dict().items()}, f"{out}/rank{rank}.safetensors")
 json.dump({"history": objective.history, "top1": result.last_top1}, open(f"{out}/result{rank}.json", "w"))

@@ -31,13 +31,22 @@ class GateCost:
         layout: The gated groups.
         factor_type: ``flop_factor`` or ``memory_factor``.
         multipliers: One edge multiplier per gated group.
+        multiplier_source: Where they came from (``config``, ``lut:<path>``, ``none``).
     """
 
-    def __init__(self, graph: ChannelGraph, layout: GateLayout, factor_type: str, multipliers: list[float]) -> None:
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        layout: GateLayout,
+        factor_type: str,
+        multipliers: list[float],
+        multiplier_source: str = "none",
+    ) -> None:
         key = COST_KEYS[factor_type]
         index = {g.id: i for i, g in enumerate(layout.groups)}
         self.sizes = np.array([g.size for g in layout.groups], dtype=float)
         self.multipliers = np.asarray(multipliers, dtype=float)
+        self.multiplier_source = multiplier_source
         # per tensor: its cost and, per channel axis, (gated-group index or -1 per group on it, share of positions)
         self.terms: list[tuple[float, list[tuple[np.ndarray, np.ndarray]]]] = []
         for entry in CostModel(graph).tensors.values():

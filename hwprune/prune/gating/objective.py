@@ -38,7 +38,6 @@ class GatingObjective(Objective):
         self.subdivision = subdivision
         self.static_total = config.static_total_cost or cost.total
         self.dense = cost.dense_value()
-        self.dense_total = cost.total_cost(cost.sizes)
         self.group_of_slot = gated.layout.group_of_slot()
         self.per_slot = np.asarray(gated.layout.channels_per_slot, float)[self.group_of_slot]
         self.history: list[dict] = []
@@ -69,7 +68,7 @@ class GatingObjective(Objective):
         device = self.gated.logits.device
         self.slot_weights = torch.as_tensor(weights, dtype=self.gated.logits.dtype, device=device)
         self.ratio = self.cost.value(counts) / self.dense
-        self.total_ratio = self.cost.total_cost(counts) / self.dense_total
+        self.total_ratio = self.cost.total_cost(counts) / self.cost.total
         self.open_share = float(counts.sum() / self.cost.sizes.sum())
         self.holding = self.config.target is not None and self.ratio <= self.config.target
         scale = np.divide(

@@ -83,7 +83,7 @@ def prepare(
     lut: str | Path | None = None,
     subdivision: int = 1,
     name: str | None = None,
-) -> tuple[GatedModel, GatingObjective, list[float], str]:
+) -> tuple[GatedModel, GatingObjective]:
     """Map ``model`` at ``example``, wrap it with gates and build the training objective."""
     if isinstance(subdivision, bool) or not isinstance(subdivision, int) or subdivision < 1:
         raise HwpruneError(f"subdivision must be a whole number >= 1, got {subdivision!r}")
@@ -92,8 +92,8 @@ def prepare(
     multipliers, source = resolve_multipliers(config, graph, layout, lut)
     probs = per_group(config.gate_init_prob, len(layout.groups), "gate_init_prob", 0.995)
     gated = GatedModel(model, graph, probs, config.temperature)
-    objective = GatingObjective(gated, GateCost(graph, layout, config.factor_type, multipliers), config, subdivision)
-    return gated, objective, multipliers, source
+    cost = GateCost(graph, layout, config.factor_type, multipliers, source)
+    return gated, GatingObjective(gated, cost, config, subdivision)
 
 
 class ProgressLoader:
@@ -156,16 +156,23 @@ def gate(
     train_config = train_config or TrainConfig()
     if example is None:
         example = next(iter(train_loader))[0][:1]
-    gated, objective, multipliers, source = prepare(model.cpu(), example.cpu(), config, lut, subdivision, name)
+    gated, objective = prepare(model.cpu(), example.cpu(), config, lut, subdivision, name)
     loader = ProgressLoader(train_loader, objective) if progress else train_loader
     result = train(gated, loader, test_loader, train_config, objective=objective)
-    return finish(gated, objective, multipliers, source, result)
+    return finish(gated, objective, result)
 
 
-def finish(gated, objective: GatingObjective, multipliers, source: str, result: TrainResult) -> GateResult:
+def finish(gated: GatedModel, objective: GatingObjective, result: TrainResult) -> GateResult:
     """Convert the trained gates to a mask and bundle the run's facts."""
     gated.eval()
     mask = gates_to_mask(gated, {"method": "gator", "factor_type": objective.config.factor_type, **objective.state()})
     return GateResult(
-        gated, mask, objective.config, multipliers, source, result, objective.history, objective.subdivision
+        gated,
+        mask,
+        objective.config,
+        objective.cost.multipliers.tolist(),
+        objective.cost.multiplier_source,
+        result,
+        objective.history,
+        objective.subdivision,
     )
