@@ -37,6 +37,7 @@ OVERRIDES = (  # config keys the command line may override
     "static_total_cost",
     "target",
     "temperature",
+    "round_to",
 )
 
 
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--static-total-cost", type=float, default=None, help="override: divisor of the cost term")
     g.add_argument("--target", type=float, default=None, help="override: hold once cost ratio <= this (0, 1]")
     g.add_argument("--temperature", type=float, default=None, help="override: sigmoid temperature")
+    g.add_argument("--round-to", type=int, default=None, help="override: channels per gate (alignment; 1 = GATOR)")
     g.add_argument("--list-groups", action="store_true", help="print the gated groups (edge_multipliers order), exit")
     s = p.add_argument_group("shipping")
     s.add_argument("--out", type=Path, default=Path("out/gate"), help="output folder (default out/gate)")

@@ -137,6 +137,20 @@ def test_blocks_share_gates_so_each_block_keeps_the_same_count():
         assert len({int(mask.keep[group.id][list(b)].sum()) for b in group.blocks}) == 1
 
 
+def test_round_to_keeps_aligned_counts_and_stays_exact():
+    model, x = randomized(InvertedResidual()), torch.randn(2, 3, 8, 8)
+    gated, _ = gated_for(model, x, round_to=4)
+    sizes = [g.size for g in gated.layout.groups]
+    assert (sizes, list(gated.layout.slot_counts)) == ([8, 24], [2, 6])
+    close_some(gated)
+    mask = gates_to_mask(gated)
+    assert all(k.sum() % 4 == 0 and not k.all() for k in mask.keep.values())
+    with torch.no_grad():
+        assert torch.equal(gated.eval()(x), masked_model(model, gated.graph, mask).eval()(x))
+    with pytest.raises(HwpruneError, match="no channel group that can carry gates"):
+        gated_for(model, x, round_to=16)  # 8 channels cannot lose 16, 24 is no whole number of 16s
+
+
 # ----------------------------------------------------------------------------- gradient and cost by hand
 
 

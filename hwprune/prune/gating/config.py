@@ -1,8 +1,8 @@
 """The gating configuration: GATOR's cfg-file keys plus a target, read from JSON and checked.
 
 GATOR's cfg files (``factor_type``, ``criteria_weight``, ``gradient_multiplier``, ``gate_init_prob``,
-``static_total_cost``, ``edge_multipliers``) load unchanged; ``target`` and ``temperature`` are
-hwprune's additions. Costs are in hwprune's units (multiply-adds for ``flop_factor``, parameters for
+``static_total_cost``, ``edge_multipliers``) load unchanged; ``target``, ``temperature`` and
+``round_to`` are hwprune's additions. Costs are in hwprune's units (multiply-adds for ``flop_factor``, parameters for
 ``memory_factor``), so a ``static_total_cost`` copied from a GATOR file (its own units) does not
 carry over: leave it out and it defaults to the model's total cost.
 """
@@ -38,6 +38,8 @@ class GatingConfig:
         target: Stop adding cost pressure once the cost term is at most this fraction of its dense
             value (None: never stop); gates closed so far stay closed.
         temperature: Sigmoid temperature of the gates.
+        round_to: Channels one gate stands for, so that kept counts stay multiples of it (hardware
+            alignment; 1 = GATOR's gate per channel).
     """
 
     factor_type: str = "flop_factor"
@@ -48,6 +50,7 @@ class GatingConfig:
     edge_multipliers: tuple[float, ...] | None = None
     target: float | None = None
     temperature: float = 1.0
+    round_to: int = 1
 
     def replace(self, **changes: Any) -> GatingConfig:
         """A copy with ``changes`` (CLI overrides), checked like a config file."""
@@ -94,6 +97,7 @@ CHECKS = {
     "edge_multipliers": _multipliers,
     "target": _optional(lambda f, v, n: f.number(v, n, 0.0, 1.0, low_open=True)),
     "temperature": lambda f, v, n: f.number(v, n, 0.0, low_open=True),
+    "round_to": lambda f, v, n: f.whole(v, n, 1),
 }
 
 

@@ -29,6 +29,7 @@ from torch.func import functional_call
 
 from hwprune.errors import HwpruneError
 from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PRODUCER, ChannelGraph, ChannelGroup
+from hwprune.prune.channel import unit_of
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class GateLayout:
 
     A group split into blocks (grouped-conv outputs, attention heads) must keep the same number of
     channels in every block, so channel ``j`` of every block shares slot ``j``: a slot then stands for
-    ``len(blocks)`` channels.
+    ``len(blocks)`` channels. With ``round_to`` k > 1 (hardware alignment, an hwprune addition to
+    GATOR) a slot stands for k consecutive channels (per block: the step of
+    :func:`~hwprune.prune.channel.unit_of`), so kept counts stay multiples of k.
     """
 
     groups: tuple[ChannelGroup, ...]
@@ -61,30 +64,32 @@ class GateLayout:
         return np.repeat(np.arange(len(self.groups)), self.slot_counts)
 
 
-def _block_slots(group: ChannelGroup) -> np.ndarray | str:
+def _slots(group: ChannelGroup, round_to: int) -> np.ndarray | str:
     """Slot of each channel (shared across blocks), or why the group cannot be gated."""
-    if not group.blocks:
-        return np.arange(group.size)
-    sizes = {len(b) for b in group.blocks}
-    if len(sizes) != 1:
-        return f"its {len(group.blocks)} blocks differ in size"
+    blocks = group.blocks or (tuple(range(group.size)),)
+    if len({len(b) for b in blocks}) != 1:
+        return f"its {len(blocks)} blocks differ in size"
+    unit = unit_of(group, round_to)
+    if unit >= group.size:
+        return f"it cannot shrink by a whole step of {unit} channels and keep one (it stays whole)"
+    step = unit // len(blocks)  # channels per block that one gate stands for
+    if len(blocks[0]) % step:
+        return f"its blocks of {len(blocks[0])} channels are no whole number of {step}-channel steps"
     slots = np.empty(group.size, dtype=np.int64)
-    for block in group.blocks:
-        slots[list(block)] = np.arange(len(block))
+    for block in blocks:
+        slots[list(block)] = np.arange(len(block)) // step
     return slots
 
 
-def gate_layout(graph: ChannelGraph) -> GateLayout:
-    """One gate per channel of every prunable group with an exact compaction and more than one channel."""
+def gate_layout(graph: ChannelGraph, round_to: int = 1) -> GateLayout:
+    """Gates on every prunable group that compacts exactly and can lose a whole step of channels."""
     groups, slots, offsets, skipped = [], [], [], []
     offset = 0
     for group in graph.prunable_groups:
         why = None
         if not group.exact:
             why = f"inexact ({group.inexact_reason}): its compacted model would not equal the gated one"
-        elif group.size < 2:
-            why = "one channel: a group keeps at least one"
-        layout = None if why else _block_slots(group)
+        layout = None if why else _slots(group, round_to)
         if isinstance(layout, str):
             why = layout
         if why:
@@ -127,8 +132,9 @@ class GatedModel(nn.Module):
     Args:
         net: The model; its parameters are trained in place (gates never change them).
         graph: ``build_channel_graph(net, example)``.
-        init_probs: Initial pass probability per gated group (``gate_layout(graph).groups`` order).
+        init_probs: Initial pass probability per gated group (``gate_layout(graph, round_to).groups`` order).
         temperature: Sigmoid temperature.
+        round_to: Channels one gate stands for (see :class:`GateLayout`).
 
     Attributes:
         logits: One learnable logit per slot (all gated groups, concatenated).
@@ -137,11 +143,18 @@ class GatedModel(nn.Module):
         last_gates: The gate values of the last forward pass (the cost term reads them).
     """
 
-    def __init__(self, net: nn.Module, graph: ChannelGraph, init_probs: list[float], temperature: float = 1.0):
+    def __init__(
+        self,
+        net: nn.Module,
+        graph: ChannelGraph,
+        init_probs: list[float],
+        temperature: float = 1.0,
+        round_to: int = 1,
+    ) -> None:
         super().__init__()
         self.net = net
         self.graph = graph
-        self.layout = gate_layout(graph)
+        self.layout = gate_layout(graph, round_to)
         if len(init_probs) != len(self.layout.groups):
             raise HwpruneError(f"{len(init_probs)} initial probabilities for {len(self.layout.groups)} gated groups")
         counts = self.layout.slot_counts

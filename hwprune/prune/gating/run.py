@@ -88,10 +88,10 @@ def prepare(
     if isinstance(subdivision, bool) or not isinstance(subdivision, int) or subdivision < 1:
         raise HwpruneError(f"subdivision must be a whole number >= 1, got {subdivision!r}")
     graph = build_channel_graph(model, example, name)
-    layout = gate_layout(graph)
+    layout = gate_layout(graph, config.round_to)
     multipliers, source = resolve_multipliers(config, graph, layout, lut)
     probs = per_group(config.gate_init_prob, len(layout.groups), "gate_init_prob", 0.995)
-    gated = GatedModel(model, graph, probs, config.temperature)
+    gated = GatedModel(model, graph, probs, config.temperature, config.round_to)
     cost = GateCost(graph, layout, config.factor_type, multipliers, source)
     return gated, GatingObjective(gated, cost, config, subdivision)
 
