@@ -6,10 +6,10 @@
 Per model: an edge profile (LUT) on ort-cpu at --export-size, batch 1; its latency model gives
 gator-latency's edge multipliers. Per model and seed: a dense model trained on digits at --image-size
 (shared by every gating run of that seed), then per method and target a gating run from its weights
-(same settings for both methods; only the multipliers differ), converted, compacted with proof,
-exported to a verified ONNX file and timed against the dense model (interleaved, --threads threads,
-batch 1, at --export-size) on onnxruntime. Top-1 is the gated model's on the digits test split, which
-the converted model computes exactly.
+(same settings for both methods, one gate per --round-to channels; only the multipliers differ),
+converted, compacted with proof, exported to a verified ONNX file and timed against the dense model
+(interleaved, --threads threads, batch 1, at --export-size) on onnxruntime. Top-1 is the gated model's
+on the digits test split, which the converted model computes exactly.
 
 Writes benchmarks/results/gating.csv (model,method,cost,target,measured_latency_ratio,flops_ratio,
 top1_mean,top1_std,seeds; means over seeds; cost = the cost term's final value over its dense value,
@@ -62,7 +62,8 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--gate-epochs", type=int, default=6)
     p.add_argument("--gate-lr", type=float, default=0.02)
     p.add_argument("--criteria-weight", type=float, default=1.0)
-    p.add_argument("--gradient-multiplier", type=float, default=200.0)
+    p.add_argument("--gradient-multiplier", type=float, default=100.0)
+    p.add_argument("--round-to", type=int, default=16, help="channels per gate (ORT-CPU alignment; 1 = GATOR)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--calibration-masks", type=int, default=6, help="whole-network masks in each LUT")
     return p.parse_args()
@@ -116,7 +117,10 @@ def gating_run(name: str, method: str, target: float, seed: int, args, journal: 
     load_weights(model, dense_weights(name, seed, args, journal), name)
     train_loader, test_loader = loaders(args.image_size, args.batch_size, seed)
     config = GatingConfig(
-        criteria_weight=args.criteria_weight, gradient_multiplier=args.gradient_multiplier, target=target
+        criteria_weight=args.criteria_weight,
+        gradient_multiplier=args.gradient_multiplier,
+        target=target,
+        round_to=args.round_to,
     )
     run = TrainConfig(epochs=args.gate_epochs, lr=args.gate_lr, batch_size=args.batch_size, seed=seed)
     lut = lut_for(name, args) if method == "gator-latency" else None
@@ -207,8 +211,8 @@ def main() -> None:
     models = args.models.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     targets = [float(t) for t in args.targets.split(",")]
-    for name in models:
-        for seed in seeds:
+    for seed in seeds:  # every model once before the next seed: a stopped run still covers both
+        for name in models:
             dense_weights(name, seed, args, journal)
             for target in targets:
                 for method in METHODS:

@@ -101,8 +101,8 @@ def gate_layout(graph: ChannelGraph, round_to: int = 1) -> GateLayout:
         offset += int(layout.max()) + 1
     if not groups:
         raise HwpruneError(
-            f"{graph.model_name} has no channel group that can carry gates (prunable, exact, more than one channel): "
-            "see `hwprune map` for why its groups are frozen"
+            f"{graph.model_name} has no channel group that can carry gates (prunable, exact, able to lose a whole "
+            f"step of {round_to} channel(s)): see `hwprune map` for why its groups are frozen"
         )
     return GateLayout(tuple(groups), tuple(offsets), tuple(slots), tuple(skipped))
 
@@ -127,14 +127,14 @@ def logit(p: float) -> float:
 
 
 class GatedModel(nn.Module):
-    """``net`` with a hard gate on every channel of the gated groups of ``graph`` (built from ``net``).
+    """``net`` with hard gates on the gated groups of ``graph`` (built from ``net``).
 
     Args:
         net: The model; its parameters are trained in place (gates never change them).
         graph: ``build_channel_graph(net, example)``.
-        init_probs: Initial pass probability per gated group (``gate_layout(graph, round_to).groups`` order).
+        layout: ``gate_layout(graph, round_to)``: which groups carry gates.
+        init_probs: Initial pass probability per gated group (``layout.groups`` order).
         temperature: Sigmoid temperature.
-        round_to: Channels one gate stands for (see :class:`GateLayout`).
 
     Attributes:
         logits: One learnable logit per slot (all gated groups, concatenated).
@@ -147,14 +147,14 @@ class GatedModel(nn.Module):
         self,
         net: nn.Module,
         graph: ChannelGraph,
+        layout: GateLayout,
         init_probs: list[float],
         temperature: float = 1.0,
-        round_to: int = 1,
     ) -> None:
         super().__init__()
         self.net = net
         self.graph = graph
-        self.layout = gate_layout(graph, round_to)
+        self.layout = layout
         if len(init_probs) != len(self.layout.groups):
             raise HwpruneError(f"{len(init_probs)} initial probabilities for {len(self.layout.groups)} gated groups")
         counts = self.layout.slot_counts

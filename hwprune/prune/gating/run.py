@@ -91,7 +91,7 @@ def prepare(
     layout = gate_layout(graph, config.round_to)
     multipliers, source = resolve_multipliers(config, graph, layout, lut)
     probs = per_group(config.gate_init_prob, len(layout.groups), "gate_init_prob", 0.995)
-    gated = GatedModel(model, graph, probs, config.temperature, config.round_to)
+    gated = GatedModel(model, graph, layout, probs, config.temperature)
     cost = GateCost(graph, layout, config.factor_type, multipliers, source)
     return gated, GatingObjective(gated, cost, config, subdivision)
 
