@@ -30,6 +30,7 @@ from hwprune.latency.lut import LUT
 from hwprune.latency.measurement import Measurement
 from hwprune.prune.masks import ChannelMask
 from hwprune.workflow import IMPORTANCE_SAMPLES, BudgetOutcome, ModelInput, OnnxInput, prune_to_budget
+from hwprune.workflow.evaluation import Evaluation
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -264,3 +265,43 @@ def measure(
         raise HwpruneError(f"ONNX file {target} not found: give an existing .onnx path or an nn.Module")
     [m] = measure_all(backend, [target], _example(example_inputs), threads=threads, repeats=repeats)
     return m
+
+
+def evaluate(
+    model: nn.Module | str | Path,
+    data,
+    *,
+    example_inputs=None,
+    mask: ChannelMask | None = None,
+    weights: str | Path | None = None,
+    threads: int = 1,
+    name: str | None = None,
+) -> Evaluation:
+    """Top-1/top-5 accuracy, params, FLOPs and compression of ``model`` on ``data``.
+
+    ``data`` is a DataLoader (or iterable of (x, y) batches), or a dict of them by split name. With ``mask``
+    the model is compacted first (what runs is what ships); ``weights`` (a file) are then loaded where their
+    shapes fit: the dense model (before the mask) or the pruned one (a fine-tuned compacted model's
+    state dict). ``model`` may be an ONNX file's path: it is run in onnxruntime, as deployed.
+    """
+    from hwprune.models.weights import apply_state, read_state
+    from hwprune.workflow.evaluation import evaluate_onnx, evaluate_pruned
+
+    loaders = data if isinstance(data, dict) else {"test": data}
+    if isinstance(model, (str, Path)):
+        if mask is not None or weights is not None:
+            raise HwpruneError("an ONNX file is evaluated as it is: mask= and weights= are for a module")
+        job = _input(model, example_inputs, name)
+        shape = tuple(job.example.shape) if example_inputs is not None else None
+        return evaluate_onnx(job.path, loaders, threads, shape)
+    job = _job(model, example_inputs, name)
+    pruned_state = None
+    if weights is not None:
+        state = read_state(Path(weights))
+        dense_shapes = {k: tuple(v.shape) for k, v in job.model.state_dict().items()}
+        if mask is None or all(dense_shapes.get(k) == tuple(v.shape) for k, v in state.items()):
+            apply_state(job.model, state, f"weights file {weights}")
+        else:
+            pruned_state = state
+    evaluation, _ = evaluate_pruned(job.model, job.example, loaders, mask, pruned_state, job.name)
+    return evaluation

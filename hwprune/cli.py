@@ -106,9 +106,13 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
 
+    import hwprune
+
     parser = OneLineParser(
         prog="hwprune",
         description="Hardware-aware pruning: map channel groups, prune, compact, export verified ONNX, measure.",
+        epilog="The same from Python, on your own module and weights (" + hwprune.__doc__.split("(", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--debug",
@@ -259,6 +263,21 @@ def _build_parser() -> argparse.ArgumentParser:
     _model_options(p)
     p.add_argument("--top", type=int, default=20, help="layers to list (default 20)")
 
+    p = add(
+        "evaluate",
+        "Accuracy (top-1/top-5 per split), params, FLOPs and compression of a saved model: a zoo model with "
+        "--weights, pruned by --mask (compacted first; --weights may then be the pruned model's own weights), "
+        "or an ONNX file run in onnxruntime (--onnx: the file you deploy).",
+    )
+    _model_options(p)
+    _onnx_option(p)
+    p.add_argument("--mask", type=Path, default=None, help="channel mask (mask.json from mask/prune) to apply")
+    p.add_argument("--data", default=None, help="(required) dataset to evaluate on (digits works offline)")
+    p.add_argument("--data-dir", default=None, help="folder of file-based datasets (imagefolder: train/, val/, test/)")
+    p.add_argument("--splits", default="test", help="comma-separated splits to evaluate (default test; train,test)")
+    p.add_argument("--batch-size", type=int, default=128, help="evaluation batch (default 128)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for --onnx (default 1)")
+
     p = add("results", "Show the results store as a table.")
     p.add_argument("--path", type=Path, default=Path("runs/results.csv"))
     p.add_argument("--last", type=int, default=20)
@@ -270,6 +289,7 @@ REQUIRED = {
     "mask": ["model", "out"],
     "export": ["model", "out"],
     "flops": ["model"],
+    "evaluate": ["model", "data"],
     "latency": ["lut"],
 }
 
@@ -654,6 +674,44 @@ def cmd_flops(args) -> None:
     print(count_flops(job.model, job.example).table(top=args.top))
 
 
+def cmd_evaluate(args) -> None:
+    from hwprune import api
+    from hwprune.data import get_dataset, make_loader
+
+    source = args.model if args.onnx is None else args.onnx
+    set_stage(f"building {source}")
+    job = _model_or_onnx(args) if args.weights is None or args.mask is None else _job_without_weights(args)
+    size, channels = int(job.example.shape[-1]), int(job.example.shape[1])
+    set_stage(f"reading the {args.splits} split(s) of {args.data}")
+    loaders = {
+        split: make_loader(
+            get_dataset(args.data, split, data_dir=args.data_dir, image_size=size, channels=channels),
+            batch_size=args.batch_size,
+            shuffle=False,
+        )
+        for split in args.splits.split(",")
+    }
+    set_stage(f"evaluating {source}")
+    if args.onnx is not None:
+        result = api.evaluate(args.onnx, loaders, example_inputs=job.example, threads=args.threads)
+    else:
+        from hwprune.prune.masks import ChannelMask
+
+        mask = ChannelMask.load(args.mask) if args.mask is not None else None
+        weights = args.weights if mask is not None else None  # without a mask they were loaded into the model
+        result = api.evaluate(job.model, loaders, example_inputs=job.example, mask=mask, weights=weights, name=job.name)
+    print(result.table())
+
+
+def _job_without_weights(args):
+    """The zoo model before its weights: with --mask they may fit the dense or the pruned model (api.evaluate)."""
+    weights, args.weights = args.weights, None
+    try:
+        return _job(args)
+    finally:
+        args.weights = weights
+
+
 def cmd_results(args) -> None:
     from hwprune.results import ResultsStore
 
@@ -860,6 +918,22 @@ def _check_flops(args) -> None:
     checks.whole(args.top, "--top", 1)
 
 
+def _check_evaluate(args) -> None:
+    _check_source(args)
+    checks.dataset_name(args.data)
+    if args.data_dir is not None:
+        checks.input_folder(args.data_dir, "--data-dir")
+    if args.mask is not None:
+        if args.onnx is not None:
+            raise HwpruneError("--mask is for --model: an ONNX file is evaluated as it is (prune it: export --onnx)")
+        checks.input_file(args.mask, "--mask", "mask")
+    splits = args.splits.split(",")
+    if not all(splits) or len(set(splits)) != len(splits) or not set(splits) <= {"train", "val", "test"}:
+        raise HwpruneError(f"--splits is a comma-separated list of train, val, test (got {args.splits!r})")
+    checks.whole(args.batch_size, "--batch-size", 1, "samples per evaluation batch")
+    checks.whole(args.threads, "--threads", 1, "onnxruntime threads")
+
+
 def _check_results(args) -> None:
     checks.input_file(args.path, "--path", "results file", ": run a job with --results first, or give --path")
     checks.whole(args.last, "--last", 1)
@@ -875,6 +949,7 @@ CHECKS = {
     "latency": _check_latency,
     "flops": _check_flops,
     "results": _check_results,
+    "evaluate": _check_evaluate,
 }
 
 
@@ -887,6 +962,7 @@ COMMANDS = {
     "export": cmd_export,
     "flops": cmd_flops,
     "results": cmd_results,
+    "evaluate": cmd_evaluate,
     "prune": cmd_prune,
     "profile-edges": cmd_profile_edges,
     "latency": cmd_latency,

@@ -32,7 +32,10 @@ def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch):
 @pytest.mark.onnx
 def test_api_page_examples_run_as_written(tmp_path, monkeypatch):
     blocks = python_blocks(ROOT / "docs/api.md")
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     ns = run_blocks(blocks, tmp_path, monkeypatch)
-    assert ns["result"].report.target_kind == "latency"
+    assert ns["lut"].points and ns["report"].onnx_max_rel_diff <= 1e-4
     assert (tmp_path / "out/docs/mynet_pruned.onnx").stat().st_size > 0
+    onnx_result = ns["result"]  # the last block: an ONNX file pruned to a FLOPs budget
+    assert onnx_result.source == Path("out/docs/mynet.onnx") and onnx_result.report.target_kind == "flops"
+    assert (tmp_path / "out/docs/mynet_smaller.onnx").stat().st_size < (tmp_path / "out/docs/mynet.onnx").stat().st_size

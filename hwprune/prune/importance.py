@@ -57,13 +57,14 @@ from torch import nn
 from hwprune.errors import HwpruneError
 from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PRODUCER, ChannelGraph, ChannelGroup
 from hwprune.prune.channel import random_scores
+from hwprune.prune.gradients import batch_loss, grads, hessian_vector_product, scoring_state
 from hwprune.registry import Registry
 
 ALL_ROLES = (PRODUCER, CONSUMER, PARAM)
 DEFAULT_T = 5.0
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
-Scores = dict[int, np.ndarray]
+ChannelScores = dict[int, np.ndarray]
 
 CHANNEL_IMPORTANCES: Registry = Registry("channel importance")
 
@@ -87,7 +88,7 @@ def _importance(*names: str, needs_data: bool) -> Callable:
         accepted = [p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY]
 
         @wraps(fn)
-        def scorer(model: nn.Module, graph: ChannelGraph, batches: Batches | None = None, **opts) -> Scores:
+        def scorer(model: nn.Module, graph: ChannelGraph, batches: Batches | None = None, **opts) -> ChannelScores:
             unknown = sorted(set(opts) - set(accepted))
             if unknown:
                 raise HwpruneError(
@@ -202,7 +203,7 @@ def _score_all(
     quantity: Callable[[str], torch.Tensor | None],
     roles: tuple[str, ...],
     post: Callable[[np.ndarray], np.ndarray] = lambda s: s,
-) -> Scores:
+) -> ChannelScores:
     return {g.id: post(_aggregate(graph, g, _slices(g, roles), quantity)) for g in graph.groups}
 
 
@@ -221,38 +222,6 @@ def _elementwise(params: Mapping[str, torch.Tensor], fn: Callable[..., torch.Ten
 # ---------------------------------------------------------------- gradient statistics
 
 
-class _ScoringState:
-    """Eval mode and grad-requiring parameters for the duration of a ``with`` block; restored after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> _ScoringState:
-        self.modes = [(m, m.training) for m in self.model.modules()]
-        self.requires = [(p, p.requires_grad) for p in self.model.parameters()]
-        self.model.eval()
-        for p, _ in self.requires:
-            p.requires_grad_(True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for m, mode in self.modes:
-            m.training = mode
-        for p, req in self.requires:
-            p.requires_grad_(req)
-
-
-def _loss(model, x, y, T: float, loss_fn) -> torch.Tensor:
-    device = next(model.parameters()).device
-    out = model(x.to(device)) / T
-    return loss_fn(out, y.to(device))
-
-
-def _grads(loss: torch.Tensor, params: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
-    gs = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, params, strict=True)]
-
-
 def gradient_stats(
     model: nn.Module,
     batches: Batches,
@@ -269,26 +238,21 @@ def gradient_stats(
     if not named:
         raise HwpruneError(f"{type(model).__name__} has no parameters to take gradients of")
     params = [p for _, p in named]
-    with _ScoringState(model):
+    with scoring_state(model, params):
         g_sum = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         g2_sum = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         n = 0
         for x, y in batches:
             b = int(x.shape[0])
-            for acc, acc2, g in zip(g_sum, g2_sum, _grads(_loss(model, x, y, T, loss_fn), params), strict=True):
+            for acc, acc2, g in zip(g_sum, g2_sum, grads(batch_loss(model, x, y, loss_fn, T), params), strict=True):
                 acc += b * g.double()
                 acc2 += b * g.double() ** 2
             n += b
         out = {"g": [a / n for a in g_sum], "g2": [a / n for a in g2_sum]}
-        if hvp:
+        if hvp:  # the Hessian of the sample-mean loss times the mean gradient ḡ
             g_bar = [(a / n).to(p.dtype) for a, p in zip(g_sum, params, strict=True)]
-            hg_sum = [torch.zeros_like(p, dtype=torch.float64) for p in params]
-            for x, y in batches:
-                g = _grads(_loss(model, x, y, T, loss_fn), params, create_graph=True)
-                dot = sum((gb * gi).sum() for gb, gi in zip(g_bar, g, strict=True))
-                for acc, hg in zip(hg_sum, _grads(dot, params), strict=True):
-                    acc += int(x.shape[0]) * hg.double()
-            out["hg"] = [a / n for a in hg_sum]
+            hg = hessian_vector_product(model, batches, params, g_bar, loss_fn, T, weight=lambda x: x.shape[0] / n)
+            out["hg"] = hg
     # every name of a shared parameter maps to its statistics
     index = {id(p): i for i, p in enumerate(params)}
     aliases = {name: index[id(p)] for name, p in model.named_parameters(remove_duplicate=False)}
@@ -299,7 +263,9 @@ def gradient_stats(
 
 
 @_importance("random", needs_data=False)
-def random_importance(model: nn.Module, graph: ChannelGraph, batches: Batches | None, *, seed: int = 0) -> Scores:
+def random_importance(
+    model: nn.Module, graph: ChannelGraph, batches: Batches | None, *, seed: int = 0
+) -> ChannelScores:
     """Uniform random scores (a baseline); ``seed`` fixes them."""
     return random_scores(graph, seed=seed)
 
@@ -307,7 +273,7 @@ def random_importance(model: nn.Module, graph: ChannelGraph, batches: Batches | 
 @_importance("l1", needs_data=False)
 def l1_importance(
     model: nn.Module, graph: ChannelGraph, batches: Batches | None, *, roles: tuple[str, ...] = ALL_ROLES
-) -> Scores:
+) -> ChannelScores:
     """Σ|θ| over the channel's parameters (Li et al., ICLR 2017, extended to every slice)."""
     return _score_all(model, graph, _elementwise(_params_of(model, graph), torch.abs), roles)
 
@@ -315,13 +281,13 @@ def l1_importance(
 @_importance("l2", "mag_based", needs_data=False)
 def l2_importance(
     model: nn.Module, graph: ChannelGraph, batches: Batches | None, *, roles: tuple[str, ...] = ALL_ROLES
-) -> Scores:
+) -> ChannelScores:
     """‖θ‖₂ of all the channel's parameters together (the seed's ``mag_based``)."""
     return _score_all(model, graph, _elementwise(_params_of(model, graph), torch.square), roles, np.sqrt)
 
 
 @_importance("bn", needs_data=False)
-def bn_importance(model: nn.Module, graph: ChannelGraph, batches: Batches | None) -> Scores:
+def bn_importance(model: nn.Module, graph: ChannelGraph, batches: Batches | None) -> ChannelScores:
     """Σ|γ| over the normalisation layers on the group (NetSlim); groups without one: ``l1`` of producers."""
     params = _params_of(model, graph)
     out = {}
@@ -347,7 +313,7 @@ def loss_based_importance(
     T: float = DEFAULT_T,
     loss_fn: Callable | None = None,
     roles: tuple[str, ...] = ALL_ROLES,
-) -> Scores:
+) -> ChannelScores:
     """Σ|θ ḡ|: loss preservation (first-order Taylor, per parameter)."""
     params = _params_of(model, graph)
     stats = gradient_stats(model, batches, **_grad_opts(T, loss_fn))
@@ -365,7 +331,7 @@ def biased_loss_importance(
     loss_fn: Callable | None = None,
     roles: tuple[str, ...] = ALL_ROLES,
     use_init: Mapping[str, torch.Tensor] | None = None,
-) -> Scores:
+) -> ChannelScores:
     """Σ|θ² ḡ|; with ``use_init`` (a state dict of the initial θ₀) Σ|θ-θ₀|·|θ ḡ|."""
     params = _params_of(model, graph)
     stats = gradient_stats(model, batches, **_grad_opts(T, loss_fn))
@@ -389,7 +355,7 @@ def tfo_importance(
     T: float = DEFAULT_T,
     loss_fn: Callable | None = None,
     roles: tuple[str, ...] = ALL_ROLES,
-) -> Scores:
+) -> ChannelScores:
     """|Σ θ ḡ|: first-order Taylor of the loss change when the whole channel goes (Molchanov et al. 2017)."""
     params = _params_of(model, graph)
     stats = gradient_stats(model, batches, **_grad_opts(T, loss_fn))
@@ -406,7 +372,7 @@ def fisher_importance(
     T: float = DEFAULT_T,
     loss_fn: Callable | None = None,
     roles: tuple[str, ...] = ALL_ROLES,
-) -> Scores:
+) -> ChannelScores:
     """Σ θ² E[g²] (Theis et al. 2018, squared TFO with the empirical Fisher over mini-batches)."""
     params = _params_of(model, graph)
     stats = gradient_stats(model, batches, **_grad_opts(T, loss_fn))
@@ -422,7 +388,7 @@ def taylor_importance(
     *,
     T: float = DEFAULT_T,
     loss_fn: Callable | None = None,
-) -> Scores:
+) -> ChannelScores:
     """Σ γ² E[g_γ²] + β² E[g_β²] over the group's norm layers (Molchanov et al. 2019).
 
     A group without a norm layer is scored by ``fisher`` on its producer slices (weights and biases).
@@ -433,7 +399,7 @@ def taylor_importance(
     return {g.id: _aggregate(graph, g, _norm_slices(model, g) or list(g.producers), q) for g in graph.groups}
 
 
-def _hg_scores(model, graph, batches, T, loss_fn, roles, post) -> Scores:
+def _hg_scores(model, graph, batches, T, loss_fn, roles, post) -> ChannelScores:
     params = _params_of(model, graph)
     stats = gradient_stats(model, batches, hvp=True, **_grad_opts(T, loss_fn))
     q = _elementwise(params, lambda p, hg: p.double() * hg, stats["hg"])
@@ -449,7 +415,7 @@ def grasp_importance(
     T: float = 200.0,
     loss_fn: Callable | None = None,
     roles: tuple[str, ...] = ALL_ROLES,
-) -> Scores:
+) -> ChannelScores:
     """Σ θ ⊙ Hg, signed (GraSP's gradient-norm change, seed convention: low scores are removed)."""
     return _hg_scores(model, graph, batches, T, loss_fn, roles, lambda s: s)
 
@@ -463,13 +429,13 @@ def grad_preserve_importance(
     T: float = 1.0,
     loss_fn: Callable | None = None,
     roles: tuple[str, ...] = ALL_ROLES,
-) -> Scores:
+) -> ChannelScores:
     """|Σ θ ⊙ Hg|: gradient-norm preservation."""
     return _hg_scores(model, graph, batches, T, loss_fn, roles, np.abs)
 
 
 def channel_importance(
     name: str, model: nn.Module, graph: ChannelGraph, batches: Batches | None = None, **opts
-) -> Scores:
+) -> ChannelScores:
     """Look up ``name`` in :data:`CHANNEL_IMPORTANCES` and score every group of ``graph``."""
     return CHANNEL_IMPORTANCES.get(name)(model, graph, batches, **opts)

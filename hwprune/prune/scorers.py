@@ -27,8 +27,7 @@ import copy
 import inspect
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -37,13 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwprune.errors import HwpruneError
+from hwprune.prune.gradients import batch_loss, grads, hessian_vector_product, model_device, scoring_state
 from hwprune.registry import Registry
 
 Batches = Sequence[tuple[torch.Tensor, torch.Tensor]]
-Scores = dict[str, torch.Tensor]
+WeightScores = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-WEIGHT_SCORERS: Registry[Callable[..., Scores]] = Registry("weight scorer")
+WEIGHT_SCORERS: Registry[Callable[..., WeightScores]] = Registry("weight scorer")
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 GCS_PRESETS: dict[str, dict[str, int]] = {
@@ -102,56 +102,13 @@ def prunable_tensors(
 # --------------------------------------------------------------------------- helpers
 
 
-@contextmanager
-def scoring_state(model: nn.Module, params: Iterable[nn.Parameter], train_mode: bool = False) -> Iterator[None]:
-    """Put ``model`` in the mode used for scoring, and back exactly as it was afterwards.
-
-    Restores each module's train/eval flag, the ``requires_grad`` of ``params`` and, in train mode, the
-    buffers (batch-norm running statistics that a forward pass would update).
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    params = list(params)
-    flags = [p.requires_grad for p in params]
-    saved = {n: b.detach().clone() for n, b in model.named_buffers()} if train_mode else {}
-    model.train(train_mode)
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
-        if saved:
-            with torch.no_grad():
-                for n, b in model.named_buffers():
-                    if n in saved:
-                        b.copy_(saved[n])
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def _need_batches(batches: Batches | None, method: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     if not batches:
         raise HwpruneError(f"{method} needs pruning data: pass a non-empty list of (x, y) batches")
     return list(batches)
 
 
-def _grads(output: torch.Tensor, params: dict[str, nn.Parameter], create_graph: bool = False) -> list[torch.Tensor]:
-    """Gradient of ``output`` w.r.t. ``params``, with zeros for parameters the output does not depend on."""
-    plist = list(params.values())
-    if not output.requires_grad:
-        return [torch.zeros_like(p) for p in plist]
-    gs = torch.autograd.grad(output, plist, create_graph=create_graph, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(gs, plist, strict=True)]
-
-
-def _normalise(scores: Scores, absolute_sum: bool) -> Scores:
+def _normalise(scores: WeightScores, absolute_sum: bool) -> WeightScores:
     total = sum(s.sum() for s in scores.values())
     norm = (abs(total) + EPS) if absolute_sum else total
     if not absolute_sum and float(norm) == 0.0:
@@ -188,7 +145,7 @@ def pruning_set(
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
 
-def score_weights(method: str, model: nn.Module, batches: Batches | None, **options) -> Scores:
+def score_weights(method: str, model: nn.Module, batches: Batches | None, **options) -> WeightScores:
     """Run the registered scorer ``method``, refusing unknown options with one line."""
     scorer = WEIGHT_SCORERS.get(method)
     accepted = [p for p in inspect.signature(scorer).parameters if p not in ("model", "batches")]
@@ -211,7 +168,7 @@ def rand_scores(
     dense_classifier: bool = False,
     prune_bias: bool = False,
     prune_norm: bool = False,
-) -> Scores:
+) -> WeightScores:
     """Random scores, N(0, 1) per weight, drawn from a generator seeded with ``seed``."""
     params = prunable_tensors(model, dense_classifier=dense_classifier, prune_bias=prune_bias, prune_norm=prune_norm)
     gen = torch.Generator().manual_seed(seed)
@@ -227,7 +184,7 @@ def mag_scores(
     dense_classifier: bool = False,
     prune_bias: bool = False,
     prune_norm: bool = False,
-) -> Scores:
+) -> WeightScores:
     """Magnitude |θ|."""
     params = prunable_tensors(model, dense_classifier=dense_classifier, prune_bias=prune_bias, prune_norm=prune_norm)
     return {n: p.detach().abs().clone() for n, p in params.items()}
@@ -243,16 +200,16 @@ def snip_scores(
     dense_classifier: bool = False,
     prune_bias: bool = False,
     prune_norm: bool = False,
-) -> Scores:
+) -> WeightScores:
     """SNIP connection sensitivity |g ⊙ θ|, g summed over the batches, normalised by the global sum."""
     batches = _need_batches(batches, "snip")
     params = prunable_tensors(model, dense_classifier=dense_classifier, prune_bias=prune_bias, prune_norm=prune_norm)
-    dev = _device(model)
+    dev = model_device(model)
     total = [torch.zeros_like(p) for p in params.values()]
     with scoring_state(model, params.values(), train_mode):
         for x, y in batches:
             loss = loss_fn(model(x.to(dev)), y.to(dev))
-            for acc, g in zip(total, _grads(loss, params), strict=True):
+            for acc, g in zip(total, grads(loss, params), strict=True):
                 acc += g.detach()
     scores = {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), total, strict=True)}
     return _normalise(scores, absolute_sum=False)
@@ -265,26 +222,18 @@ def hessian_gradient_product(
     *,
     loss_fn: LossFn = F.cross_entropy,
     temperature: float = GRASP_TEMPERATURE,
-) -> Scores:
+) -> WeightScores:
     """``H g`` of the loss summed over ``batches`` (logits divided by ``temperature``), w.r.t. ``params``.
 
     Pass 1 sums g over the batches and detaches it; pass 2 back-propagates ``g_detached · g_b`` per batch
-    through the graph of the gradient (``create_graph``) and sums. The caller sets the model's mode.
+    through the graph of the gradient and sums (GraSP's reference). The caller sets the model's mode.
     """
-    dev = _device(model)
     g_fixed = [torch.zeros_like(p) for p in params.values()]
     for x, y in batches:
-        loss = loss_fn(model(x.to(dev)) / temperature, y.to(dev))
-        for acc, g in zip(g_fixed, _grads(loss, params), strict=True):
+        for acc, g in zip(g_fixed, grads(batch_loss(model, x, y, loss_fn, temperature), params), strict=True):
             acc += g.detach()
-    hg = [torch.zeros_like(p) for p in params.values()]
-    for x, y in batches:
-        loss = loss_fn(model(x.to(dev)) / temperature, y.to(dev))
-        gs = _grads(loss, params, create_graph=True)
-        z = sum((a * b).sum() for a, b in zip(g_fixed, gs, strict=True))
-        for acc, h in zip(hg, _grads(z, params), strict=True):
-            acc += h.detach()
-    return dict(zip(params, hg, strict=True))
+    hg = hessian_vector_product(model, batches, list(params.values()), g_fixed, loss_fn, temperature)
+    return {n: h.to(p.dtype) for (n, p), h in zip(params.items(), hg, strict=True)}
 
 
 @WEIGHT_SCORERS.register("grasp")
@@ -298,7 +247,7 @@ def grasp_scores(
     dense_classifier: bool = False,
     prune_bias: bool = False,
     prune_norm: bool = False,
-) -> Scores:
+) -> WeightScores:
     """GraSP: signed ``θ ⊙ Hg`` normalised by ``|Σ| + eps``; the lowest scores are pruned (see module doc)."""
     batches = _need_batches(batches, "grasp")
     params = prunable_tensors(model, dense_classifier=dense_classifier, prune_bias=prune_bias, prune_norm=prune_norm)
@@ -382,7 +331,7 @@ def _rescaled(net: nn.Module) -> nn.Module:
 
 def _synflow_pass(
     model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype, rescale: bool, select: dict
-) -> tuple[Scores, torch.Tensor]:
+) -> tuple[WeightScores, torch.Tensor]:
     """One SynFlow evaluation in ``dtype`` (rescaled at the cut nodes or not): ``(scores, R)``."""
     net = copy.deepcopy(model).eval()
     if any(t.is_floating_point() and t.dtype != dtype for t in itertools.chain(net.parameters(), net.buffers())):
@@ -397,12 +346,12 @@ def _synflow_pass(
     for p in params.values():
         p.requires_grad_(True)
     run = _rescaled(net) if rescale else net
-    out = run(torch.ones([1, *input_shape], dtype=dtype, device=_device(net)))
+    out = run(torch.ones([1, *input_shape], dtype=dtype, device=model_device(net)))
     if not isinstance(out, torch.Tensor):
         raise HwpruneError(f"synflow needs a model whose output is one tensor, got {type(out).__name__}")
     flow = out.sum()
-    grads = _grads(flow, params)
-    scores = {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), grads, strict=True)}
+    flow_grads = grads(flow, params)
+    scores = {n: (g * p.detach()).abs() for (n, p), g in zip(params.items(), flow_grads, strict=True)}
     return scores, flow.detach()
 
 
@@ -418,7 +367,7 @@ def synflow_scores(
     dense_classifier: bool = False,
     prune_bias: bool = False,
     prune_norm: bool = False,
-) -> Scores:
+) -> WeightScores:
     """Synaptic flow |θ ⊙ ∂R/∂θ|, R = sum of the output of the all-|θ| network on an all-ones input.
 
     Data-free: the input shape is taken from the first batch (``[1, *x.shape[1:]]``) or ``input_shape``
@@ -432,7 +381,7 @@ def synflow_scores(
       if R or a score is not finite (or R underflows to 0), again in float64; if that overflows too, in
       float64 with every input-output cut of the traced graph normalised by a power of two (see
       :func:`_rescaled`), which keeps every magnitude in range at any depth and ranks exactly as the
-      unscaled flow would. Scores are returned in the dtype of the computation that succeeded (float64
+      unscaled flow would. WeightScores are returned in the dtype of the computation that succeeded (float64
       after a fallback or with ``double``: never cast back to a dtype where they would be inf).
     * ``True``: always the rescaled computation, in the model's dtype (float64 with ``double``), then in
       float64 if that is not finite (densenet121's dense blocks outgrow float32 between two cuts).
@@ -458,7 +407,7 @@ def synflow_scores(
         attempts = [(dtype, True)] + ([(torch.float64, True)] if dtype != torch.float64 else [])
     else:
         attempts = [(dtype, False)]
-    fallback: Scores | None = None  # finite, but R == 0 (a disconnected network): kept unless bettered
+    fallback: WeightScores | None = None  # finite, but R == 0 (a disconnected network): kept unless bettered
     for dt, scaled in attempts:
         try:
             scores, flow = _synflow_pass(model, input_shape, dt, scaled, select)
@@ -526,7 +475,7 @@ def gcs_vectors(
     grad_mode: int,
     loss_fn: LossFn = F.cross_entropy,
     temperature: float = GRASP_TEMPERATURE,
-) -> list[Scores]:
+) -> list[WeightScores]:
     """The GCS vectors v_k (one per group or per pair of groups) for ``grad_mode``.
 
     With g_i the gradient of group i's loss (logits / ``temperature``):
@@ -534,12 +483,12 @@ def gcs_vectors(
     (= H_i g_j + H_j g_i, the gradient coupling); 3: g_i per group (SNIP-like); 4: ∇(g_m · g_j) for every
     j, where m is the group with the largest Σ_j g_m · g_j (first one on ties).
     """
-    dev = _device(model)
+    dev = model_device(model)
     graph = grad_mode != 3
     g = []
     for x, y in groups:
         loss = loss_fn(model(x.to(dev)) / temperature, y.to(dev))
-        g.append(_grads(loss, params, create_graph=graph))
+        g.append(grads(loss, params, create_graph=graph))
     n = len(g)
     if grad_mode == 0:
         zs = [_dot(gi, gi) for gi in g]
@@ -554,10 +503,10 @@ def gcs_vectors(
         totals = [float(sum(_dot(g[i], g[j]).detach() for j in range(n))) for i in range(n)]
         m = int(np.argmax(totals))
         zs = [_dot(g[m], g[j]) for j in range(n)]
-    return [dict(zip(params, [t.detach() for t in _grads(z, params)], strict=True)) for z in zs]
+    return [dict(zip(params, [t.detach() for t in grads(z, params)], strict=True)) for z in zs]
 
 
-def gcs_combine(params: dict[str, torch.Tensor], vectors: list[Scores], prune_mode: int) -> Scores:
+def gcs_combine(params: dict[str, torch.Tensor], vectors: list[WeightScores], prune_mode: int) -> WeightScores:
     """Per-weight GCS score from q_k = θ ⊙ v_k.
 
     1: Σ q_k; 2: |Σ q_k|; 3: GCS_SCALE · Π |q_k|; 4: sqrt(Σ (GCS_SCALE · q_k)²). Not normalised.
@@ -600,7 +549,7 @@ def _gcs(
     dense_classifier: bool,
     prune_bias: bool,
     prune_norm: bool,
-) -> Scores:
+) -> WeightScores:
     if preset not in GCS_PRESETS:
         raise HwpruneError(f"unknown gcs preset {preset!r} (known: {', '.join(GCS_PRESETS)})")
     cfg = dict(GCS_PRESETS[preset])
@@ -654,7 +603,7 @@ def _register_gcs(name: str, preset: str) -> None:
         dense_classifier: bool = False,
         prune_bias: bool = False,
         prune_norm: bool = False,
-    ) -> Scores:
+    ) -> WeightScores:
         return _gcs(
             model,
             batches,
