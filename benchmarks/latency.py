@@ -93,6 +93,7 @@ def budget_row(job, lut_path, target, backend, threads, out_dir):
         loop_error_pct=round((result.loop_ratio / target - 1) * 100, 2),
         status=result.status,
         iterations=len(result.iterations),
+        other_load_cores=None if result.other_load is None else round(result.other_load, 2),
     )
 
 
@@ -106,7 +107,8 @@ def write_budget(rows, env):
         "shipped file's ratio within +-3 % of the target. measured_ratio: the closed loop's best measurement "
         "(selected, so biased toward the target); shipped_ratio: the shipped ONNX file timed afresh against the "
         "dense file after the loop (decides); shipped_ci95: its 95 % interval half-width; error_pct = "
-        "(shipped / target - 1) x 100; status: met / missed / undecided (interval wider than the tolerance).",
+        "(shipped / target - 1) x 100; status: met / missed / undecided (interval wider than the tolerance, or other processes "
+        "used over 0.5 CPU cores while the shipped file was timed: other_load_cores).",
     )
 
 

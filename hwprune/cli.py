@@ -104,9 +104,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from hwprune.prune.importance import CHANNEL_IMPORTANCES
-
     import hwprune
+    from hwprune.prune.importance import CHANNEL_IMPORTANCES
 
     parser = OneLineParser(
         prog="hwprune",

@@ -45,7 +45,8 @@ def trained(tmp_path_factory):
 
 def test_evaluate_reports_the_accuracy_a_hand_loop_computes(trained, capsys):
     job, _, _, tmp = trained
-    argv = ["evaluate", "--model", "lenet5", "--weights", str(tmp / "w.pt"), "--data", "digits", "--splits", "train,test"]
+    weights = str(tmp / "w.pt")
+    argv = ["evaluate", "--model", "lenet5", "--weights", weights, "--data", "digits", "--splits", "train,test"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     test_top1 = reported(out, "test")

@@ -1,5 +1,6 @@
 """What a latency budget is decided on, on every backend, and importances over the seeds' sample count."""
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -53,6 +54,34 @@ def test_paired_ratio_is_exact_on_a_constant_ratio_and_its_error_grows_with_nois
 )
 def test_budget_verdict(ratio, stderr, want):
     assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03) == want
+    assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03, other_load=0.1) == want  # a quiet host
+    # a busy host: contention biases the ratio without widening its interval, so nothing is decided on it
+    assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03, other_load=0.9) == "undecided"
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="host load is read from /proc/stat (Linux)")
+def test_other_load_counts_other_processes_not_our_own_work():
+    import subprocess
+    import sys
+    import time
+
+    from hwprune.latency.measurement import OtherLoad
+
+    def spin(seconds):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    with OtherLoad() as own:  # our own busy work (as a timed runner's) is not "other"
+        spin(1.0)
+    spinner = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", spinner])
+    time.sleep(0.3)  # the child is up and spinning
+    with OtherLoad() as busy:
+        time.sleep(1.0)
+    child.wait()
+    assert own.cores is not None and busy.cores is not None
+    assert busy.cores - own.cores > 0.5, (own.cores, busy.cores)  # one spinning process ~ one core more
 
 
 def test_rounds_honour_repeats():
@@ -205,6 +234,24 @@ def test_a_noisy_measurement_is_undecided_never_met(tmp_path, monkeypatch, capsy
     assert extra["status"] == "undecided" and rc == 3
     last = err.strip().splitlines()[-1]  # above it: the profiler's progress bar
     assert last.startswith("hwprune: undecided") and "more --repeats" in last
+
+
+@pytest.mark.parametrize(("other_load", "status", "rc"), [(0.05, "met", 0), (1.2, "undecided", 3)])
+def test_a_busy_host_leaves_a_precise_measurement_undecided(other_load, status, rc, tmp_path, monkeypatch, capsys):
+    """Precise and exactly on target (0.7): met on a quiet host; undecided when others loaded the CPU."""
+
+    def precise_time_shipped(backend, graph, compacted, onnx_path, example, exporter, threads, repeats, precision):
+        base = fake_measurement(np.full(60, 10.0), backend)
+        shipped = fake_measurement(np.full(60, 7.0), backend)
+        return base, dataclasses.replace(shipped, other_load=other_load)
+
+    monkeypatch.setattr(ship_stage, "time_shipped", precise_time_shipped)
+    assert main(prune_args(tmp_path / "p", "torch-cpu")) == rc
+    extra = json.loads(ResultsStore(tmp_path / "results.csv").records()[-1].extra)
+    assert extra["status"] == status and extra["other_load_cores"] == other_load
+    if status == "undecided":
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "other processes used 1.20 CPU cores" in last and "quiet machine" in last
 
 
 # ------------------------------------------------------------------ gradient importances over imp-samples

@@ -16,7 +16,14 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
-from hwprune.latency.measurement import Measurement, host_device, host_timer, robust_stats, time_interleaved
+from hwprune.latency.measurement import (
+    Measurement,
+    OtherLoad,
+    host_device,
+    host_timer,
+    robust_stats,
+    time_interleaved,
+)
 from hwprune.registry import Registry
 
 
@@ -113,7 +120,8 @@ def measure(
     require_available(backend)
     make = BACKENDS.get(backend)
     runners = [make(m, example, threads=threads, **opts) for m in models]
-    samples = time_interleaved([r.timer() for r in runners], repeats, precision, max_repeats)
+    with OtherLoad() as load:
+        samples = time_interleaved([r.timer() for r in runners], repeats, precision, max_repeats)
     out = []
     for r, s in zip(runners, samples, strict=False):
         median, iqr, rejected = robust_stats(s)
@@ -131,6 +139,7 @@ def measure(
                 r.provider,
                 r.versions,
                 tuple(float(v) * 1e3 for v in s),
+                load.cores,
             )
         )
     return out

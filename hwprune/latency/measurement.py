@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ class Measurement:
     provider: str
     versions: dict = field(default_factory=dict)
     samples_ms: tuple[float, ...] = field(default=(), repr=False)  # in timing order (rounds interleaved)
+    other_load: float | None = None  # CPU cores other processes used, on average, while this was timed
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,6 +122,43 @@ def time_interleaved(
         for i in order if r % 2 == 0 else order[::-1]:
             samples[i].append(timers[i]())
     return samples
+
+
+HOST_BUSY_CORES = 0.5  # other processes' average load above which a timing is not trusted to decide
+
+
+class OtherLoad:
+    """CPU used by *other* processes during a ``with`` block, in cores (host-wide busy time minus ours).
+
+    Interleaving cancels drift that hits every model alike, but contention does not: on this project's
+    2-core VMs, one training process on the other core moved a pruned/dense ratio by up to 10 % while each
+    measurement's own interval stayed at 2-5 %. Linux only (``/proc/stat``); ``cores`` is None elsewhere.
+    Hypervisor steal counts as other load.
+    """
+
+    cores: float | None = None
+
+    @staticmethod
+    def _host_busy_s() -> float | None:
+        try:
+            with open("/proc/stat") as fh:
+                fields = [float(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+        return busy / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> OtherLoad:
+        self._start = (self._host_busy_s(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        host, own, wall = self._host_busy_s(), time.process_time(), time.perf_counter()
+        if host is None or self._start[0] is None or wall <= self._start[2]:
+            return
+        other = (host - self._start[0]) - (own - self._start[1])
+        self.cores = max(0.0, other / (wall - self._start[2]))
 
 
 def host_timer(run: Callable[[], object]) -> Callable[[], float]:

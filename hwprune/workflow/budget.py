@@ -199,9 +199,10 @@ def prune_to_budget(
     )
     if target_kind == "latency":
         measured, stderr = outcome.ratio
-        status = budget_verdict(measured, stderr, target, tolerance)
+        other_load = outcome.shipped.other_load
+        status = budget_verdict(measured, stderr, target, tolerance, other_load)
     else:
-        measured, stderr = loop_ratio, 0.0
+        measured, stderr, other_load = loop_ratio, 0.0, None
         status = "met" if measured <= target + 1e-9 else "missed"
     if tune:
         finetune_and_reexport(job, outcome, data, data_dir, tune)
@@ -213,6 +214,7 @@ def prune_to_budget(
             "predicted_ratio": predicted,
             "measured_ratio": measured,
             "measured_stderr": stderr,
+            "other_load_cores": other_load,
             "loop_ratio": loop_ratio,
             "status": status,
             "iterations": iterations,
@@ -233,4 +235,5 @@ def prune_to_budget(
         loop_ratio if target_kind == "latency" else None,
         stderr,
         tolerance,
+        other_load,
     )

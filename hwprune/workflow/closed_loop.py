@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from hwprune.latency.measurement import HOST_BUSY_CORES
 from hwprune.workflow.ship import PruneOutcome
+
+
+def host_busy(other_load: float | None) -> bool:
+    """Other processes loaded the host enough that a timing cannot decide (unknown off Linux: not busy)."""
+    return other_load is not None and other_load > HOST_BUSY_CORES
 
 
 def _next_budget(iterations: list[dict], target: float) -> float:
@@ -39,9 +45,15 @@ def closed_loop(solve_at, measured_ratio, target: float, tolerance: float = 0.03
     return best[0], best[1], iterations
 
 
-def budget_verdict(ratio: float, stderr: float, target: float, tolerance: float) -> str:
-    """``met``, ``missed`` or ``undecided``: undecided when the 95 % interval is wider than the tolerance."""
-    if not math.isfinite(stderr) or 1.96 * stderr > tolerance * target:
+def budget_verdict(
+    ratio: float, stderr: float, target: float, tolerance: float, other_load: float | None = None
+) -> str:
+    """``met``, ``missed`` or ``undecided``.
+
+    Undecided when the 95 % interval is wider than the tolerance, or when other processes used more than
+    ``HOST_BUSY_CORES`` while the figure was timed (contention biases a ratio without widening its interval).
+    """
+    if not math.isfinite(stderr) or 1.96 * stderr > tolerance * target or host_busy(other_load):
         return "undecided"
     return "met" if abs(ratio / target - 1.0) <= tolerance else "missed"
 
@@ -61,6 +73,7 @@ class BudgetOutcome:
     loop_ratio: float | None = None  # the closed loop's own best measurement (selected, so biased)
     stderr: float = 0.0  # standard error of measured_ratio
     tolerance: float = 0.03
+    other_load: float | None = None  # cores other processes used while the deciding figure was timed
 
     @property
     def within_tolerance(self) -> bool:
@@ -80,6 +93,11 @@ class BudgetOutcome:
 
     def advice(self) -> str:
         """One line on a result that is not ``met``: what it means and what to do."""
+        if self.status == "undecided" and host_busy(self.other_load):
+            return (
+                f"undecided: other processes used {self.other_load:.2f} CPU cores on average while the shipped "
+                f"artifact was timed (contention biases the ratio); rerun on a quiet machine"
+            )
         if self.status == "undecided":
             return (
                 f"undecided: the measurement's 95 % interval (+-{1.96 * self.stderr:.3f}) is wider than the "

@@ -55,6 +55,8 @@ class PruneOutcome:
                 f"| median ms (IQR) | {self.baseline.median_ms:.2f} ({self.baseline.iqr_ms:.2f}) | "
                 f"{self.shipped.median_ms:.2f} ({self.shipped.iqr_ms:.2f}) | {ratio:.3f} +- {1.96 * stderr:.3f} |"
             )
+            if self.shipped.other_load is not None:
+                text += f"\n\nOther processes used {self.shipped.other_load:.2f} CPU cores on average meanwhile."
         return text
 
 
