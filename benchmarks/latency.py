@@ -107,8 +107,8 @@ def write_budget(rows, env):
         "shipped file's ratio within +-3 % of the target. measured_ratio: the closed loop's best measurement "
         "(selected, so biased toward the target); shipped_ratio: the shipped ONNX file timed afresh against the "
         "dense file after the loop (decides); shipped_ci95: its 95 % interval half-width; error_pct = "
-        "(shipped / target - 1) x 100; status: met / missed / undecided (interval wider than the tolerance, or other processes "
-        "used over 0.5 CPU cores while the shipped file was timed: other_load_cores).",
+        "(shipped / target - 1) x 100; status: met / missed / undecided (interval wider than the tolerance, or "
+        "other processes used over 0.5 CPU cores while the shipped file was timed: other_load_cores).",
     )
 
 
