@@ -31,6 +31,7 @@ from hwprune.latency.measurement import Measurement
 from hwprune.prune.masks import ChannelMask
 from hwprune.workflow import IMPORTANCE_SAMPLES, BudgetOutcome, ModelInput, OnnxInput, prune_to_budget
 from hwprune.workflow.evaluation import Evaluation
+from hwprune.workflow.recovery import BN_SAMPLES
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -134,6 +135,9 @@ def prune(
     data: Batches | None = None,
     imp_samples: int = IMPORTANCE_SAMPLES,
     finetune: int | Callable[[nn.Module], None] | None = None,
+    bn_samples: int = BN_SAMPLES,
+    distill: float = 0.0,
+    distill_temperature: float = 4.0,
     lut: str | Path | None = None,
     round_to: int | None = None,
     tolerance: float = 0.03,
@@ -149,7 +153,9 @@ def prune(
     corrected until within ``tolerance``; the shipped artifact is timed afresh and decides (``result.met``).
     ``data`` is your DataLoader (or any iterable of (x, y) batches): gradient-based importances
     (``taylor``, ``fisher``, ...) average over ``imp_samples`` of it, and ``finetune`` (a number of epochs
-    of the built-in trainer on ``data``, or your own ``fn(model)``) trains the compacted model afterwards.
+    of the built-in trainer on ``data``, or your own ``fn(model)``) trains the compacted model afterwards, after
+    BatchNorm statistics are re-estimated on ``bn_samples`` examples of ``data`` (0: keep the dense ones);
+    ``distill`` > 0 adds ``distill`` x the soft-target loss against the dense model to the built-in fine-tuning.
     ``out`` keeps mask.json, the LUT and the verified ONNX file; without it they live in a temporary folder.
     ``model`` may be an ONNX file's path (``example_inputs`` then optional: it fixes the input shape); it is
     pruned, timed and shipped as ONNX on an onnxruntime backend, with weight-based importances.
@@ -179,6 +185,9 @@ def prune(
             data=data,
             finetune=finetune,
             imp_samples=imp_samples,
+            bn_samples=bn_samples,
+            distill=distill,
+            distill_temperature=distill_temperature,
         )
     outcome = report.outcome
     return PruneResult(

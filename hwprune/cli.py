@@ -106,6 +106,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 def _build_parser() -> argparse.ArgumentParser:
     import hwprune
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
+    from hwprune.workflow.recovery import BN_SAMPLES
 
     parser = OneLineParser(
         prog="hwprune",
@@ -205,6 +206,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _data_options(p)
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model on --data (0: no)")
+    p.add_argument(
+        "--bn-samples",
+        type=int,
+        default=BN_SAMPLES,
+        help="with --data: re-estimate BatchNorm statistics of the pruned model on this many training examples "
+        f"before any fine-tuning; top-1 of dense and pruned, before and after, goes to the row (default {BN_SAMPLES})",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="with --finetune-epochs: weight of the distillation term (soft targets of the dense model), "
+        "loss = CE + W * T^2 * KL (default 0: plain fine-tuning; 1 is a common choice)",
+    )
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
     p.add_argument("--tolerance", type=float, default=0.03, help="accepted relative error of the result (0.03)")
@@ -561,6 +577,9 @@ def cmd_prune(args) -> None:
             data_dir=args.data_dir,
             finetune_epochs=args.finetune_epochs,
             imp_samples=args.imp_samples,
+            bn_samples=args.bn_samples,
+            distill=args.distill,
+            distill_temperature=args.distill_temperature,
         )
         set_stage(f"moving the outputs into {args.out}")
         _unstage(result.outcome, stage)
@@ -855,6 +874,11 @@ def _check_prune(args) -> None:
     _check_importance(args, args.importance)
     if args.finetune_epochs and args.data is None:
         raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
+    checks.whole(args.bn_samples, "--bn-samples", 0, "training examples for BatchNorm re-estimation; 0: none")
+    if not args.distill >= 0 or not args.distill_temperature > 0:
+        raise HwpruneError("--distill is a weight >= 0 and --distill-temperature a temperature > 0")
+    if args.distill and not args.finetune_epochs:
+        raise HwpruneError("--distill weights the built-in fine-tuning: give --finetune-epochs (and --data)")
     checks.output_dir(args.out)
     if args.results is not None:
         checks.results_file(args.results)

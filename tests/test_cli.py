@@ -215,7 +215,11 @@ def test_prune_to_flops_budget_with_finetuning(tmp_path, capsys):
     [row] = ResultsStore(tmp_path / "r.csv").records()
     assert row.target_kind == "flops" and 0 <= row.accuracy_top1 <= row.accuracy_top5 <= 1
     assert json.loads(row.extra)["measured_ratio"] <= 0.5
-    assert "fine-tuned 1 epoch(s) on digits" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top-1 on the digits test split" in out and "fine-tuned 1 epoch(s)" in out
+    extra = json.loads(row.extra)
+    assert extra["top1_final"] == row.accuracy_top1 and {"top1_dense", "top1_pruned"} <= extra.keys()
+    assert "top1_after_bn" not in extra  # lenet5 has no BatchNorm to re-estimate
 
 
 def test_budget_needs_exactly_one_target():

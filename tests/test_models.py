@@ -226,3 +226,15 @@ def test_register_custom_model(monkeypatch):
 
 def test_custom_registration_did_not_leak():
     assert "test_tiny_custom_model" not in list_models()
+
+
+def test_ci_zoo_is_a_named_subset_and_the_full_zoo_is_one_switch_away(monkeypatch):
+    """Every CI_ZOO name exists (a typo would silently drop a family from CI); HWPRUNE_FULL_ZOO=1 runs all."""
+    from hwprune.models.zoo import CI_ZOO, ci_zoo_cases, timm_zoo, zoo_cases
+
+    names = {q for q, _ in zoo_cases()}
+    expected = CI_ZOO if timm_zoo() else {q for q in CI_ZOO if not q.startswith("timm:")}
+    assert {q for q, _ in ci_zoo_cases()} == expected <= names
+    assert len(expected) < len(names)
+    monkeypatch.setenv("HWPRUNE_FULL_ZOO", "1")
+    assert ci_zoo_cases() == zoo_cases()

@@ -12,7 +12,7 @@ from hwprune.export.onnx_export import export_onnx
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.crosscheck import match_groups, onnx_groups_of
 from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
-from hwprune.models.zoo import SLOW, UNTRACEABLE, zoo_case, zoo_cases
+from hwprune.models.zoo import SLOW, UNTRACEABLE, ci_zoo_cases, zoo_case
 from hwprune.prune.channel import random_scores, uniform_channel_mask
 
 # fx maps nn.MultiheadAttention and Swin's window attention as one op (compaction swaps in a call
@@ -41,7 +41,7 @@ def _param(qualified, size):
     return pytest.param(qualified, size, id=qualified, marks=marks)
 
 
-@pytest.mark.parametrize(("qualified", "size"), [_param(*c) for c in zoo_cases() if c[0] not in TOO_LARGE])
+@pytest.mark.parametrize(("qualified", "size"), [_param(*c) for c in ci_zoo_cases() if c[0] not in TOO_LARGE])
 def test_onnx_front_end_matches_fx_and_compacts_exactly(qualified, size, tmp_path):
     model, x = zoo_case(qualified, size)
     dense = tmp_path / "dense.onnx"

@@ -9,10 +9,10 @@ import torch
 from hwprune.errors import HwpruneError
 from hwprune.export.pipeline import export_pruned
 from hwprune.graph_mapper import build_channel_graph
-from hwprune.models.zoo import SLOW, UNTRACEABLE, timm_zoo, zoo_case, zoo_cases
+from hwprune.models.zoo import SLOW, UNTRACEABLE, ci_zoo_cases, timm_zoo, zoo_case
 from hwprune.prune.channel import random_scores, uniform_channel_mask
 
-CASES = [(q, size) for q, size in zoo_cases() if q not in UNTRACEABLE]
+CASES = [(q, size) for q, size in ci_zoo_cases() if q not in UNTRACEABLE]
 
 
 def _param(qualified, size):

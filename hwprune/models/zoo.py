@@ -1,5 +1,7 @@
 """The zoo the mapper is tested and benchmarked on, with the small inputs that keep CI fast."""
 
+import os
+
 SEED_MODELS = [
     "lenet5",
     "vgg11",
@@ -85,6 +87,51 @@ SLOW = {
 }
 
 
+# What CI tests: one model per architecture family (plain, residual, grouped, dense concat, inception,
+# fire, channel shuffle, depthwise + SE, fused MBConv, RegNet, ConvNeXt, ViT, shifted windows, MLP-mixer,
+# ghost, CSP, DLA) through both front-ends. HWPRUNE_FULL_ZOO=1 tests every model, as the benchmarks do
+# (benchmarks/mapper.py, benchmarks/verification_power.py).
+CI_ZOO = {
+    *(f"seed:{n}" for n in ("lenet5", "vgg11", "resnet20", "resnet18", "mobilenet_v1", "mobilenet_v2")),
+    *(
+        f"torchvision:{n}"
+        for n in (
+            "alexnet",
+            "vgg11_bn",
+            "resnet18",
+            "resnext50_32x4d",
+            "densenet121",
+            "googlenet",
+            "inception_v3",
+            "squeezenet1_1",
+            "shufflenet_v2_x0_5",
+            "mobilenet_v3_small",
+            "mnasnet0_5",
+            "efficientnet_b0",
+            "regnet_x_400mf",
+            "regnet_y_400mf",
+            "convnext_tiny",
+            "vit_b_16",
+            "swin_t",
+        )
+    ),
+    *(
+        f"timm:{n}"
+        for n in (
+            "efficientnet_b0",
+            "mobilenetv3_small_100",
+            "convnext_atto",
+            "regnetx_002",
+            "vit_tiny_patch16_224",
+            "mixer_s16_224",
+            "ghostnet_100",
+            "cspresnet50",
+            "dla34",
+        )
+    ),
+}
+
+
 def zoo_input_size(name: str) -> int:
     """The input side the zoo tests use for torchvision model ``name``."""
     if name.startswith("vit_") and name.endswith("_14"):
@@ -128,3 +175,11 @@ def zoo_cases() -> list[tuple[str, int | None]]:
     """(qualified name, input side) of every zoo model: seed, the whole torchvision zoo, timm set."""
     seed = [(f"seed:{n}", None) for n in SEED_MODELS]
     return seed + list(torchvision_zoo().values()) + list(timm_zoo().values())
+
+
+def ci_zoo_cases() -> list[tuple[str, int | None]]:
+    """The zoo the test suite runs: :data:`CI_ZOO`, or every model with ``HWPRUNE_FULL_ZOO=1``."""
+    cases = zoo_cases()
+    if os.environ.get("HWPRUNE_FULL_ZOO", "") not in ("", "0"):
+        return cases
+    return [c for c in cases if c[0] in CI_ZOO]

@@ -20,8 +20,8 @@ from hwprune.latency import measure
 from hwprune.latency.measurement import paired_ratio
 from hwprune.results import ResultsStore
 from hwprune.workflow.closed_loop import BudgetOutcome, budget_verdict, closed_loop
-from hwprune.workflow.finetune import finetune_and_reexport
 from hwprune.workflow.inputs import ModelInput, OnnxInput
+from hwprune.workflow.recovery import BN_SAMPLES, recover_and_reexport
 from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, importance_scores
 from hwprune.workflow.ship import prune_export_measure
 
@@ -115,6 +115,9 @@ def prune_to_budget(
     imp_samples: int = IMPORTANCE_SAMPLES,
     exporter: str = DEFAULT_EXPORTER,
     finetune: int | Callable[[nn.Module], None] | None = None,
+    bn_samples: int = BN_SAMPLES,
+    distill: float = 0.0,
+    distill_temperature: float = 4.0,
 ) -> BudgetOutcome:
     """Solve for a mask within a FLOPs/params/latency budget, close the loop on measurement, export.
 
@@ -123,6 +126,9 @@ def prune_to_budget(
     loop (the loop's own best measurement is selected among several, hence biased toward the target).
     ``data`` is a dataset name or the user's own iterable of (x, y) batches; ``finetune`` (default
     ``finetune_epochs``) is a number of epochs of the built-in trainer on it, or the user's ``fn(model)``.
+    With ``data``, BatchNorm statistics are re-estimated on ``bn_samples`` examples (0: not) and the dense and
+    pruned top-1 before and after recovery go to the results row. ``distill`` > 0 distills the built-in
+    fine-tuning from the dense model (weight of the soft-target term, at ``distill_temperature``).
     """
     from hwprune.latency.backends import require_available
     from hwprune.latency.profiler import baseline_for, profiled_groups, timing_candidate
@@ -134,6 +140,8 @@ def prune_to_budget(
     )
     if isinstance(tune, int) and tune and data is None:
         raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
+    if distill and not (isinstance(tune, int) and tune):
+        raise HwpruneError("--distill weights the built-in fine-tuning: give --finetune-epochs (and --data)")
     _check_input(job, backend, tune)
     require_available(backend)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,8 +212,9 @@ def prune_to_budget(
     else:
         measured, stderr, other_load = loop_ratio, 0.0, None
         status = "met" if measured <= target + 1e-9 else "missed"
-    if tune:
-        finetune_and_reexport(job, outcome, data, data_dir, tune)
+    accuracy = {}
+    if data is not None and isinstance(job, ModelInput):
+        accuracy = recover_and_reexport(job, outcome, data, data_dir, tune, bn_samples, distill, distill_temperature)
     outcome.record.target_kind = target_kind
     outcome.record.target_value = target
     outcome.record.extra = json.dumps(
@@ -219,6 +228,7 @@ def prune_to_budget(
             "status": status,
             "iterations": iterations,
             "notes": sol.notes,
+            **accuracy,
         }
     )
     if results is not None:
