@@ -26,6 +26,7 @@ from hwprune.errors import HwpruneError
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.export.pipeline import ExportReport, export_pruned
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
+from hwprune.latency.backends import DEFAULT_BACKEND, require_available
 from hwprune.latency.lut import LUT
 from hwprune.latency.measurement import Measurement
 from hwprune.prune.masks import ChannelMask
@@ -130,7 +131,7 @@ def prune(
     latency: float | None = None,
     flops: float | None = None,
     params: float | None = None,
-    backend: str = "ort-cpu",
+    backend: str = DEFAULT_BACKEND,
     importance: str = "l1",
     data: Batches | None = None,
     imp_samples: int = IMPORTANCE_SAMPLES,
@@ -205,7 +206,7 @@ def profile(
     model: nn.Module,
     example_inputs,
     *,
-    backend: str = "ort-cpu",
+    backend: str = DEFAULT_BACKEND,
     points: tuple[float, ...] = (0.25, 0.5, 0.75),
     threads: int = 1,
     repeats: int = 20,
@@ -219,7 +220,6 @@ def profile(
     ``journal`` makes an interrupted profile resume; ``lut.save(path)`` writes it for ``prune(lut=...)``.
     """
     from hwprune.latency.profiler import profile_edges
-    from hwprune.workflow import DEFAULT_ROUND_TO
 
     job = _job(model, example_inputs, name)
     graph = build_channel_graph(job.model, job.example, job.name)
@@ -233,7 +233,7 @@ def profile(
         repeats=repeats,
         journal=journal,
         progress=progress,
-        round_to=round_to if round_to is not None else DEFAULT_ROUND_TO.get(backend, 1),
+        round_to=round_to if round_to is not None else require_available(backend).round_to,
     )
 
 
@@ -262,7 +262,7 @@ def measure(
     model_or_onnx: nn.Module | str | Path,
     example_inputs,
     *,
-    backend: str = "ort-cpu",
+    backend: str = DEFAULT_BACKEND,
     threads: int = 1,
     repeats: int = 30,
 ) -> Measurement:

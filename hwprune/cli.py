@@ -105,6 +105,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> argparse.ArgumentParser:
     import hwprune
+    from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND, available_backends, onnx_backends
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
     from hwprune.workflow.recovery import BN_SAMPLES
 
@@ -182,9 +183,10 @@ def _build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--params", type=float, default=None, help="target parameter ratio")
     p.add_argument(
         "--backend",
-        default="ort-cpu",
-        help="where latency is measured: ort-cpu (default), torch-cpu, xla (PJRT_DEVICE), cuda, ort-cuda; "
-        "ort-* time the shipped ONNX file, the others the compacted PyTorch model",
+        default=DEFAULT_BACKEND,
+        help=f"where latency is measured: {', '.join(BACKENDS.names())} (default {DEFAULT_BACKEND}; available here: "
+        f"{', '.join(available_backends())}); {onnx_backends()} time the shipped ONNX file, the others the "
+        "compacted PyTorch model",
     )
     p.add_argument(
         "--lut",
@@ -240,7 +242,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "the dense model; writes a LUT (JSON + CSV). A journal makes an interrupted run resume.",
     )
     _model_options(p, "resnet18")
-    p.add_argument("--backend", default="ort-cpu", help="latency backend (default ort-cpu)")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"latency backend (default {DEFAULT_BACKEND})")
     p.add_argument("--points", default="0.5", help="kept fractions per group, comma-separated (default 0.5)")
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (default 20)")
@@ -269,7 +271,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["validate"])
     _model_options(p, "resnet18")
     p.add_argument("--lut", type=Path, default=None, help="(required) LUT from `hwprune profile-edges`")
-    p.add_argument("--backend", default="ort-cpu")
+    p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"latency backend (default {DEFAULT_BACKEND})")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--masks", type=int, default=30, help="random masks to measure (default 30)")
     p.add_argument("--repeats", type=int, default=20)
@@ -523,9 +525,9 @@ def _export_onnx_file(args, job, graph, mask) -> None:
     report = prune_onnx_file(args.onnx, mask, args.out, graph=graph)
     print(report.table())
     if args.latency:
-        from hwprune.latency import measure
+        from hwprune.latency import DEFAULT_BACKEND, measure
 
-        before, after = measure("ort-cpu", [args.onnx, args.out], job.example, threads=args.threads)
+        before, after = measure(DEFAULT_BACKEND, [args.onnx, args.out], job.example, threads=args.threads)
         print(
             f"onnxruntime CPU latency ({args.threads} thread(s)): dense {before.median_ms:.2f} ms, "
             f"pruned {after.median_ms:.2f} ms, speed-up {before.median_ms / after.median_ms:.2f}x"
@@ -862,9 +864,11 @@ def _check_prune(args) -> None:
         from hwprune.graph_mapper.onnx_mapper import check_onnx_importance
 
         check_onnx_importance(args.importance)
-        if not args.backend.startswith("ort"):
+        from hwprune.latency.backends import BACKENDS, onnx_backends
+
+        if not BACKENDS.get(args.backend).times_onnx:
             raise HwpruneError(
-                f"--onnx is timed in onnxruntime: use --backend ort-cpu or ort-cuda (got {args.backend})"
+                f"--onnx is timed by a backend that runs ONNX: --backend {onnx_backends()} (got {args.backend})"
             )
         if args.finetune_epochs:
             raise HwpruneError("--finetune-epochs needs a PyTorch model: an ONNX file has no module to train")

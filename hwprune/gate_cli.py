@@ -42,6 +42,7 @@ OVERRIDES = (  # config keys the command line may override
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hwprune.latency.backends import DEFAULT_BACKEND
     from hwprune.train.cli_args import add_train_args
 
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--method", default=None, help="results method (default gator-flops, gator-params; gator-latency with --lut)"
     )
-    s.add_argument("--backend", default="ort-cpu", help="latency backend (default ort-cpu)")
+    s.add_argument("--backend", default=DEFAULT_BACKEND, help=f"latency backend (default {DEFAULT_BACKEND})")
     s.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     s.add_argument("--repeats", type=int, default=30, help="timed rounds (default 30)")
     s.add_argument("--no-latency", action="store_true", help="export and verify, but do not time")

@@ -38,7 +38,7 @@ def test_backends_registered_and_availability_is_honest():
 def test_unavailable_cuda_fails_at_prepare_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(HwpruneError, match="'cuda' is unavailable") as err:
-        BACKENDS.get("cuda")(small_model(), torch.randn(1, 3, 8, 8))
+        BACKENDS.get("cuda").prepare(small_model(), torch.randn(1, 3, 8, 8))
     msg = str(err.value)
     assert "\n" not in msg and "available here: " in msg and "torch-cpu" in msg
     assert "cuda" not in msg.split("available here: ")[1].split(", ")
@@ -48,7 +48,7 @@ def test_unavailable_xla_fails_before_importing_torch_xla(monkeypatch):
     monkeypatch.delenv("PJRT_DEVICE", raising=False)
     imported_before = "torch_xla" in sys.modules
     with pytest.raises(HwpruneError, match="'xla' is unavailable: .*PJRT_DEVICE") as err:
-        BACKENDS.get("xla")(small_model(), torch.randn(1, 3, 8, 8))
+        BACKENDS.get("xla").prepare(small_model(), torch.randn(1, 3, 8, 8))
     assert "\n" not in str(err.value) and "torch-cpu" in str(err.value)
     assert imported_before or "torch_xla" not in sys.modules
 
@@ -81,7 +81,7 @@ XLA_SCRIPT = textwrap.dedent(
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(8, 4)).eval()
     x = torch.randn(2, 3, 16, 16)
-    runner = BACKENDS.get("xla")(model, x)
+    runner = BACKENDS.get("xla").prepare(model, x)
     out = runner.run().cpu()
     before = compile_count()
     time_interleaved([runner.timer()], 5)
@@ -120,7 +120,7 @@ def test_xla_times_a_model_for_real_without_compiling_in_the_timed_region():
 def test_cuda_times_a_model_with_events():
     model = small_model()
     x = torch.randn(2, 3, 16, 16)
-    runner = BACKENDS.get("cuda")(model, x)
+    runner = BACKENDS.get("cuda").prepare(model, x)
     assert runner.timed_run is not None and runner.device.startswith("cuda:")
     assert torch.backends.cudnn.benchmark and next(model.parameters()).device.type == "cpu"
     assert 0 < runner.timed_run() < 10

@@ -122,7 +122,7 @@ def test_prune_onnx_to_a_flops_budget_counts_exactly_and_the_api_agrees(onnx_mod
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--backend", "torch-cpu"], "timed in onnxruntime"),
+        (["--backend", "torch-cpu"], "a backend that runs ONNX"),
         (["--importance", "taylor", "--data", "digits"], "needs a PyTorch model"),
         (["--finetune-epochs", "1", "--data", "digits"], "no module to train"),
         (["--model", "lenet5"], "not both"),

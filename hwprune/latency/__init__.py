@@ -1,7 +1,24 @@
 """Latency backends (torch-cpu, ort-cpu, xla, cuda, ort-cuda) and the timing protocol."""
 
 from hwprune.latency import backends_cuda, backends_xla  # noqa: F401  (register xla, cuda, ort-cuda)
-from hwprune.latency.backends import BACKENDS, available_backends, measure, require_available
+from hwprune.latency.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    LatencyBackend,
+    available_backends,
+    measure,
+    register_backend,
+    require_available,
+)
 from hwprune.latency.measurement import Measurement
 
-__all__ = ["BACKENDS", "Measurement", "available_backends", "measure", "require_available"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
+    "LatencyBackend",
+    "Measurement",
+    "available_backends",
+    "measure",
+    "register_backend",
+    "require_available",
+]

@@ -40,66 +40,106 @@ class Runner:
         return self.timed_run or host_timer(self.run)
 
 
-BACKENDS: Registry = Registry("latency backend")
+class LatencyBackend:
+    """Where a model is timed: how it prepares a runner, whether it can run here, how channels should align.
 
-# why a backend cannot run on this machine (None: it can); backend modules add their own check
-WHY_UNAVAILABLE: dict[str, Callable[[], str | None]] = {
-    "ort-cpu": lambda: None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed",
-}
+    To add a backend, subclass this in one module, set ``name`` (and ``round_to`` / ``times_onnx``), implement
+    :meth:`prepare` (and :meth:`unavailable` when it needs hardware or a package), and decorate the class with
+    :func:`register_backend`; import the module in ``hwprune/latency/__init__.py``. Nothing else names it.
+    """
+
+    name: str = ""
+    round_to: int = 16  # channel-count alignment for latency budgets (benchmarks/results/alignment.md)
+    times_onnx: bool = False  # times ONNX files (candidates, the shipped file), not PyTorch modules
+
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run on this machine (None: it can)."""
+        return None
+
+    def prepare(self, model, example: torch.Tensor, threads: int = 1, **opts) -> Runner:
+        """A runner for one inference of ``model`` on ``example``; options meant for other backends are ignored."""
+        raise NotImplementedError
+
+
+BACKENDS: Registry[LatencyBackend] = Registry("latency backend")
+DEFAULT_BACKEND = "ort-cpu"  # what prune, profile and measure use unless told
+
+
+def register_backend(cls: type[LatencyBackend]) -> type[LatencyBackend]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    BACKENDS.add(cls.name, cls())
+    return cls
 
 
 def available_backends() -> list[str]:
     """Registered latency backends that can run on this machine, sorted."""
-    return [n for n in BACKENDS.names() if WHY_UNAVAILABLE.get(n, lambda: None)() is None]
+    return [n for n in BACKENDS.names() if BACKENDS.get(n).unavailable() is None]
 
 
-def require_available(name: str) -> None:
-    """Raise a one-line HwpruneError when backend ``name`` is unknown or cannot run here."""
-    BACKENDS.get(name)  # unknown names: one line listing the registered ones
-    why = WHY_UNAVAILABLE.get(name, lambda: None)()
+def onnx_backends() -> str:
+    """The registered backends that time ONNX files, for messages (``ort-cpu, ort-cuda``)."""
+    return ", ".join(n for n in BACKENDS.names() if BACKENDS.get(n).times_onnx)
+
+
+def require_available(name: str) -> LatencyBackend:
+    """The backend called ``name``; a one-line HwpruneError when it is unknown or cannot run here."""
+    backend = BACKENDS.get(name)  # unknown names: one line listing the registered ones
+    why = backend.unavailable()
     if why is not None:
         raise HwpruneError(
             f"latency backend {name!r} is unavailable: {why}; available here: {', '.join(available_backends())}"
         )
+    return backend
 
 
-@BACKENDS.register("torch-cpu")
-def torch_cpu(model: nn.Module, example: torch.Tensor, threads: int = 1, **_) -> Runner:
-    torch.set_num_threads(threads)
-    model = model.eval()
+@register_backend
+class TorchCpu(LatencyBackend):
+    """PyTorch eager on the host CPU, ``threads`` intra-op threads."""
 
-    def run():
-        with torch.inference_mode():
-            model(example)
+    name = "torch-cpu"
 
-    return Runner(run, host_device(), "torch-eager", threads, {"torch": torch.__version__})
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1, **_) -> Runner:
+        torch.set_num_threads(threads)
+        model = model.eval()
+
+        def run():
+            with torch.inference_mode():
+                model(example)
+
+        return Runner(run, host_device(), "torch-eager", threads, {"torch": torch.__version__})
 
 
-@BACKENDS.register("ort-cpu")
-def ort_cpu(
-    model: nn.Module | str | Path, example: torch.Tensor, threads: int = 1, exporter: str = "dynamo", **_
-) -> Runner:
+@register_backend
+class OrtCpu(LatencyBackend):
     """ONNX Runtime on CPU: explicit intra/inter threads, all graph optimisations, no spinning.
 
     A module is exported first (the session keeps the graph in memory, so the file is removed).
     """
-    import onnxruntime as ort
 
-    from hwprune.export.onnx_export import export_onnx, ort_session
+    name = "ort-cpu"
+    times_onnx = True
 
-    if isinstance(model, nn.Module):
-        with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(model, example, path, exporter)
-            session = ort_session(path, intra_threads=threads, inter_threads=1)
-    else:
-        session = ort_session(model, intra_threads=threads, inter_threads=1)
-    feed = {session.get_inputs()[0].name: example.detach().cpu().numpy()}
+    def unavailable(self) -> str | None:
+        return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"
 
-    def run():
-        session.run(None, feed)
+    def prepare(self, model, example: torch.Tensor, threads: int = 1, exporter: str = "dynamo", **_) -> Runner:
+        import onnxruntime as ort
 
-    return Runner(run, host_device(), "CPUExecutionProvider", threads, {"onnxruntime": ort.__version__})
+        from hwprune.export.onnx_export import export_onnx, ort_session
+
+        if isinstance(model, nn.Module):
+            with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                export_onnx(model, example, path, exporter)
+                session = ort_session(path, intra_threads=threads, inter_threads=1)
+        else:
+            session = ort_session(model, intra_threads=threads, inter_threads=1)
+        feed = {session.get_inputs()[0].name: example.detach().cpu().numpy()}
+
+        def run():
+            session.run(None, feed)
+
+        return Runner(run, host_device(), "CPUExecutionProvider", threads, {"onnxruntime": ort.__version__})
 
 
 def measure(
@@ -117,9 +157,7 @@ def measure(
     At least ``repeats`` rounds; more (up to ``max_repeats``, default 5x) until the standard error of
     each model's difference from the first is within ``precision`` of the first's median (None: fixed).
     """
-    require_available(backend)
-    make = BACKENDS.get(backend)
-    runners = [make(m, example, threads=threads, **opts) for m in models]
+    runners = [require_available(backend).prepare(m, example, threads=threads, **opts) for m in models]
     with OtherLoad() as load:
         samples = time_interleaved([r.timer() for r in runners], repeats, precision, max_repeats)
     out = []

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError
-from hwprune.latency.backends import BACKENDS, WHY_UNAVAILABLE, Runner, require_available
+from hwprune.latency.backends import LatencyBackend, Runner, register_backend, require_available
 
 
 def cuda_unavailable() -> str | None:
@@ -48,10 +48,6 @@ def ort_cuda_unavailable() -> str | None:
     return cuda_unavailable()
 
 
-WHY_UNAVAILABLE["cuda"] = cuda_unavailable
-WHY_UNAVAILABLE["ort-cuda"] = ort_cuda_unavailable
-
-
 def _cuda_versions() -> dict:
     return {
         "torch": torch.__version__,
@@ -61,84 +57,101 @@ def _cuda_versions() -> dict:
     }
 
 
-@BACKENDS.register("cuda")
-def cuda(model: nn.Module, example: torch.Tensor, threads: int = 1, warmup: int = 3, **_) -> Runner:
-    """Prepare a copy of ``model`` on the current CUDA device; the caller's model is not moved.
+@register_backend
+class Cuda(LatencyBackend):
+    """PyTorch on the current CUDA device, timed by CUDA events."""
 
-    Options meant for other backends are ignored.
-    """
-    require_available("cuda")
-    if not isinstance(model, nn.Module):
-        raise HwpruneError(f"the cuda backend times nn.Module models, not {type(model).__name__} (ONNX: ort-cuda)")
-    torch.set_num_threads(threads)
-    torch.backends.cudnn.benchmark = True
-    device = torch.device("cuda", torch.cuda.current_device())
-    net = copy.deepcopy(model).eval().to(device)
-    x = example.detach().to(device)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    name = "cuda"
+    round_to = 8
 
-    def run():
-        with torch.inference_mode():
-            net(x)
-        torch.cuda.synchronize(device)
+    def unavailable(self) -> str | None:
+        return cuda_unavailable()
 
-    def timed_run() -> float:
-        torch.cuda.synchronize(device)
-        start.record()
-        with torch.inference_mode():
-            net(x)
-        end.record()
-        torch.cuda.synchronize(device)
-        return start.elapsed_time(end) / 1e3  # ms -> s
+    def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1, warmup: int = 3, **_) -> Runner:
+        """Prepare a copy of ``model`` on the current CUDA device; the caller's model is not moved.
 
-    for _ in range(warmup):  # cudnn autotuning and lazy CUDA initialisation
-        run()
-    name = f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
-    return Runner(run, name, "torch-eager", threads, _cuda_versions(), timed_run)
+        Options meant for other backends are ignored.
+        """
+        require_available(self.name)
+        if not isinstance(model, nn.Module):
+            raise HwpruneError(f"the cuda backend times nn.Module models, not {type(model).__name__} (ONNX: ort-cuda)")
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = True
+        device = torch.device("cuda", torch.cuda.current_device())
+        net = copy.deepcopy(model).eval().to(device)
+        x = example.detach().to(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def run():
+            with torch.inference_mode():
+                net(x)
+            torch.cuda.synchronize(device)
+
+        def timed_run() -> float:
+            torch.cuda.synchronize(device)
+            start.record()
+            with torch.inference_mode():
+                net(x)
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / 1e3  # ms -> s
+
+        for _ in range(warmup):  # cudnn autotuning and lazy CUDA initialisation
+            run()
+        name = f"cuda:{device.index} {torch.cuda.get_device_name(device)}"
+        return Runner(run, name, "torch-eager", threads, _cuda_versions(), timed_run)
 
 
-def _ort_cuda(
-    model: nn.Module | str | Path, example: torch.Tensor, threads: int = 1, exporter: str = "dynamo", **_
-) -> Runner:
-    """ONNX Runtime with the CUDA provider; inputs and outputs stay on the GPU (IO binding)."""
-    require_available("ort-cuda")
-    if isinstance(model, nn.Module):
-        from hwprune.export.onnx_export import export_onnx
+class OrtCuda(LatencyBackend):
+    """ONNX Runtime with the CUDA provider, IO bound to the GPU."""
 
-        with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(model, example, path, exporter)
-            return _ort_cuda(path, example, threads)
-    import onnxruntime as ort
+    name = "ort-cuda"
+    round_to = 8
+    times_onnx = True
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    device_id = torch.cuda.current_device()
-    from hwprune.export.onnx_export import onnx_source
+    def unavailable(self) -> str | None:
+        return ort_cuda_unavailable()
 
-    session = ort.InferenceSession(
-        onnx_source(model), sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id})]
-    )
-    if session.get_providers()[0] != "CUDAExecutionProvider":  # ort falls back to CPU when CUDA libs are missing
-        raise HwpruneError(
-            f"latency backend 'ort-cuda' is unavailable: onnxruntime fell back to {session.get_providers()[0]} "
-            "(CUDA/cuDNN libraries not found)"
+    def prepare(self, model, example: torch.Tensor, threads: int = 1, exporter: str = "dynamo", **_) -> Runner:
+        """ONNX Runtime with the CUDA provider; inputs and outputs stay on the GPU (IO binding)."""
+        require_available(self.name)
+        if isinstance(model, nn.Module):
+            from hwprune.export.onnx_export import export_onnx
+
+            with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                export_onnx(model, example, path, exporter)
+                return self.prepare(path, example, threads)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        device_id = torch.cuda.current_device()
+        from hwprune.export.onnx_export import onnx_source
+
+        session = ort.InferenceSession(
+            onnx_source(model), sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id})]
         )
-    binding = session.io_binding()
-    value = ort.OrtValue.ortvalue_from_numpy(example.detach().cpu().numpy(), "cuda", device_id)
-    binding.bind_ortvalue_input(session.get_inputs()[0].name, value)
-    for out in session.get_outputs():
-        binding.bind_output(out.name, "cuda", device_id)
+        if session.get_providers()[0] != "CUDAExecutionProvider":  # ort falls back to CPU when CUDA libs are missing
+            raise HwpruneError(
+                f"latency backend 'ort-cuda' is unavailable: onnxruntime fell back to {session.get_providers()[0]} "
+                "(CUDA/cuDNN libraries not found)"
+            )
+        binding = session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(example.detach().cpu().numpy(), "cuda", device_id)
+        binding.bind_ortvalue_input(session.get_inputs()[0].name, value)
+        for out in session.get_outputs():
+            binding.bind_output(out.name, "cuda", device_id)
 
-    def run():
-        session.run_with_iobinding(binding)  # synchronises the CUDA provider's stream before returning
+        def run():
+            session.run_with_iobinding(binding)  # synchronises the CUDA provider's stream before returning
 
-    name = f"cuda:{device_id} {torch.cuda.get_device_name(device_id)}"
-    return Runner(run, name, "CUDAExecutionProvider", threads, {"onnxruntime": ort.__version__})
+        name = f"cuda:{device_id} {torch.cuda.get_device_name(device_id)}"
+        return Runner(run, name, "CUDAExecutionProvider", threads, {"onnxruntime": ort.__version__})
 
 
-if "CUDAExecutionProvider" in _ort_providers():
-    BACKENDS.add("ort-cuda", _ort_cuda)
+if "CUDAExecutionProvider" in _ort_providers():  # listed only where onnxruntime has the provider
+    register_backend(OrtCuda)

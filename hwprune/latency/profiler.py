@@ -23,7 +23,7 @@ from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import DEFAULT_EXPORTER, export_onnx
 from hwprune.graph_mapper.cost import CostModel
 from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup
-from hwprune.latency.backends import measure
+from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND, measure, onnx_backends
 from hwprune.latency.lut import LUT, EdgePoint
 from hwprune.latency.measurement import paired_delta_ms
 from hwprune.prune.channel import norm_scores, top_k_mask, unit_of
@@ -175,7 +175,7 @@ def profile_edges(
     model: nn.Module,
     graph: ChannelGraph,
     example: torch.Tensor,
-    backend: str = "ort-cpu",
+    backend: str = DEFAULT_BACKEND,
     points: tuple[float, ...] = (0.5,),
     threads: int = 1,
     repeats: int = 20,
@@ -320,14 +320,15 @@ def baseline_for(graph: ChannelGraph, example, backend: str, tmp: Path, exporter
     effect. onnxruntime backends get it exported once, by the exporter the candidates and the shipped
     file go through. A graph mapped from an ONNX file is its normalised file with every channel kept.
     """
+    times_onnx = BACKENDS.get(backend).times_onnx
     if graph.from_onnx:
-        if not backend.startswith("ort"):
+        if not times_onnx:
             raise HwpruneError(
-                f"an ONNX file is timed in onnxruntime: use backend ort-cpu or ort-cuda, not {backend!r}"
+                f"an ONNX file is timed by a backend that runs ONNX ({onnx_backends()}), not {backend!r}"
             )
         return timing_candidate(graph, ChannelMask.full(graph))
     dense = compact_model(graph, ChannelMask.full(graph)).eval()
-    if backend.startswith("ort"):
+    if times_onnx:
         path = tmp / "baseline.onnx"
         export_onnx(dense, example, path, exporter)
         return path

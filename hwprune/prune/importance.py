@@ -80,8 +80,13 @@ _NORMS = tuple(
 )
 
 
-def _importance(*names: str, needs_data: bool) -> Callable:
-    """Register a scorer under ``names``; check its options and, when it needs data, its batches."""
+def register_importance(*names: str, needs_data: bool) -> Callable:
+    """Register a channel importance under ``names`` (docs/extending.md has a worked example).
+
+    The function takes ``(model, graph, batches, **options)`` and returns a score per channel of every group
+    (``{group id: array of group.size}``, higher = more important); the wrapper refuses unknown options and,
+    when ``needs_data``, missing batches, in one line each.
+    """
 
     def decorate(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
@@ -262,7 +267,7 @@ def gradient_stats(
 # ---------------------------------------------------------------- the measures
 
 
-@_importance("random", needs_data=False)
+@register_importance("random", needs_data=False)
 def random_importance(
     model: nn.Module, graph: ChannelGraph, batches: Batches | None, *, seed: int = 0
 ) -> ChannelScores:
@@ -270,7 +275,7 @@ def random_importance(
     return random_scores(graph, seed=seed)
 
 
-@_importance("l1", needs_data=False)
+@register_importance("l1", needs_data=False)
 def l1_importance(
     model: nn.Module, graph: ChannelGraph, batches: Batches | None, *, roles: tuple[str, ...] = ALL_ROLES
 ) -> ChannelScores:
@@ -278,7 +283,7 @@ def l1_importance(
     return _score_all(model, graph, _elementwise(_params_of(model, graph), torch.abs), roles)
 
 
-@_importance("l2", "mag_based", needs_data=False)
+@register_importance("l2", "mag_based", needs_data=False)
 def l2_importance(
     model: nn.Module, graph: ChannelGraph, batches: Batches | None, *, roles: tuple[str, ...] = ALL_ROLES
 ) -> ChannelScores:
@@ -286,7 +291,7 @@ def l2_importance(
     return _score_all(model, graph, _elementwise(_params_of(model, graph), torch.square), roles, np.sqrt)
 
 
-@_importance("bn", needs_data=False)
+@register_importance("bn", needs_data=False)
 def bn_importance(model: nn.Module, graph: ChannelGraph, batches: Batches | None) -> ChannelScores:
     """Σ|γ| over the normalisation layers on the group (NetSlim); groups without one: ``l1`` of producers."""
     params = _params_of(model, graph)
@@ -304,7 +309,7 @@ def _grad_opts(T: float, loss_fn: Callable | None) -> dict:
     return {"T": float(T), "loss_fn": loss_fn or F.cross_entropy}
 
 
-@_importance("loss_based", needs_data=True)
+@register_importance("loss_based", needs_data=True)
 def loss_based_importance(
     model: nn.Module,
     graph: ChannelGraph,
@@ -321,7 +326,7 @@ def loss_based_importance(
     return _score_all(model, graph, q, roles)
 
 
-@_importance("biased_loss", needs_data=True)
+@register_importance("biased_loss", needs_data=True)
 def biased_loss_importance(
     model: nn.Module,
     graph: ChannelGraph,
@@ -346,7 +351,7 @@ def biased_loss_importance(
     return _score_all(model, graph, q, roles)
 
 
-@_importance("tfo", needs_data=True)
+@register_importance("tfo", needs_data=True)
 def tfo_importance(
     model: nn.Module,
     graph: ChannelGraph,
@@ -363,7 +368,7 @@ def tfo_importance(
     return _score_all(model, graph, q, roles, np.abs)
 
 
-@_importance("fisher", needs_data=True)
+@register_importance("fisher", needs_data=True)
 def fisher_importance(
     model: nn.Module,
     graph: ChannelGraph,
@@ -380,7 +385,7 @@ def fisher_importance(
     return _score_all(model, graph, q, roles)
 
 
-@_importance("taylor", "nvidia", needs_data=True)
+@register_importance("taylor", "nvidia", needs_data=True)
 def taylor_importance(
     model: nn.Module,
     graph: ChannelGraph,
@@ -406,7 +411,7 @@ def _hg_scores(model, graph, batches, T, loss_fn, roles, post) -> ChannelScores:
     return _score_all(model, graph, q, roles, post)
 
 
-@_importance("grasp", needs_data=True)
+@register_importance("grasp", needs_data=True)
 def grasp_importance(
     model: nn.Module,
     graph: ChannelGraph,
@@ -420,7 +425,7 @@ def grasp_importance(
     return _hg_scores(model, graph, batches, T, loss_fn, roles, lambda s: s)
 
 
-@_importance("grad_preserve", needs_data=True)
+@register_importance("grad_preserve", needs_data=True)
 def grad_preserve_importance(
     model: nn.Module,
     graph: ChannelGraph,

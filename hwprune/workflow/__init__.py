@@ -4,7 +4,7 @@ inputs (what is pruned) -> scoring (importances, ratio masks) -> budget (profile
 (compact, verified ONNX, timed afresh, results row) -> finetune.
 """
 
-from hwprune.workflow.budget import BUDGET_POINTS, DEFAULT_ROUND_TO, prune_to_budget
+from hwprune.workflow.budget import BUDGET_POINTS, prune_to_budget
 from hwprune.workflow.closed_loop import BudgetOutcome, budget_verdict, closed_loop
 from hwprune.workflow.inputs import ModelInput, OnnxInput
 from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, importance_batches, importance_scores, make_mask
@@ -12,7 +12,6 @@ from hwprune.workflow.ship import PruneOutcome, prune_export_measure, time_shipp
 
 __all__ = [
     "BUDGET_POINTS",
-    "DEFAULT_ROUND_TO",
     "IMPORTANCE_SAMPLES",
     "BudgetOutcome",
     "ModelInput",

@@ -17,6 +17,7 @@ from hwprune.errors import HwpruneError
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.graph_mapper import ChannelGraph
 from hwprune.latency import measure
+from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND, onnx_backends, require_available
 from hwprune.latency.measurement import paired_ratio
 from hwprune.results import ResultsStore
 from hwprune.workflow.closed_loop import BudgetOutcome, budget_verdict, closed_loop
@@ -26,9 +27,6 @@ from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, importance_scores
 from hwprune.workflow.ship import prune_export_measure
 
 BUDGET_POINTS = (0.25, 0.5, 0.75)  # kept fractions profiled when prune has to profile: little extrapolation
-# channel-count alignment per backend: on this project's AVX-512 CPUs, ONNX Runtime ran resnet18 with
-# 40/72/136/264 channels 1.6x slower than with 32/64/128/256 (benchmarks/results/alignment.md)
-DEFAULT_ROUND_TO = {"ort-cpu": 16, "torch-cpu": 16, "cuda": 8, "ort-cuda": 8, "xla": 8}
 
 
 def latency_cost(
@@ -76,7 +74,7 @@ def latency_cost(
         input_shape=list(job.example.shape),
         backend=backend,
         threads=threads,
-        **({"exporter": exporter} if backend.startswith("ort") and isinstance(job, ModelInput) else {}),
+        **({"exporter": exporter} if BACKENDS.get(backend).times_onnx and isinstance(job, ModelInput) else {}),
     )
     latency_model = LatencyModel(lut, graph)
     return CostFn.latency(latency_model), latency_model.fit_summary()
@@ -86,10 +84,8 @@ def _check_input(job, backend: str, tune) -> None:
     """An ONNX input is timed in onnxruntime and has no module to fine-tune: refuse anything else up front."""
     if not isinstance(job, OnnxInput):
         return
-    if not backend.startswith("ort"):
-        raise HwpruneError(
-            f"an ONNX file is timed in onnxruntime: use --backend ort-cpu (or ort-cuda), not {backend!r}"
-        )
+    if not BACKENDS.get(backend).times_onnx:
+        raise HwpruneError(f"an ONNX file is timed by a backend that runs ONNX ({onnx_backends()}), not {backend!r}")
     if tune:
         raise HwpruneError("an ONNX file has no PyTorch module to fine-tune: drop --finetune-epochs (or prune --model)")
 
@@ -99,7 +95,7 @@ def prune_to_budget(
     target_kind: str,
     target: float,
     out_dir: Path,
-    backend: str = "ort-cpu",
+    backend: str = DEFAULT_BACKEND,
     lut_path: Path | None = None,
     importance: str = "l1",
     threads: int = 1,
@@ -130,7 +126,6 @@ def prune_to_budget(
     pruned top-1 before and after recovery go to the results row. ``distill`` > 0 distills the built-in
     fine-tuning from the dense model (weight of the soft-target term, at ``distill_temperature``).
     """
-    from hwprune.latency.backends import require_available
     from hwprune.latency.profiler import baseline_for, profiled_groups, timing_candidate
     from hwprune.prune.budget import CostFn, solve
 
@@ -143,10 +138,11 @@ def prune_to_budget(
     if distill and not (isinstance(tune, int) and tune):
         raise HwpruneError("--distill weights the built-in fine-tuning: give --finetune-epochs (and --data)")
     _check_input(job, backend, tune)
-    require_available(backend)
+    # alignment buys speed, per backend (benchmarks/results/alignment.md); FLOPs/params are exact counts
+    backend_round_to = require_available(backend).round_to
     out_dir.mkdir(parents=True, exist_ok=True)
-    if round_to is None:  # alignment buys speed: it matters to latency budgets, FLOPs/params are exact counts
-        round_to = DEFAULT_ROUND_TO.get(backend, 1) if target_kind == "latency" else 1
+    if round_to is None:
+        round_to = backend_round_to if target_kind == "latency" else 1
     graph = job.graph()
     groups = profiled_groups(graph, round_to)
     if target_kind != "latency":  # a count: an unreachable budget is refused before any work

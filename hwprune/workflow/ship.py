@@ -19,6 +19,7 @@ from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.export.pipeline import ExportReport, check_writable, export_pruned
 from hwprune.graph_mapper import ChannelGraph
 from hwprune.latency import measure
+from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND
 from hwprune.latency.measurement import Measurement, paired_ratio
 from hwprune.prune.masks import ChannelMask
 from hwprune.results import ResultsStore, RunRecord, current_git_sha
@@ -34,7 +35,7 @@ class PruneOutcome:
     shipped: Measurement | None  # the shipped artifact: the ONNX file on onnxruntime, else the compacted model
     threads: int
     record: RunRecord
-    backend: str = "ort-cpu"
+    backend: str = DEFAULT_BACKEND
     compacted: nn.Module | None = None  # the verified compacted model (None for an ONNX input)
     graph: ChannelGraph | None = None
     mask: ChannelMask | None = None
@@ -48,7 +49,7 @@ class PruneOutcome:
         text = self.export.table()
         if self.baseline is not None:
             ratio, stderr = self.ratio
-            what = "the shipped ONNX file" if self.backend.startswith("ort") else "the compacted model"
+            what = "the shipped ONNX file" if BACKENDS.get(self.backend).times_onnx else "the compacted model"
             text += (
                 f"\n\n| {self.backend} latency of {what} ({self.threads} thread(s), batch {self.record.latency_batch}, "
                 f"{self.shipped.samples} paired rounds) | dense | pruned | ratio |\n|---|---:|---:|---:|\n"
@@ -82,7 +83,7 @@ def time_shipped(
 
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
         dense = baseline_for(graph, example, backend, Path(tmp), exporter)
-        shipped = onnx_path if backend.startswith("ort") else compacted
+        shipped = onnx_path if BACKENDS.get(backend).times_onnx else compacted
         before, after = measure(
             backend,
             [dense, shipped],
@@ -120,7 +121,7 @@ def prune_export_measure(
     results: Path | None = None,
     measure_latency: bool = True,
     exporter: str = DEFAULT_EXPORTER,
-    backend: str = "ort-cpu",
+    backend: str = DEFAULT_BACKEND,
     precision: float | None = 0.005,
 ) -> PruneOutcome:
     """Compact and export with verification, time the shipped artifact against dense on ``backend``, log a row."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from hwprune.graph_mapper import build_channel_graph
+from hwprune.latency.backends import DEFAULT_BACKEND
 from hwprune.prune.gating.run import GateResult
 from hwprune.results import ResultsStore
 from hwprune.workflow.inputs import ModelInput
@@ -47,7 +48,7 @@ def ship_gated(
     repeats: int = 30,
     results: str | Path | None = None,
     measure_latency: bool = True,
-    backend: str = "ort-cpu",
+    backend: str = DEFAULT_BACKEND,
     seed: int | None = None,
 ) -> PruneOutcome:
     """Export ``result``'s converted model at ``example`` (verified), time it against dense, log a row."""
