@@ -109,7 +109,8 @@ class PruneResult:
 
         A pruned ONNX file is written again from its source, checked again against the masked file.
         """
-        from hwprune.export.pipeline import check_writable, export_verified
+        from hwprune.export.pipeline import export_verified
+        from hwprune.files import check_writable
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         path = check_writable(path)

@@ -946,3 +946,8 @@ def created_dir(path: Any) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
+
+
+def read_format_json(path: str | Path, fmt: str, what: str = "mask file", missing_hint: str = "") -> dict:
+    """Read a JSON file of hwprune format ``fmt``; one-line errors for missing, unreadable or foreign files."""
+    return format_field(read_json(path, what, missing_hint), fmt, what, path, "")

@@ -453,7 +453,7 @@ def cmd_map(args) -> None:
             state = "prunable" if g.prunable else f"frozen: {g.reason}"
             print(f"  {g.id:4d} {g.name:40s} {g.size:5d}  {state}{'' if g.exact else ' (inexact)'}")
     if args.json:
-        from hwprune.prune.masks import write_atomically
+        from hwprune.files import write_atomically
 
         data = [
             {

@@ -206,8 +206,8 @@ def ship(args, gate_result, channels: int) -> None:
     """Export with proof, time, log the row; then write the mask and the run's facts; print the outcome."""
     import torch
 
+    from hwprune.files import write_atomically
     from hwprune.prune.gating.ship import default_method, ship_gated
-    from hwprune.prune.masks import write_atomically
 
     size = args.export_size or args.image_size
     example = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(args.seed))

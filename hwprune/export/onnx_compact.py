@@ -24,9 +24,9 @@ from onnx import helper, numpy_helper
 
 from hwprune.errors import EquivalenceError, VerificationError, first_line
 from hwprune.export.compact import changed_sites, keep_table, kept, kept_sizes, kept_split_sizes, shrink, zero_removed
-from hwprune.export.onnx_export import ort_session, temp_path_beside
-from hwprune.export.pipeline import check_writable
+from hwprune.export.onnx_export import ort_session
 from hwprune.export.verify import DEFAULT_TOLERANCE, max_rel_diff, nonfinite_summary, vacuity
+from hwprune.files import check_writable, temp_path_beside
 from hwprune.graph_mapper.onnx_mapper import (
     build_onnx_channel_graph,
     opset_of,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -100,8 +99,3 @@ def run_onnx(path_or_session, example: torch.Tensor) -> list[np.ndarray]:
     session = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
     name = session.get_inputs()[0].name
     return session.run(None, {name: example.detach().cpu().numpy()})
-
-
-def temp_path_beside(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")

@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from hwprune.errors import EquivalenceError, HwpruneError, VerificationError
 from hwprune.export.compact import compact_model, masked_model
-from hwprune.export.onnx_export import check_onnx, export_onnx, run_onnx, temp_path_beside
+from hwprune.export.onnx_export import check_onnx, export_onnx, run_onnx
 from hwprune.export.verify import (
     DEFAULT_TOLERANCE,
     calibrate_for_check,
@@ -25,6 +25,7 @@ from hwprune.export.verify import (
     randomize_for_check,
     vacuity,
 )
+from hwprune.files import check_writable, temp_path_beside
 from hwprune.flops import count_flops
 from hwprune.graph_mapper.types import ChannelGraph
 from hwprune.prune.masks import ChannelMask
@@ -81,19 +82,6 @@ class ExportReport:
             lines.append(line)
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def check_writable(path: str | Path) -> Path:
-    """Fail before any work when ``path`` cannot be written."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise HwpruneError(f"output path {path} is a directory: give a file name such as {path / 'model.onnx'}")
-    if not parent.is_dir():
-        raise HwpruneError(f"output directory {parent} does not exist: create it or choose another path")
-    if not os.access(parent, os.W_OK):
-        raise HwpruneError(f"output directory {parent} is not writable: choose another path")
-    return path
 
 
 @dataclass

@@ -12,8 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from hwprune.checks import read_format_json
 from hwprune.errors import HwpruneError
-from hwprune.prune.masks import read_format_json, write_atomically
+from hwprune.files import write_atomically
 
 LUT_FORMAT = "hwprune.lut/1"
 

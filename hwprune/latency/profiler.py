@@ -122,7 +122,7 @@ def _read_journal(path: Path, header: dict | None, repair: bool = True) -> list[
             raise HwpruneError(f"journal {path} line {i} is not valid JSON ({msg}): {JOURNAL_FIX}") from None
         records.append(journal_record(rec, path, i, header=not records))
     if repair and raw and (torn or not raw.endswith(b"\n")):
-        from hwprune.prune.masks import write_atomically
+        from hwprune.files import write_atomically
 
         write_atomically(path, b"".join(c + b"\n" for c in chunks if c.strip()))
     if torn and repair:  # reported once, by the read that resumes (a check with repair=False stays quiet)

@@ -7,35 +7,18 @@ applied to; a mismatch is refused with one line saying why.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from hwprune.errors import HwpruneError, MaskMismatchError
+from hwprune.errors import MaskMismatchError
+from hwprune.files import write_atomically
 from hwprune.graph_mapper.types import ChannelGraph
 
 CHANNEL_FORMAT = "hwprune.channel_mask/1"
 WEIGHT_FORMAT = "hwprune.weight_mask/1"
-
-
-def write_atomically(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):  # the folder itself may be missing: nothing to remove then
-            tmp.unlink()
-        raise HwpruneError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
 
 
 @dataclass
@@ -115,7 +98,7 @@ class ChannelMask:
     @classmethod
     def load(cls, path: str | Path) -> ChannelMask:
         """Read a mask file, checked against its schema (``hwprune.checks.channel_mask_document``)."""
-        from hwprune.checks import channel_mask_document
+        from hwprune.checks import channel_mask_document, read_format_json  # checks imports masks
 
         data = read_format_json(path, CHANNEL_FORMAT)
         keep = {}
@@ -176,7 +159,7 @@ class WeightMask:
     @classmethod
     def load(cls, path: str | Path) -> WeightMask:
         """Read a weight-mask file, checked against its schema (``hwprune.checks.weight_mask_document``)."""
-        from hwprune.checks import weight_mask_document
+        from hwprune.checks import read_format_json, weight_mask_document  # checks imports masks
 
         data = read_format_json(path, WEIGHT_FORMAT, "weight mask file")
         weight_mask_document(data, path)
@@ -186,10 +169,3 @@ class WeightMask:
             bits = np.unpackbits(np.frombuffer(bytes.fromhex(entry["bits"]), dtype=np.uint8))
             keep[name] = bits[: int(np.prod(shape))].astype(bool).reshape(shape)
         return cls(keep, data.get("model", ""), data.get("meta", {}))
-
-
-def read_format_json(path: str | Path, fmt: str, what: str = "mask file", missing_hint: str = "") -> dict:
-    """Read a JSON file of hwprune format ``fmt``; one-line errors for missing, unreadable or foreign files."""
-    from hwprune.checks import format_field, read_json
-
-    return format_field(read_json(path, what, missing_hint), fmt, what, path, "")

@@ -76,7 +76,7 @@ def run(argv: list[str] | None = None) -> int:
             result = train(model, train_loader, test_loader, config, weight_mask, channel_mask)
     if rank0:
         if args.result:
-            from hwprune.prune.masks import write_atomically
+            from hwprune.files import write_atomically
 
             write_atomically(args.result, json.dumps(result.to_json(), indent=1).encode())
         print(

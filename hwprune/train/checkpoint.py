@@ -18,8 +18,8 @@ from safetensors.torch import save as save_bytes
 from torch import nn
 
 from hwprune.errors import HwpruneError
+from hwprune.files import write_atomically
 from hwprune.models.weights import apply_state
-from hwprune.prune.masks import write_atomically
 
 CHECKPOINT_FORMAT = "hwprune.checkpoint/1"
 SUFFIX = ".safetensors"

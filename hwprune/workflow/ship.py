@@ -16,7 +16,8 @@ from torch import nn
 
 from hwprune import checks
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
-from hwprune.export.pipeline import ExportReport, check_writable, export_pruned
+from hwprune.export.pipeline import ExportReport, export_pruned
+from hwprune.files import check_writable
 from hwprune.graph_mapper import ChannelGraph
 from hwprune.latency import measure
 from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND
