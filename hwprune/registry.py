@@ -1,4 +1,8 @@
-"""A name -> object registry filled by a decorator; one per extension point."""
+"""A key -> object registry filled by a decorator; one per extension point.
+
+Keys are names (models, datasets, importances, backends, ONNX op types) or, for the fx op handlers, the
+module type or function an op calls.
+"""
 
 from __future__ import annotations
 
@@ -12,20 +16,23 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps names to objects. Registering a name twice is an error, so plugins cannot shadow."""
+    """Maps keys to objects. Registering a key twice is an error, so plugins cannot shadow."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, *keys: object) -> Callable[[T], T]:
+        """Decorator: register the object under every one of ``keys``."""
+
         def decorate(obj: T) -> T:
-            self.add(name, obj)
+            for key in keys:
+                self.add(key, obj)
             return obj
 
         return decorate
 
-    def add(self, name: str, obj: T) -> None:
+    def add(self, name: object, obj: T) -> None:
         if name in self._items:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._items[name] = obj
@@ -34,17 +41,25 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            close = difflib.get_close_matches(name, list(self._items), n=3)
+            names = [k for k in self._items if isinstance(k, str)]
+            close = difflib.get_close_matches(name, names, n=3) if isinstance(name, str) else []
             hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._items))})"
-            ) from None
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (known: {', '.join(self.names())})") from None
+
+    def find(self, key: object) -> T | None:
+        """The object under ``key``, or None (for lookups where absence is normal, e.g. an unhandled op)."""
+        return self._items.get(key)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+    def __iter__(self) -> Iterator[object]:
+        return iter(self.keys())
+
+    def keys(self) -> list[object]:
+        """Every key, sorted by its text."""
+        return sorted(self._items, key=str)
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        """Every key as text, sorted (a type or function key shows its qualified name)."""
+        return sorted(k if isinstance(k, str) else getattr(k, "__qualname__", str(k)) for k in self._items)

@@ -157,7 +157,7 @@ def _visit(ctx: MapContext, node: fx.Node):
                 ctx.atoms.freeze(label, "reaches the model output")
         return None
     module = ctx.module_or_none(node)
-    handler = OPS.lookup(op_key(node, module))
+    handler = OPS.find(op_key(node, module))
     if handler is None:
         if not any(
             isinstance(x, np.ndarray) or isinstance(x, Frozen)

@@ -43,15 +43,6 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 SIZE_INPUT = {"Reshape": 1, "Expand": 1, "Resize": 3}
 
 
-def _handles(*op_types: str) -> Callable[[Handler], Handler]:
-    def decorate(fn: Handler) -> Handler:
-        for op in op_types:
-            ONNX_OPS.add(op, fn)
-        return fn
-
-    return decorate
-
-
 def op_label(node: onnx.NodeProto) -> str:
     return node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
 
@@ -104,7 +95,7 @@ def _weights(ctx: OnnxContext, node: onnx.NodeProto, indices: tuple[int, ...]):
     return arrays
 
 
-@_handles("Conv")
+@ONNX_OPS.register("Conv")
 def conv(ctx: OnnxContext, node: onnx.NodeProto):
     arrays = _weights(ctx, node, (1, 2))
     if arrays is None:
@@ -119,7 +110,7 @@ def conv(ctx: OnnxContext, node: onnx.NodeProto):
     return rules.channel_shaped(out, len(out_shape))
 
 
-@_handles("ConvTranspose")
+@ONNX_OPS.register("ConvTranspose")
 def conv_transpose(ctx: OnnxContext, node: onnx.NodeProto):
     """A transposed conv with one group: input channels on the weight's rows, outputs on its columns."""
     arrays = _weights(ctx, node, (1, 2))
@@ -148,7 +139,7 @@ def _dense_bias(ctx: OnnxContext, name: str, n_out: int):
     return name, value.ndim - 1
 
 
-@_handles("Gemm")
+@ONNX_OPS.register("Gemm")
 def gemm(ctx: OnnxContext, node: onnx.NodeProto):
     """Gemm with an initializer B (a Linear layer): outputs on B's rows when transB, else on its columns."""
     a, b = node.input[:2]
@@ -175,7 +166,7 @@ def _activation_product(ctx: OnnxContext, node: onnx.NodeProto, rule):
     return ctx.unknown(node, f"{_what(node)}: channels on an axis it cannot follow") if out is None else out
 
 
-@_handles("MatMul")
+@ONNX_OPS.register("MatMul")
 def matmul(ctx: OnnxContext, node: onnx.NodeProto):
     """Activation @ 2-D initializer (a Linear layer exported as MatMul): outputs on the weight's columns.
 
@@ -213,7 +204,7 @@ def _per_channel(ctx: OnnxContext, node: onnx.NodeProto, dim: int, params: tuple
     return vec
 
 
-@_handles("BatchNormalization", "InstanceNormalization")
+@ONNX_OPS.register("BatchNormalization", "InstanceNormalization")
 def batch_norm(ctx: OnnxContext, node: onnx.NodeProto):
     if attr(node, "training_mode", 0):
         return ctx.unknown(node, f"BatchNormalization {node.name} in training mode")
@@ -221,7 +212,7 @@ def batch_norm(ctx: OnnxContext, node: onnx.NodeProto):
     return vec if isinstance(vec, Frozen) else ctx.label(node.input[0])
 
 
-@_handles("LayerNormalization")
+@ONNX_OPS.register("LayerNormalization")
 def layer_norm(ctx: OnnxContext, node: onnx.NodeProto):
     """LayerNorm over the last axis: prunable but inexact (it normalises across the channels)."""
     nd = len(ctx.shape(node.input[0]))
@@ -234,7 +225,7 @@ def layer_norm(ctx: OnnxContext, node: onnx.NodeProto):
     return ctx.label(node.input[0])
 
 
-@_handles("GroupNormalization")
+@ONNX_OPS.register("GroupNormalization")
 def group_norm(ctx: OnnxContext, node: onnx.NodeProto):
     """GroupNorm: exact per channel (groups == channels); else inexact, equal count kept per group."""
     arrays = _weights(ctx, node, (1, 2))
@@ -294,7 +285,7 @@ UNARY = (
 )
 
 
-@_handles(*UNARY)
+@ONNX_OPS.register(*UNARY)
 def unary(ctx: OnnxContext, node: onnx.NodeProto):
     """Per element (Clip's bounds, CastLike's target and Dropout's ratio are scalars)."""
     return ctx.label(node.input[0])
@@ -324,7 +315,7 @@ BINARY = (
 )
 
 
-@_handles(*BINARY)
+@ONNX_OPS.register(*BINARY)
 def elementwise(ctx: OnnxContext, node: onnx.NodeProto):
     """Broadcast operands: positions that meet are pruned together; per-channel initializers ride along."""
     operands = [(ctx.label(i), ctx.shape(i)) for i in node.input if i]
@@ -334,14 +325,14 @@ def elementwise(ctx: OnnxContext, node: onnx.NodeProto):
 # ----------------------------------------------------------------------------- structure
 
 
-@_handles("Concat")
+@ONNX_OPS.register("Concat")
 def concat(ctx: OnnxContext, node: onnx.NodeProto):
     labels = [ctx.label(i) for i in node.input]
     shapes = [ctx.shape(i) for i in node.input]
     return rules.concat(ctx.atoms, labels, shapes, int(attr(node, "axis")), _out_shape(ctx, node), _what(node))
 
 
-@_handles("Split")
+@ONNX_OPS.register("Split")
 def split(ctx: OnnxContext, node: onnx.NodeProto):
     """Split along an axis; along a channel axis the piece sizes are rewritten on compaction."""
     x = node.input[0]
@@ -375,7 +366,7 @@ def _slice_params(ctx: OnnxContext, node: onnx.NodeProto, nd: int):
     return starts, ends, [int(a) % nd for a in axes], steps
 
 
-@_handles("Slice")
+@ONNX_OPS.register("Slice")
 def slice_(ctx: OnnxContext, node: onnx.NodeProto):
     """Slice; along a channel axis (step 1) the bounds are rewritten on compaction.
 
@@ -413,7 +404,7 @@ def slice_(ctx: OnnxContext, node: onnx.NodeProto):
     return compact(out)
 
 
-@_handles("Gather")
+@ONNX_OPS.register("Gather")
 def gather(ctx: OnnxContext, node: onnx.NodeProto):
     """Gather along an axis; constant indices into a channel axis are remapped on compaction."""
     data, indices = node.input
@@ -441,7 +432,7 @@ def gather(ctx: OnnxContext, node: onnx.NodeProto):
     return out
 
 
-@_handles("GatherND")
+@ONNX_OPS.register("GatherND")
 def gather_nd(ctx: OnnxContext, node: onnx.NodeProto):
     """GatherND over leading axes without channels (how the dynamo exporter replicates pixels in an adaptive pool)."""
     data, indices = node.input
@@ -456,7 +447,7 @@ def gather_nd(ctx: OnnxContext, node: onnx.NodeProto):
     return label.reshape(label.shape[:first] + (1,) * (len(idx_shape) - 1 - first) + label.shape[first + depth :])
 
 
-@_handles("Reshape")
+@ONNX_OPS.register("Reshape")
 def reshape(ctx: OnnxContext, node: onnx.NodeProto):
     """Reshape to a constant shape, rewritten on compaction; a computed one touching channels freezes."""
     x = node.input[0]
@@ -471,7 +462,7 @@ def reshape(ctx: OnnxContext, node: onnx.NodeProto):
     return out
 
 
-@_handles("Flatten", "Squeeze", "Unsqueeze")
+@ONNX_OPS.register("Flatten", "Squeeze", "Unsqueeze")
 def view(ctx: OnnxContext, node: onnx.NodeProto):
     """Reshapes whose arguments are axes, not sizes: nothing to rewrite on compaction."""
     label = ctx.label(node.input[0])
@@ -480,7 +471,7 @@ def view(ctx: OnnxContext, node: onnx.NodeProto):
     return rules.reshape(ctx.atoms, label, ctx.shape(node.input[0]), _out_shape(ctx, node), _what(node))
 
 
-@_handles("Transpose")
+@ONNX_OPS.register("Transpose")
 def transpose(ctx: OnnxContext, node: onnx.NodeProto):
     label = ctx.label(node.input[0])
     if isinstance(label, Frozen):
@@ -490,7 +481,7 @@ def transpose(ctx: OnnxContext, node: onnx.NodeProto):
     return np.transpose(right_align(label, nd), perm)
 
 
-@_handles("Expand")
+@ONNX_OPS.register("Expand")
 def expand(ctx: OnnxContext, node: onnx.NodeProto):
     label = ctx.label(node.input[0])
     if isinstance(label, Frozen):
@@ -506,7 +497,7 @@ def expand(ctx: OnnxContext, node: onnx.NodeProto):
 # ----------------------------------------------------------------------------- spatial, reductions
 
 
-@_handles("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+@ONNX_OPS.register("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 def spatial(ctx: OnnxContext, node: onnx.NodeProto):
     """Pooling and resizing act per channel (axis 1)."""
     x = node.input[0]
@@ -516,7 +507,7 @@ def spatial(ctx: OnnxContext, node: onnx.NodeProto):
     return compact(rules.channel_shaped(vec, len(_out_shape(ctx, node))))
 
 
-@_handles("Resize", "Upsample")
+@ONNX_OPS.register("Resize", "Upsample")
 def resize(ctx: OnnxContext, node: onnx.NodeProto):
     """Resize with scales of 1 on the batch and channel axes, or with sizes (rewritten on compaction)."""
     out = spatial(ctx, node)
@@ -539,7 +530,7 @@ def resize(ctx: OnnxContext, node: onnx.NodeProto):
     return out
 
 
-@_handles("Pad")
+@ONNX_OPS.register("Pad")
 def pad(ctx: OnnxContext, node: onnx.NodeProto):
     """Padding along axes where channels do not vary."""
     label = ctx.label(node.input[0])
@@ -572,7 +563,7 @@ REDUCTIONS = (
 )
 
 
-@_handles(*REDUCTIONS)
+@ONNX_OPS.register(*REDUCTIONS)
 def reduction(ctx: OnnxContext, node: onnx.NodeProto):
     """Over non-channel axes the channels pass; over channels they freeze."""
     label = ctx.label(node.input[0])
@@ -590,7 +581,7 @@ def reduction(ctx: OnnxContext, node: onnx.NodeProto):
     return rules.reduce(ctx.atoms, label, nd, axes.tolist(), keep, len(_out_shape(ctx, node)), _what(node))
 
 
-@_handles("ArgMax", "ArgMin")
+@ONNX_OPS.register("ArgMax", "ArgMin")
 def arg_reduction(ctx: OnnxContext, node: onnx.NodeProto):
     label = ctx.label(node.input[0])
     if isinstance(label, Frozen):
@@ -602,7 +593,7 @@ def arg_reduction(ctx: OnnxContext, node: onnx.NodeProto):
     )
 
 
-@_handles("Einsum")
+@ONNX_OPS.register("Einsum")
 def einsum(ctx: OnnxContext, node: onnx.NodeProto):
     """Two-operand Einsum of activations, with the rules of MatMul."""
     equation = attr(node, "equation")
@@ -612,7 +603,7 @@ def einsum(ctx: OnnxContext, node: onnx.NodeProto):
     return _activation_product(ctx, node, lambda la, lb: rules.einsum(ctx.atoms, equation, la, lb, _what(node)))
 
 
-@_handles("Softmax", "LogSoftmax", "Hardmax")
+@ONNX_OPS.register("Softmax", "LogSoftmax", "Hardmax")
 def softmax(ctx: OnnxContext, node: onnx.NodeProto):
     """Normalises along one axis (opset >= 13) or over every axis from ``axis`` on (older opsets)."""
     label = ctx.label(node.input[0])
@@ -626,7 +617,7 @@ def softmax(ctx: OnnxContext, node: onnx.NodeProto):
     return rules.normalise_over(ctx.atoms, label, nd, dims, _what(node))
 
 
-@_handles("Shape", "Size")
+@ONNX_OPS.register("Shape", "Size")
 def shape_of(ctx: OnnxContext, node: onnx.NodeProto):
     """Shape arithmetic carries no channels (sizes that touch channels are checked where they are used)."""
     return fixed_label(len(_out_shape(ctx, node)))

@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper.atoms import Frozen, compact, labelled, right_align, varying_dims
+from hwprune.registry import Registry
 
 if TYPE_CHECKING:
     from hwprune.graph_mapper.fx_mapper import MapContext
@@ -27,30 +28,8 @@ if TYPE_CHECKING:
 Handler = Callable[["MapContext", fx.Node], Any]
 
 
-class OpRegistry:
-    """Handlers keyed by module type, function, or tensor-method name; duplicates are errors."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[object, Handler] = {}
-
-    def register(self, *keys: object) -> Callable[[Handler], Handler]:
-        def decorate(fn: Handler) -> Handler:
-            for key in keys:
-                if key in self._handlers:
-                    raise ValueError(f"op {key!r} already has a handler")
-                self._handlers[key] = fn
-            return fn
-
-        return decorate
-
-    def lookup(self, key: object) -> Handler | None:
-        return self._handlers.get(key)
-
-    def keys(self) -> list[object]:
-        return list(self._handlers)
-
-
-OPS = OpRegistry()
+# handlers keyed by module type, function, or tensor-method name; duplicates are errors
+OPS: Registry[Handler] = Registry("fx op handler")
 
 
 def op_key(node: fx.Node, module: nn.Module | None) -> object:
