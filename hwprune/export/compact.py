@@ -97,13 +97,30 @@ def masked_model(model: nn.Module, graph: ChannelGraph, mask: ChannelMask) -> nn
     return masked
 
 
+def shrink_like_parameters(graph: ChannelGraph, mask: ChannelMask, tensors: dict[str, torch.Tensor]) -> dict:
+    """Slice tensors shaped like named parameters (e.g. optimizer momentum) exactly as compaction slices them.
+
+    ``tensors`` maps parameter names to tensors of the parameter's shape; those the mask does not shrink are
+    returned unchanged.
+    """
+    by_tensor = _sites_by_tensor(graph, keep_table(graph, mask))
+    with torch.no_grad():
+        return {name: shrink(t.detach(), by_tensor[name]) if name in by_tensor else t for name, t in tensors.items()}
+
+
+def _sites_by_tensor(graph: ChannelGraph, keep) -> dict[str, list[tuple[Site, np.ndarray]]]:
+    """The sites compaction shrinks, with their kept positions, by tensor name."""
+    by_tensor: dict[str, list[tuple[Site, np.ndarray]]] = defaultdict(list)
+    for site, k in changed_sites(graph, keep):
+        by_tensor[site.tensor].append((site, k))
+    return by_tensor
+
+
 def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
     """A new, smaller GraphModule computing what the masked model computes on exact groups."""
     mask.validate(graph)
     keep = keep_table(graph, mask)
-    by_tensor: dict[str, list[tuple[Site, np.ndarray]]] = defaultdict(list)
-    for site, k in changed_sites(graph, keep):
-        by_tensor[site.tensor].append((site, k))
+    by_tensor = _sites_by_tensor(graph, keep)
     originals = dict(graph.gm.named_parameters()) | dict(graph.gm.named_buffers())
     # tensors about to be replaced are not copied: the copy gets an empty placeholder for each
     memo = {id(originals[name]): torch.empty(0) for name in by_tensor}

@@ -1,0 +1,317 @@
+"""Prune+train rounds (the gradient-flow framework's ``main.py``): prune a little, train, repeat.
+
+Pruning is spread over ``n_rounds``: before each round the channel importances are measured (on
+``imp_samples`` examples, or tracked as an exponential average over ``track_batches`` mini-batches), the
+least important channels over all prunable groups are removed until the round's cumulative threshold of
+the *original* channels is gone, the model is physically compacted (so training gets faster as it goes),
+and it trains ``epochs_per_round`` epochs at ``lr_prune``. The SGD momentum of kept channels is carried
+through compaction with ``preserve_momentum`` (sliced exactly as the weights are). Each round ends with a
+checkpoint (weights, optimizer state, the cumulative mask on the original model, the statistics), from
+which an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwprune.errors import HwpruneError
+from hwprune.export.compact import compact_model, shrink_like_parameters
+from hwprune.graph_mapper import ChannelGraph, build_channel_graph
+from hwprune.prune.channel import unit_of
+from hwprune.prune.importance import CHANNEL_IMPORTANCES
+from hwprune.prune.masks import ChannelMask
+from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, first_samples
+
+CHECKPOINT = "prune_train_state"
+
+
+@dataclass
+class PruneTrainConfig:
+    """The seed's options, with its names and defaults (``--pruning-type`` is ``importance``)."""
+
+    importance: str = "mag_based"
+    prune_percent: float = 75.0  # of the original prunable channels, removed by the last round
+    n_rounds: int = 25
+    thresholds: list[float] | None = None  # cumulative percent per round (default: evenly spaced)
+    warmup_epochs: int = 0
+    epochs_per_round: int = 1
+    final_epochs: int = 0
+    lr: float = 0.1
+    lr_prune: float = 0.1
+    moment: float = 0.9
+    weight_decay: float = 5e-4
+    preserve_moment: bool = False
+    track_batches: int = 0  # 0: importance on imp_samples; N: exponential average over N mini-batches
+    alpha: float = 0.8
+    imp_samples: int = IMPORTANCE_SAMPLES
+    grasp_T: float = 200.0
+    T: float = 1.0  # training temperature (logits / T)
+    seed: int = 0
+
+    def round_thresholds(self) -> list[float]:
+        """Cumulative percent of the original prunable channels removed after each round."""
+        if self.thresholds is not None:
+            return [float(t) for t in self.thresholds]
+        return [self.prune_percent * (r + 1) / self.n_rounds for r in range(self.n_rounds)]
+
+    def validate(self) -> None:
+        CHANNEL_IMPORTANCES.get(self.importance)  # unknown names: one line with suggestions
+        if not 0 <= self.prune_percent < 100:
+            raise HwpruneError(f"--prune-percent is in [0, 100) (got {self.prune_percent})")
+        if self.n_rounds < 1 or self.epochs_per_round < 0 or self.warmup_epochs < 0 or self.final_epochs < 0:
+            raise HwpruneError("--n-rounds is at least 1 and every epoch count at least 0")
+        t = self.round_thresholds()
+        if self.thresholds is not None and (
+            len(t) != self.n_rounds or any(b < a for a, b in zip(t, t[1:], strict=False)) or not 0 <= t[0]
+        ):
+            raise HwpruneError(
+                f"--thresholds are {self.n_rounds} cumulative percents, non-decreasing, in [0, 100) (got {t})"
+            )
+        if t and t[-1] >= 100:
+            raise HwpruneError(f"--thresholds stay below 100 % (got {t[-1]})")
+        if not 0 <= self.alpha < 1 or self.track_batches < 0:
+            raise HwpruneError("--alpha is in [0, 1) and --track-batches at least 0")
+
+
+@dataclass
+class PruneTrainResult:
+    """The pruned, trained model and how it got there (accuracy per phase, channels per round)."""
+
+    model: nn.Module
+    mask: ChannelMask  # cumulative, on the original model's graph
+    stats: dict = field(default_factory=dict)  # phase -> list of {"epoch", "train_top1", "test_top1", ...}
+    rounds: list[dict] = field(default_factory=list)  # per round: threshold, kept channels, params
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def tracked_importance(
+    model: nn.Module, graph: ChannelGraph, batches, name: str, alpha: float, **opts
+) -> dict[int, np.ndarray]:
+    """Importance as an exponential average over mini-batches: ``s = alpha s + (1 - alpha) s_b``, from ``s_0``."""
+    scorer = CHANNEL_IMPORTANCES.get(name)
+    ema: dict[int, np.ndarray] | None = None
+    for batch in batches:
+        scores = scorer(model, graph, [batch], **opts) if scorer.needs_data else scorer(model, graph, None, **opts)
+        ema = scores if ema is None else {g: alpha * ema[g] + (1 - alpha) * s for g, s in scores.items()}
+    if ema is None:
+        raise HwpruneError("importance tracking needs at least one training batch")
+    return ema
+
+
+def global_mask(graph: ChannelGraph, scores: dict[int, np.ndarray], keep_total: int) -> ChannelMask:
+    """Keep the ``keep_total`` highest-scoring channels over all prunable exact groups (at least one unit each).
+
+    Scores are compared across groups after dividing each group's by its mean, as the budget solver does, so a
+    layer's scale (a BatchNorm, a wide fan-in) does not decide alone which layers empty first.
+    """
+    mask = ChannelMask.full(graph)
+    groups = [g for g in graph.prunable_groups if g.exact and g.size >= 2 and g.id in scores]
+    fixed = sum(g.size for g in graph.prunable_groups) - sum(g.size for g in groups)
+    units = {g.id: unit_of(g) for g in groups}
+    floor = sum(units.values())
+    budget = max(floor, keep_total - fixed)
+    normed = {g.id: scores[g.id] / (np.mean(np.abs(scores[g.id])) or 1.0) for g in groups}
+    # every group keeps its best unit; the rest of the budget goes to the best remaining channels anywhere
+    ranked = []
+    for g in groups:
+        order = np.argsort(-normed[g.id], kind="stable")
+        mask.keep[g.id] = np.zeros(g.size, dtype=bool)
+        mask.keep[g.id][order[: units[g.id]]] = True
+        ranked += [(float(normed[g.id][i]), g.id, int(i)) for i in order[units[g.id] :]]
+    ranked.sort(key=lambda t: -t[0])
+    for _, gid, i in ranked[: budget - floor]:
+        mask.keep[gid][i] = True
+    return mask
+
+
+def _optimizer(model: nn.Module, lr: float, cfg: PruneTrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.moment, weight_decay=cfg.weight_decay)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _train_epoch(model, optimizer, loader, T: float) -> tuple[float, float]:
+    """One epoch of SGD on cross-entropy of logits / T; returns (mean loss, train top-1)."""
+    model.train()
+    loss_sum = hits = n = 0.0
+    for x, y in loader:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = F.cross_entropy(out / T, y)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        hits += int((out.argmax(1) == y).sum())
+        n += len(y)
+    return loss_sum / max(n, 1), hits / max(n, 1)
+
+
+def _epoch(record: list, model, optimizer, train_loader, test_loader, T: float, **tags) -> None:
+    """Train one epoch and append its figures (loss, train and test top-1) to ``record``."""
+    loss, top1 = _train_epoch(model, optimizer, train_loader, T)
+    record.append({**tags, "loss": loss, "train_top1": top1, "test_top1": _test_top1(model, test_loader)})
+
+
+def _test_top1(model, loader) -> float | None:
+    if loader is None:
+        return None
+    from hwprune.train import evaluate
+
+    return evaluate(model, loader, "cpu").top1
+
+
+def compact_with_momentum(
+    model: nn.Module, graph: ChannelGraph, mask: ChannelMask, optimizer, lr: float, cfg: PruneTrainConfig
+):
+    """The compacted model and a fresh SGD for it.
+
+    With ``preserve_moment`` the new momentum buffers are the old ones sliced exactly as the weights were
+    (kept channels keep their momentum, value for value).
+    """
+    names = {id(p): n for n, p in graph.gm.named_parameters()}
+    momenta = {}
+    if cfg.preserve_moment:
+        for p in model.parameters():
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None and id(p) in names:
+                momenta[names[id(p)]] = buf
+    small = compact_model(graph, mask)
+    new_opt = _optimizer(small, lr, cfg)
+    if momenta:
+        sliced = shrink_like_parameters(graph, mask, momenta)
+        params = dict(small.named_parameters())
+        for name, buf in sliced.items():
+            new_opt.state[params[name]]["momentum_buffer"] = buf.clone()
+    return small, new_opt
+
+
+def _compose(original: ChannelGraph, kept_idx: dict[int, np.ndarray]) -> ChannelMask:
+    mask = ChannelMask.full(original)
+    for gid, idx in kept_idx.items():
+        mask.keep[gid] = np.isin(np.arange(original.group(gid).size), idx)
+    return mask
+
+
+def _group_key(group) -> tuple:
+    """A group's identity across compactions: the tensors and axes it spans (names survive compaction)."""
+    return tuple(sorted((s.tensor, s.axis) for s in group.slices))
+
+
+def _save(out: Path, model, optimizer, mask: ChannelMask, state: dict) -> None:
+    from hwprune.train import save_checkpoint
+
+    save_checkpoint(model, out / CHECKPOINT, {"prune_train": state})
+    tmp = out / f".{CHECKPOINT}.optim.pt.tmp"
+    torch.save(optimizer.state_dict(), tmp)
+    tmp.replace(out / f"{CHECKPOINT}.optim.pt")
+    mask.save(out / f"{CHECKPOINT}.mask.json")
+
+
+def prune_train(
+    model: nn.Module,
+    example: torch.Tensor,
+    train_loader,
+    test_loader=None,
+    config: PruneTrainConfig | None = None,
+    out: str | Path | None = None,
+    name: str = "model",
+    on_round: Callable[[int, nn.Module], None] | None = None,
+) -> PruneTrainResult:
+    """Run warm-up, ``n_rounds`` of prune+compact+train, and final training; resume from ``out`` if a run stopped.
+
+    ``model`` is not modified (a compacted copy is trained). ``on_round(r, model)`` is called after each
+    round's checkpoint (tests use it to stop a run).
+    """
+    cfg = config or PruneTrainConfig()
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    out = Path(out) if out is not None else None
+    original = build_channel_graph(model, example, name)
+    total = sum(g.size for g in original.prunable_groups)
+    full = ChannelMask.full(original)
+    current = compact_model(original, full)  # a trainable copy; the user's module stays as it was
+    optimizer = _optimizer(current, cfg.lr, cfg)
+    kept_idx = {g.id: np.arange(g.size) for g in original.prunable_groups}
+    stats: dict[str, list] = {"warmup": [], "pruning": [], "final": []}
+    rounds: list[dict] = []
+    start_round = 0
+    if out is not None and (out / f"{CHECKPOINT}.safetensors").exists():
+        current, optimizer, kept_idx, stats, rounds, start_round = _resume(out, original, cfg)
+    elif out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    if start_round == 0 and not stats["warmup"]:
+        _set_lr(optimizer, cfg.lr)
+        for epoch in range(cfg.warmup_epochs):
+            _epoch(stats["warmup"], current, optimizer, train_loader, test_loader, cfg.T, epoch=epoch)
+
+    by_key = {_group_key(g): g.id for g in original.groups}
+    thresholds = cfg.round_thresholds()
+    for r in range(start_round, cfg.n_rounds):
+        graph = build_channel_graph(current, example, name)
+        opts = {"T": cfg.grasp_T} if cfg.importance in ("grasp", "grad_preserve") else {}
+        if cfg.track_batches:
+            batches = [b for _, b in zip(range(cfg.track_batches), train_loader, strict=False)]
+            scores = tracked_importance(current, graph, batches, cfg.importance, cfg.alpha, **opts)
+        else:
+            scorer = CHANNEL_IMPORTANCES.get(cfg.importance)
+            data = first_samples(train_loader, cfg.imp_samples) if scorer.needs_data else None
+            scores = scorer(current, graph, data, **opts)
+        keep_total = int(round(total * (1 - thresholds[r] / 100)))
+        mask = global_mask(graph, scores, keep_total)
+        for g in graph.prunable_groups:  # compose with what earlier rounds removed, in original indices
+            gid = by_key[_group_key(g)]
+            kept_idx[gid] = kept_idx[gid][mask.keep[g.id]]
+        current, optimizer = compact_with_momentum(current, graph, mask, optimizer, cfg.lr_prune, cfg)
+        for epoch in range(cfg.epochs_per_round):
+            _epoch(stats["pruning"], current, optimizer, train_loader, test_loader, cfg.T, round=r, epoch=epoch)
+        kept = int(sum(len(i) for i in kept_idx.values()))
+        rounds.append(
+            {
+                "round": r,
+                "threshold": thresholds[r],
+                "kept_channels": kept,
+                "of": total,
+                "params": sum(p.numel() for p in current.parameters()),
+            }
+        )
+        if out is not None:
+            state = {"round": r, "stats": stats, "rounds": rounds, "config": asdict(cfg)}
+            _save(out, current, optimizer, _compose(original, kept_idx), state)
+        if on_round is not None:
+            on_round(r, current)
+
+    _set_lr(optimizer, cfg.lr)
+    for epoch in range(cfg.final_epochs):
+        _epoch(stats["final"], current, optimizer, train_loader, test_loader, cfg.T, epoch=epoch)
+    current.eval()
+    return PruneTrainResult(current, _compose(original, kept_idx), stats, rounds)
+
+
+def _resume(out: Path, original: ChannelGraph, cfg: PruneTrainConfig):
+    """Rebuild the compacted model of the last finished round from its checkpoint (weights, momentum, mask)."""
+    from hwprune.train import load_checkpoint, read_sidecar
+
+    mask = ChannelMask.load(out / f"{CHECKPOINT}.mask.json")
+    state = read_sidecar(out / CHECKPOINT)["prune_train"]
+    if state["config"] != asdict(cfg):
+        raise HwpruneError(f"{out} holds a prune-train run with other settings: rerun them, or choose another --out")
+    current = compact_model(original, mask)
+    load_checkpoint(current, out / CHECKPOINT)
+    optimizer = _optimizer(current, cfg.lr_prune, cfg)
+    optimizer.load_state_dict(torch.load(out / f"{CHECKPOINT}.optim.pt", weights_only=True))
+    kept_idx = {g.id: np.flatnonzero(mask.keep.get(g.id, np.ones(g.size, bool))) for g in original.prunable_groups}
+    return current, optimizer, kept_idx, state["stats"], state["rounds"], state["round"] + 1

@@ -1,0 +1,138 @@
+"""Prune+train rounds: compaction between rounds, momentum carried exactly, resume, tracked importance."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hwprune.data import get_dataset, make_loader
+from hwprune.errors import HwpruneError
+from hwprune.graph_mapper import build_channel_graph
+from hwprune.prune.importance import CHANNEL_IMPORTANCES
+from hwprune.prune.masks import ChannelMask
+from hwprune.workflow import ModelInput
+from hwprune.workflow.prune_train import (
+    PruneTrainConfig,
+    compact_with_momentum,
+    prune_train,
+    tracked_importance,
+)
+
+
+def digits(split, shuffle=False):
+    return make_loader(get_dataset("digits", split, image_size=16, channels=1), 64, shuffle=shuffle, seed=0)
+
+
+def resnet20():
+    job = ModelInput.build("resnet20", input_size=16, num_classes=10, in_channels=1)
+    return job.model, job.example
+
+
+FAST = dict(importance="l1", prune_percent=50, n_rounds=2, lr=0.05, lr_prune=0.05, preserve_moment=True)
+
+
+def test_two_rounds_compact_between_rounds_and_training_recovers_accuracy():
+    model, x = resnet20()
+    dense_params = sum(p.numel() for p in model.parameters())
+    result = prune_train(model, x, digits("train", True), digits("test"), PruneTrainConfig(**FAST, final_epochs=1))
+    total = result.rounds[0]["of"]
+    assert [r["kept_channels"] for r in result.rounds] == [round(total * 0.75), round(total * 0.5)]
+    params = [r["params"] for r in result.rounds]
+    assert dense_params > params[0] > params[1] == result.params  # physically smaller after every round
+    assert sum(p.numel() for p in model.parameters()) == dense_params  # the user's module is untouched
+    graph = build_channel_graph(model, x, "m")
+    kept = sum(int(k.sum()) for gid, k in result.mask.keep.items() if graph.group(gid).prunable)
+    assert kept == result.rounds[-1]["kept_channels"]
+    untrained = prune_train(
+        model, x, digits("train", True), digits("test"), PruneTrainConfig(**{**FAST, "epochs_per_round": 0})
+    )
+    test = digits("test")
+    assert accuracy(result.model, test) > accuracy(untrained.model, test) + 0.2  # training between rounds pays
+    assert result.stats["final"][0]["test_top1"] == pytest.approx(accuracy(result.model, test))
+
+
+def accuracy(model, loader):
+    model.eval()
+    with torch.no_grad():
+        return sum(int((model(a).argmax(1) == b).sum()) for a, b in loader) / len(loader.dataset)
+
+
+def test_momentum_of_kept_channels_is_carried_value_for_value():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    graph = build_channel_graph(net, x, "net")
+    [group] = graph.prunable_groups
+    cfg = PruneTrainConfig(**{**FAST, "preserve_moment": True})
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net.train()
+    for _ in range(2):  # momentum buffers with informative values
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+    mask = ChannelMask.full(graph)
+    mask.keep[group.id] = np.array([1, 0, 1, 1, 0, 0, 1, 1], dtype=bool)
+    k = torch.from_numpy(mask.keep[group.id])
+    small, new_opt = compact_with_momentum(net, graph, mask, opt, 0.1, cfg)
+    old = {n: opt.state[p]["momentum_buffer"] for n, p in net.named_parameters()}
+    new = {n: new_opt.state[p]["momentum_buffer"] for n, p in small.named_parameters()}
+    assert torch.equal(new["0.weight"], old["0.weight"][k])  # producer rows
+    assert torch.equal(new["1.weight"], old["1.weight"][k]) and torch.equal(new["1.bias"], old["1.bias"][k])
+    assert torch.equal(new["3.weight"], old["3.weight"][:, k])  # consumer columns
+    assert torch.equal(new["3.bias"], old["3.bias"])  # untouched tensor, untouched momentum
+    _, fresh = compact_with_momentum(net, graph, mask, opt, 0.1, PruneTrainConfig(**{**FAST, "preserve_moment": False}))
+    assert not fresh.state  # negative control: without the option the new optimizer starts from zero
+
+
+def test_a_killed_run_resumes_from_its_last_round_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    model, x = resnet20()
+    cfg = PruneTrainConfig(**{**FAST, "n_rounds": 3, "prune_percent": 60})
+    whole = prune_train(model, x, digits("train"), None, cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(r, _model):
+        if r == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        prune_train(model, x, digits("train"), None, cfg, out=tmp_path, on_round=kill_after_first)
+    rounds_seen = []
+    resumed = prune_train(
+        model, x, digits("train"), None, cfg, out=tmp_path, on_round=lambda r, m: rounds_seen.append(r)
+    )
+    assert rounds_seen == [1, 2]  # round 0 was not redone
+    assert [r["kept_channels"] for r in resumed.rounds] == [r["kept_channels"] for r in whole.rounds]
+    for (name, a), (_, b) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    with pytest.raises(HwpruneError, match="other settings"):
+        prune_train(model, x, digits("train"), None, PruneTrainConfig(**{**FAST, "n_rounds": 3}), out=tmp_path)
+
+
+def test_tracked_importance_is_the_exponential_average_of_per_batch_scores():
+    model, x = resnet20()
+    graph = build_channel_graph(model, x, "m")
+    batches = [b for _, b in zip(range(3), digits("train"), strict=False)]
+    got = tracked_importance(model, graph, batches, "taylor", alpha=0.8)
+    scorer = CHANNEL_IMPORTANCES.get("taylor")
+    s = [scorer(model, graph, [b]) for b in batches]
+    for gid in got:
+        want = 0.8 * (0.8 * s[0][gid] + 0.2 * s[1][gid]) + 0.2 * s[2][gid]
+        np.testing.assert_allclose(got[gid], want, rtol=1e-6)
+    assert any(not np.allclose(s[0][g], s[2][g]) for g in got)  # the batches differ: the average is informative
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"thresholds": [10, 50]}, "cumulative percents"),
+        ({"thresholds": [50, 10, 80]}, "non-decreasing"),
+        ({"prune_percent": 100}, "--prune-percent"),
+        ({"importance": "l11"}, "did you mean"),
+        ({"alpha": 1.0}, "--alpha"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(options, message):
+    with pytest.raises(HwpruneError, match=message):
+        PruneTrainConfig(**{**FAST, "n_rounds": 3, **options}).validate()
