@@ -8,6 +8,7 @@ The public API (see docs/api.md):
     hwprune.export_onnx(model, mask, example_inputs, path)  -> (compacted module, ExportReport)
     hwprune.measure(model_or_onnx, example_inputs, backend=...) -> Measurement
     hwprune.evaluate(model_or_onnx, data, mask=..., weights=...) -> Evaluation (accuracy per split, size)
+    hwprune.prune_train(model, example_inputs, train_data, test_data, prune_percent=75, n_rounds=25, ...)
 
 map, prune, export_onnx and evaluate also take an ONNX file's path instead of a module.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "export_onnx",
     "measure",
     "evaluate",
+    "prune_train",
     "PruneResult",
     "ChannelMask",
     "HwpruneError",
@@ -32,7 +34,15 @@ from hwprune import prune  # noqa: E402 (a callable package: hwprune.prune(model
 
 def __getattr__(name: str):
     """Load the API on first use: `hwprune --help` and the error module stay free of torch's import time."""
-    if name in ("map", "profile", "export_onnx", "measure", "evaluate", "PruneResult"):  # prune: the callable package
+    if name in (
+        "map",
+        "profile",
+        "export_onnx",
+        "measure",
+        "evaluate",
+        "prune_train",
+        "PruneResult",
+    ):  # prune: the callable package
         from hwprune import api
 
         return getattr(api, name)

@@ -315,3 +315,33 @@ def evaluate(
             pruned_state = state
     evaluation, _ = evaluate_pruned(job.model, job.example, loaders, mask, pruned_state, job.name)
     return evaluation
+
+
+def prune_train(
+    model: nn.Module,
+    example_inputs,
+    train_data,
+    test_data=None,
+    *,
+    out: str | Path | None = None,
+    name: str | None = None,
+    results: str | Path | None = None,
+    dataset: str = "custom",
+    **options,
+):
+    """Prune+train rounds on your model and data (options: :class:`~hwprune.workflow.prune_train.PruneTrainConfig`).
+
+    ``train_data`` / ``test_data`` are DataLoaders (or iterables of (x, y)). With ``out`` each round is
+    checkpointed there (a rerun resumes) and the result is written as verified ONNX; ``results`` appends a row.
+    Returns a ``PruneTrainResult``: ``.model`` (compacted, trained), ``.mask``, ``.rounds``, ``.stats``.
+    """
+    from hwprune.workflow.prune_train import PruneTrainConfig, ship_prune_train
+    from hwprune.workflow.prune_train import prune_train as run
+
+    job = _job(model, example_inputs, name)
+    try:
+        config = PruneTrainConfig(**options)
+    except TypeError as exc:
+        raise HwpruneError(f"prune_train: {exc} (options: see PruneTrainConfig)") from None
+    result = run(job.model, job.example, train_data, test_data, config, out, job.name)
+    return ship_prune_train(result, job.model, job.example, Path(out) if out else None, job.name, results, dataset)

@@ -276,6 +276,36 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=int, default=30, help="random masks to measure (default 30)")
     p.add_argument("--repeats", type=int, default=20)
 
+    p = add(
+        "prune-train",
+        "Prune+train rounds (the gradient-flow framework): --prune-percent of the channels removed over "
+        "--n-rounds, each round scoring, pruning, physically compacting and training; then the verified ONNX "
+        "of the result. Checkpoints every round in --out: rerun the same command to resume.",
+    )
+    _model_options(p, "resnet20")
+    p.add_argument("--data", default="digits", help="dataset (default digits, offline; imagefolder with --data-dir)")
+    p.add_argument("--data-dir", default=None, help="folder of file-based datasets")
+    p.add_argument("--pruning-type", default="mag_based", choices=CHANNEL_IMPORTANCES.names(), help="importance")
+    p.add_argument("--prune-percent", type=float, default=75.0, help="percent of channels removed (default 75)")
+    p.add_argument("--n-rounds", type=int, default=25, help="rounds the pruning is divided over (default 25)")
+    p.add_argument("--thresholds", default=None, help="cumulative percent per round, e.g. '[10,50,80]'")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="training epochs before pruning (default 0)")
+    p.add_argument("--epochs-per-round", type=int, default=1, help="training epochs after each round (default 1)")
+    p.add_argument("--final-epochs", type=int, default=0, help="training epochs after the last round (default 0)")
+    p.add_argument("--lr", type=float, default=0.1, help="learning rate of warm-up and final training (0.1)")
+    p.add_argument("--lr-prune", type=float, default=0.1, help="learning rate during the pruning rounds (0.1)")
+    p.add_argument("--moment", type=float, default=0.9, help="SGD momentum (0.9)")
+    p.add_argument("--preserve-moment", action="store_true", help="carry kept channels' momentum through pruning")
+    p.add_argument("--track-batches", type=int, default=0, help="track importance over N mini-batches (0: no)")
+    p.add_argument("--alpha", type=float, default=0.8, help="exponential-average factor of tracking (0.8)")
+    p.add_argument("--imp-samples", type=int, default=2560, help="examples untracked importance uses (2560)")
+    p.add_argument("--grasp-T", type=float, default=200.0, help="temperature of grasp/grad_preserve (200)")
+    p.add_argument("--T", type=float, default=1.0, help="training temperature, logits / T (default 1)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
+    p.add_argument("--track-stats", action="store_true", help="print train/test accuracy of every epoch")
+    p.add_argument("--out", type=Path, default=None, help="(required) run folder: checkpoints, ONNX")
+    p.add_argument("--results", type=Path, default=None, help="append a results row to this CSV")
+
     p = add("flops", "FLOPs and params per layer (fvcore; 1 multiply-add = 1 FLOP).")
     _model_options(p)
     p.add_argument("--top", type=int, default=20, help="layers to list (default 20)")
@@ -307,6 +337,7 @@ REQUIRED = {
     "export": ["model", "out"],
     "flops": ["model"],
     "evaluate": ["model", "data"],
+    "prune-train": ["out"],
     "latency": ["lut"],
 }
 
@@ -694,6 +725,48 @@ def cmd_flops(args) -> None:
     print(count_flops(job.model, job.example).table(top=args.top))
 
 
+def cmd_prune_train(args) -> None:
+    from hwprune import api
+    from hwprune.data import get_dataset, make_loader
+
+    set_stage(f"building {args.model}")
+    job = _job(args)
+    size, channels = int(job.example.shape[-1]), int(job.example.shape[1])
+    train_set = get_dataset(args.data, "train", data_dir=args.data_dir, image_size=size, channels=channels)
+    test_set = get_dataset(args.data, "test", data_dir=args.data_dir, image_size=size, channels=channels)
+    train_loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
+    test_loader = make_loader(test_set, batch_size=256, shuffle=False)
+    set_stage(f"prune+train rounds of {args.model}")
+    result = api.prune_train(
+        job.model,
+        job.example,
+        train_loader,
+        test_loader,
+        out=args.out,
+        name=job.name,
+        importance=args.pruning_type,
+        prune_percent=args.prune_percent,
+        n_rounds=args.n_rounds,
+        thresholds=json.loads(args.thresholds) if args.thresholds else None,
+        warmup_epochs=args.warmup_epochs,
+        epochs_per_round=args.epochs_per_round,
+        final_epochs=args.final_epochs,
+        lr=args.lr,
+        lr_prune=args.lr_prune,
+        moment=args.moment,
+        preserve_moment=args.preserve_moment,
+        track_batches=args.track_batches,
+        alpha=args.alpha,
+        imp_samples=args.imp_samples,
+        grasp_T=args.grasp_T,
+        T=args.T,
+        seed=args.seed,
+        results=args.results,
+        dataset=args.data,
+    )
+    print(result.table(every_epoch=args.track_stats))
+
+
 def cmd_evaluate(args) -> None:
     from hwprune import api
     from hwprune.data import get_dataset, make_loader
@@ -945,6 +1018,26 @@ def _check_flops(args) -> None:
     checks.whole(args.top, "--top", 1)
 
 
+def _check_prune_train(args) -> None:
+    _check_model(args)
+    checks.dataset_name(args.data)
+    if args.data_dir is not None:
+        checks.input_folder(args.data_dir, "--data-dir")
+    if args.thresholds is not None:
+        try:
+            thresholds = json.loads(args.thresholds)
+        except json.JSONDecodeError:
+            thresholds = None
+        if not isinstance(thresholds, list) or not all(isinstance(t, (int, float)) for t in thresholds):
+            raise HwpruneError(
+                f"--thresholds is a JSON list of cumulative percents, e.g. '[10,50,80]' (got {args.thresholds})"
+            )
+    checks.whole(args.batch_size, "--batch-size", 1, "samples per training batch")
+    checks.output_dir(args.out)
+    if args.results is not None:
+        checks.results_file(args.results)
+
+
 def _check_evaluate(args) -> None:
     _check_source(args)
     checks.dataset_name(args.data)
@@ -977,6 +1070,7 @@ CHECKS = {
     "flops": _check_flops,
     "results": _check_results,
     "evaluate": _check_evaluate,
+    "prune-train": _check_prune_train,
 }
 
 
@@ -990,6 +1084,7 @@ COMMANDS = {
     "flops": cmd_flops,
     "results": cmd_results,
     "evaluate": cmd_evaluate,
+    "prune-train": cmd_prune_train,
     "prune": cmd_prune,
     "profile-edges": cmd_profile_edges,
     "latency": cmd_latency,

@@ -136,3 +136,23 @@ def test_tracked_importance_is_the_exponential_average_of_per_batch_scores():
 def test_bad_settings_are_one_clear_error(options, message):
     with pytest.raises(HwpruneError, match=message):
         PruneTrainConfig(**{**FAST, "n_rounds": 3, **options}).validate()
+
+
+def test_prune_train_command_ships_verified_onnx_and_a_results_row(tmp_path, capsys):
+    import json
+
+    from hwprune.cli import main
+    from hwprune.results import ResultsStore
+
+    argv = ["prune-train", "--model", "resnet20", "--input-size", "16", "--in-channels", "1", "--lr", "0.05"]
+    argv += ["--prune-percent", "50", "--n-rounds", "2", "--lr-prune", "0.05", "--final-epochs", "1"]
+    argv += ["--out", str(tmp_path / "run"), "--results", str(tmp_path / "r.csv"), "--track-stats"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| 1 | 50.0 |" in out and "ONNX of the pruned model" in out and "| final |" in out
+    [row] = ResultsStore(tmp_path / "r.csv").records()
+    assert row.method == "prune-train:mag_based" and row.params < row.params_before
+    assert row.accuracy_top1 == json.loads(row.extra)["stats"]["final"][-1]["test_top1"]
+    assert (tmp_path / "run" / "resnet20_pruned.onnx").stat().st_size > 0
+    assert main([*argv[:-5], "--thresholds", "[10, 200]", "--out", str(tmp_path / "bad")]) == 2
+    assert "--thresholds" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -12,6 +12,7 @@ which an interrupted run resumes.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,12 +87,51 @@ class PruneTrainResult:
 
     model: nn.Module
     mask: ChannelMask  # cumulative, on the original model's graph
+    config: PruneTrainConfig = field(default_factory=PruneTrainConfig)
     stats: dict = field(default_factory=dict)  # phase -> list of {"epoch", "train_top1", "test_top1", ...}
     rounds: list[dict] = field(default_factory=list)  # per round: threshold, kept channels, params
+
+    onnx_path: Path | None = None
+    onnx_max_rel_diff: float | None = None
+    params_before: int = 0
 
     @property
     def params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    def final_top1(self) -> float | None:
+        """Test top-1 after the last epoch that measured it (None without test data)."""
+        for phase in ("final", "pruning", "warmup"):
+            if self.stats.get(phase) and self.stats[phase][-1]["test_top1"] is not None:
+                return self.stats[phase][-1]["test_top1"]
+        return None
+
+    def table(self, every_epoch: bool = False) -> str:
+        lines = ["## prune+train rounds", "", "| round | cumulative % removed | channels kept | params |"]
+        lines.append("|---:|---:|---:|---:|")
+        for r in self.rounds:
+            lines.append(
+                f"| {r['round']} | {r['threshold']:.1f} | {r['kept_channels']} / {r['of']} | {r['params']:,} |"
+            )
+        shown = {k: (v if every_epoch else v[-1:]) for k, v in self.stats.items() if v}
+        if shown:
+            lines += [
+                "",
+                "| phase | round | epoch | loss | train top-1 | test top-1 |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+        for phase, records in shown.items():
+            for e in records:
+                test = "" if e["test_top1"] is None else f"{e['test_top1']:.4f}"
+                cells = [phase, e.get("round", ""), e["epoch"], f"{e['loss']:.4f}", f"{e['train_top1']:.4f}", test]
+                lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        if self.params_before:
+            ratio = self.params / self.params_before
+            lines.append(f"\nParams {self.params_before:,} -> {self.params:,} ({ratio:.3f}).")
+        if self.onnx_path is not None:
+            diff = self.onnx_max_rel_diff
+            lines.append(f"ONNX of the pruned model (matches it in onnxruntime within {diff:.1e}): {self.onnx_path}")
+        return "\n".join(lines)
 
 
 def tracked_importance(
@@ -298,7 +338,7 @@ def prune_train(
     for epoch in range(cfg.final_epochs):
         _epoch(stats["final"], current, optimizer, train_loader, test_loader, cfg.T, epoch=epoch)
     current.eval()
-    return PruneTrainResult(current, _compose(original, kept_idx), stats, rounds)
+    return PruneTrainResult(current, _compose(original, kept_idx), cfg, stats, rounds)
 
 
 def _resume(out: Path, original: ChannelGraph, cfg: PruneTrainConfig):
@@ -315,3 +355,50 @@ def _resume(out: Path, original: ChannelGraph, cfg: PruneTrainConfig):
     optimizer.load_state_dict(torch.load(out / f"{CHECKPOINT}.optim.pt", weights_only=True))
     kept_idx = {g.id: np.flatnonzero(mask.keep.get(g.id, np.ones(g.size, bool))) for g in original.prunable_groups}
     return current, optimizer, kept_idx, state["stats"], state["rounds"], state["round"] + 1
+
+
+def ship_prune_train(
+    result: PruneTrainResult,
+    dense: nn.Module,
+    example: torch.Tensor,
+    out: Path | None,
+    name: str,
+    results: Path | None = None,
+    dataset: str = "custom",
+) -> PruneTrainResult:
+    """Export the pruned model as verified ONNX into ``out`` and append its results row (accuracy, size)."""
+    from hwprune.export.onnx_export import DEFAULT_EXPORTER
+    from hwprune.export.pipeline import export_verified
+    from hwprune.flops import count_flops
+    from hwprune.results import ResultsStore, RunRecord, current_git_sha
+
+    result.params_before = sum(p.numel() for p in dense.parameters())
+    if out is not None:
+        path = Path(out) / f"{name.split(':')[-1]}_pruned.onnx"
+        _, result.onnx_max_rel_diff = export_verified(result.model, example, path, DEFAULT_EXPORTER)
+        result.onnx_path = path
+    if results is not None:
+        before, after = count_flops(dense, example), count_flops(result.model, example)
+        kept = result.rounds[-1]["kept_channels"] / result.rounds[-1]["of"] if result.rounds else 1.0
+        ResultsStore(results).append(
+            RunRecord(
+                git_sha=current_git_sha(),
+                model=name,
+                dataset=dataset,
+                method=f"prune-train:{result.config.importance}",
+                mask_kind="channel",
+                target_kind="density",
+                target_value=1 - result.config.prune_percent / 100,
+                density=kept,
+                density_whole_model=after.params / before.params,
+                params=after.params,
+                params_before=before.params,
+                flops=after.flops,
+                flops_before=before.flops,
+                flops_counter=after.counter,
+                accuracy_top1=result.final_top1(),
+                artifacts=json.dumps({"onnx": str(result.onnx_path)} if result.onnx_path else {}),
+                extra=json.dumps({"rounds": result.rounds, "stats": result.stats, "config": asdict(result.config)}),
+            )
+        )
+    return result
