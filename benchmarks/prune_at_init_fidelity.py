@@ -137,10 +137,11 @@ def diagnosis(resume: bool) -> None:
     records = {}
     for settings in {id(s): s for s, *_ in DIAGNOSIS}.values():
         grid = [(m, c, "ratio", 0, {"init": init}) for s, init, m, c in DIAGNOSIS if s is settings]
-        records.update({_record_key(r): r for r in run_part(f"diagnosis_{settings['model']}", settings, grid, resume)})
+        runs = run_part(f"diagnosis_{settings['model']}", settings, grid, resume)
+        records.update({(r.model, *_record_key(r)): r for r in runs})
     rows, curves = [], {}
-    for _, init, method, c in DIAGNOSIS:
-        r = records[_key(method, c, "ratio", 0, init)]
+    for settings, init, method, c in DIAGNOSIS:
+        r = records[(settings["model"], *_key(method, c, "ratio", 0, init))]
         e = r.extra_dict()
         curves[f"{r.model} {init} init, {method} {c}x"] = e["train_loss"]
         rows.append(
