@@ -213,10 +213,15 @@ def test_cost_weights_adapt_to_the_other_side_and_the_target_holds():
     model, x = Tiny(), torch.randn(2, 1, 4, 4)
     gated, objective = gated_for(model, x, target=0.5)
     assert objective.ratio == 1.0 and not objective.holding
+    gated.train()
+    with torch.no_grad():
+        gated.logits.fill_(0.05)  # near probability 0.5: the sampled gates flicker
+    assert not all(torch.equal(gated.gates(), gated.active.float()) for _ in range(20))
     gated.close(0, [0, 1])  # one of three channels left
     objective.refresh()
     assert objective.ratio == pytest.approx(1 / 3)  # one group, linear in its open channels
     assert objective.holding and objective.extra_loss() is None
+    assert all(torch.equal(gated.gates(), gated.active.float()) for _ in range(20))  # trains as it will run
 
 
 def test_a_group_never_loses_its_last_gate():

@@ -141,6 +141,7 @@ class GatedModel(nn.Module):
         active: Per slot, False once closed for good.
         grad_scale: Per slot, the factor applied to the logit's gradient (set by the cost objective).
         last_gates: The gate values of the last forward pass (the cost term reads them).
+        holding: Pruning has reached its target: gates stay as they are (set by the cost objective).
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class GatedModel(nn.Module):
         self.register_buffer("active", torch.ones(self.layout.size, dtype=torch.bool))
         self.register_buffer("grad_scale", torch.ones(self.layout.size), persistent=False)
         self.last_gates: torch.Tensor | None = None
+        self.holding = False
         self._plan = self._weight_plan()
 
     # -- which weight positions each gate multiplies
@@ -217,13 +219,18 @@ class GatedModel(nn.Module):
         return torch.log(u) - torch.log1p(-u)
 
     def gates(self) -> torch.Tensor:
-        """Gate value per slot: sampled hard gates with a straight-through gradient (train), else ``active``."""
+        """Gate value per slot: sampled hard gates with a straight-through gradient (train), else ``active``.
+
+        While ``holding``, training gates take their eval value (no noise): the network then trains
+        as the converted model will run, where a gate left near probability 0.5 would otherwise be
+        shut in half of the batches and open at test time.
+        """
         on = self.active.to(self.logits.dtype)
         if not self.training:
             return on
         z = _ScaleGrad.apply(self.logits, self.grad_scale)
-        soft = torch.sigmoid((z + self._noise()) / self.temperature)
-        hard = (soft > 0.5).to(soft.dtype)
+        soft = torch.sigmoid((z if self.holding else z + self._noise()) / self.temperature)
+        hard = on if self.holding else (soft > 0.5).to(soft.dtype)
         return (hard + soft - soft.detach()) * on
 
     def gated_weights(self, gates: torch.Tensor) -> dict[str, torch.Tensor]:

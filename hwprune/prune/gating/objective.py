@@ -5,8 +5,8 @@ recomputed from the groups' open counts (GATOR's adaptive factors), each gate's 
 becomes ``gradient_multiplier / (its cost weight)`` (GATOR's gradient adjustment: the cost term then
 pushes every open gate at the same rate, and the task gradient, relative to the gate's cost, decides
 which stay), and the cost ratio is compared with the target: at or below it, the cost term is no
-longer added and the gates no longer move (pruning holds). Gates train without momentum, so that
-they stop at once.
+longer added and the gates no longer move or sample noise (pruning holds; the network trains as the
+converted model). Gates train without momentum, so that they stop at once.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class GatingObjective(Objective):
         if self.holding:  # the gates stay as they are
             scale[:] = 0.0
         self.gated.grad_scale.copy_(torch.as_tensor(scale, dtype=self.gated.grad_scale.dtype))
+        self.gated.holding = self.holding
 
     def after_step(self) -> None:
         self.steps += 1
