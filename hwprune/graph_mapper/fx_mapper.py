@@ -77,9 +77,22 @@ def _flat(label):
         yield label
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, except that a module type with a registered op handler is a leaf.
+
+    A custom layer (even one fx cannot trace, e.g. a Python loop over channels) is then mapped by the
+    handler registered for it instead of traced through: docs/extending.md has the worked example.
+    """
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return OPS.find(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types for untraceable code
         first = first_line(exc)
         raise HwpruneError(f"torch.fx cannot trace {type(model).__name__}: {first}") from exc
