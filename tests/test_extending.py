@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hwprune.cli.registry import COMMANDS
 from hwprune.errors import EquivalenceError
 from hwprune.graph_mapper.ops import OPS
 from hwprune.latency import BACKENDS
@@ -19,8 +20,9 @@ def test_extending_page_examples_run_as_written(monkeypatch, capsys):
     monkeypatch.setattr(BACKENDS, "_items", dict(BACKENDS._items))
     monkeypatch.setattr(CHANNEL_IMPORTANCES, "_items", dict(CHANNEL_IMPORTANCES._items))
     monkeypatch.setattr(OPS, "_items", dict(OPS._items))
+    monkeypatch.setattr(COMMANDS, "_items", dict(COMMANDS._items))
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs/extending.md").read_text(), flags=re.S)
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace = {"__name__": "__docs__"}
     exec(compile(blocks[0], "<extending: backend>", "exec"), namespace)  # noqa: S102 (our own documentation)
     assert "torch-nograd" in BACKENDS and namespace["result"].report.outcome.backend == "torch-nograd"
@@ -44,3 +46,8 @@ def test_extending_page_examples_run_as_written(monkeypatch, capsys):
     net = torch.nn.Sequential(*list(namespace["net"])[:2], PositionalClamp(), namespace["net"][3]).eval()
     with pytest.raises(EquivalenceError):
         namespace["hwprune"].prune(net, namespace["x"], params=0.6, progress=False)
+    capsys.readouterr()
+    exec(compile(blocks[3], "<extending: command>", "exec"), namespace)  # noqa: S102
+    out, err = capsys.readouterr()
+    assert "4 prunable groups of 5" in out and "count-groups" in COMMANDS
+    assert err.count("\n") == 1 and "lenet5" in err  # the bad model name: one line with a suggestion
