@@ -13,15 +13,38 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 
-PRODUCER = "producer"  # the axis that creates the channel (conv/linear out rows, their bias)
-CONSUMER = "consumer"  # the axis that reads it (next conv/linear input columns)
-PARAM = "param"  # a per-channel parameter or buffer riding along (norm scale, layer scale, pos-emb)
 
-PLAIN = "plain"  # slice the tensor along `axis` at the kept positions
-GROUPED_IN = "grouped_in"  # input axis of a grouped conv: position i is column i % cin_g of block i // cin_g
+class _TextEnum(str, Enum):
+    """An enum whose members are their text everywhere: comparisons, f-strings, JSON."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Role(_TextEnum):
+    """What a site's axis does with the channel."""
+
+    PRODUCER = "producer"  # the axis that creates the channel (conv/linear out rows, their bias)
+    CONSUMER = "consumer"  # the axis that reads it (next conv/linear input columns)
+    PARAM = "param"  # a per-channel parameter or buffer riding along (norm scale, layer scale, pos-emb)
+
+
+class SiteKind(_TextEnum):
+    """How compaction slices a site's axis."""
+
+    PLAIN = "plain"  # slice the tensor along `axis` at the kept positions
+    GROUPED_IN = "grouped_in"  # input axis of a grouped conv: position i is column i % cin_g of block i // cin_g
+
+
+PRODUCER, CONSUMER, PARAM = Role.PRODUCER, Role.CONSUMER, Role.PARAM
+PLAIN, GROUPED_IN = SiteKind.PLAIN, SiteKind.GROUPED_IN
 
 
 @dataclass(frozen=True)
@@ -30,10 +53,10 @@ class Site:
 
     tensor: str
     axis: int
-    role: str
+    role: Role
     node: str  # the fx node (or ONNX node) whose handler recorded it
     roots: np.ndarray = field(repr=False, compare=False)  # component id per position, -1 when fixed
-    kind: str = PLAIN
+    kind: SiteKind = PLAIN
     conv_groups: int = 1  # for GROUPED_IN sites
     macs: int = 0  # multiply-adds of the op this weight belongs to (0 for norms, params)
     numel: int = 0  # elements of the whole tensor
@@ -53,10 +76,10 @@ class ChannelSlice:
 
     tensor: str
     axis: int
-    role: str
+    role: Role
     index: tuple[int, ...]
     inner: int = 1
-    kind: str = PLAIN
+    kind: SiteKind = PLAIN
     site: int = -1
 
     @property
