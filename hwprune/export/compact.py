@@ -17,6 +17,7 @@ import torch
 from torch import fx, nn
 
 from hwprune.export.attention import PrunedMultiheadAttention, pruned_shifted_window_attention
+from hwprune.graph_mapper.rewrites import AttentionRewrite, KwargsRewrite, ShapeRewrite, SplitRewrite
 from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
 
@@ -25,23 +26,13 @@ def keep_table(graph: ChannelGraph, mask: ChannelMask) -> np.ndarray:
     """Keep flag per component root (indexable by any root id stored in the graph)."""
     n = 1 + max((int(s.roots.max(initial=-1)) for s in graph.sites), default=-1)
     for record in graph.rewrites.values():
-        arrays = _root_arrays(record)
+        arrays = record.root_arrays()
         n = max([n] + [1 + int(np.max(a, initial=-1)) for a in arrays])
     keep = np.ones(n, dtype=bool)
     for gid, k in mask.keep.items():
         roots = np.asarray(graph.groups[gid].roots)
         keep[roots[~k]] = False
     return keep
-
-
-def _root_arrays(record: tuple) -> list[np.ndarray]:
-    """The root arrays a rewrite record holds (see ``graph_mapper.assemble``)."""
-    kind = record[0]
-    if kind == "slice":
-        return [v for _, v in record[1]]
-    if kind == "attention":
-        return [record[1], record[2]]
-    return [] if kind == "kwargs" else [record[1]]
 
 
 def kept(roots: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -213,23 +204,26 @@ def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) ->
     nodes = {n.name: n for n in gm.graph.nodes}
     for name, record in graph.rewrites.items():
         node = nodes[name]
-        if record[0] == "shape":
-            _rewrite_sizes(node, kept(record[1], keep))
-        elif record[0] == "split":
-            _, roots, dim, sizes = record
-            new_sizes = kept_split_sizes(kept(roots, keep), sizes)
+        if isinstance(record, ShapeRewrite):
+            _rewrite_sizes(node, kept(record.labels, keep))
+        elif isinstance(record, SplitRewrite):
+            new_sizes = kept_split_sizes(kept(record.labels, keep), record.sizes)
             node.op, node.target = "call_function", torch.split
-            node.args, node.kwargs = (node.args[0], new_sizes), {"dim": dim}
-        elif record[0] == "kwargs":  # values fixed at mapping time (e.g. an attention scale)
-            node.kwargs = {**node.kwargs, **record[1]}
-        elif record[0] == "attention":  # window attention: explicit head widths, original scale
-            _, qk, v, heads, scale = record
+            node.args, node.kwargs = (node.args[0], new_sizes), {"dim": record.dim}
+        elif isinstance(record, KwargsRewrite):  # values fixed at mapping time (e.g. an attention scale)
+            node.kwargs = {**node.kwargs, **record.kwargs}
+        elif isinstance(record, AttentionRewrite):  # window attention: explicit head widths, original scale
             node.target = pruned_shifted_window_attention
-            widths = {"qk_dim": int(kept(qk, keep).sum()) // heads, "v_dim": int(kept(v, keep).sum()) // heads}
-            node.kwargs = {**node.kwargs, **widths, "scale": scale}
-        else:
+            qk, v = int(kept(record.qk, keep).sum()), int(kept(record.v, keep).sum())
+            node.kwargs = {
+                **node.kwargs,
+                "qk_dim": qk // record.heads,
+                "v_dim": v // record.heads,
+                "scale": record.scale,
+            }
+        else:  # SliceRewrite
             idx = list(node.args[1]) if isinstance(node.args[1], tuple) else [node.args[1]]
-            for pos, roots in record[1]:
+            for pos, roots in record.slices:
                 k = kept(roots, keep)
                 s = idx[pos]
                 start, stop, _ = s.indices(k.size)

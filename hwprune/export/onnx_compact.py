@@ -35,6 +35,7 @@ from hwprune.graph_mapper.onnx_mapper import (
     running_statistics,
 )
 from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, SIZE_INPUT, attr
+from hwprune.graph_mapper.rewrites import ShapeRewrite, SplitRewrite
 from hwprune.graph_mapper.types import ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
 
@@ -151,15 +152,15 @@ def _rewrite_nodes(model: onnx.ModelProto, graph: ChannelGraph, keep: np.ndarray
     nodes = {n.name: n for n in model.graph.node}
     for name, record in graph.rewrites.items():
         node = nodes[name]
-        if record[0] == "shape":
-            _rewrite_sizes(model, node, kept(record[1], keep))
-        elif record[0] == "split":
-            _rewrite_split(model, node, kept(record[1], keep), record[3])
-        elif node.op_type == "Gather":
-            ((_, roots),) = record[1]
+        if isinstance(record, ShapeRewrite):
+            _rewrite_sizes(model, node, kept(record.labels, keep))
+        elif isinstance(record, SplitRewrite):
+            _rewrite_split(model, node, kept(record.labels, keep), record.sizes)
+        elif node.op_type == "Gather":  # a SliceRewrite of one index
+            ((_, roots),) = record.slices
             _rewrite_gather(model, node, kept(roots, keep))
         else:
-            _rewrite_slice(model, node, [(pos, kept(roots, keep)) for pos, roots in record[1]])
+            _rewrite_slice(model, node, [(pos, kept(roots, keep)) for pos, roots in record.slices])
 
 
 def _rewrite_sizes(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray) -> None:

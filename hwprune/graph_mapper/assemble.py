@@ -151,7 +151,7 @@ def assemble(
             )
         )
     total_macs = sum({s.tensor: s.macs for s in sites}.values())
-    rewrites = {k: _rewrite_to_roots(v, to_roots) for k, v in rewrites.items()}
+    rewrites = {k: v.with_roots(to_roots) for k, v in rewrites.items()}
     return ChannelGraph(groups, sites, name, input_shape, gm, rewrites, total_macs=total_macs)
 
 
@@ -187,16 +187,3 @@ def _nodes_per_group(labels, root_of: np.ndarray, group_of_root: np.ndarray) -> 
     for g, i in zip((keys // len(named)).tolist(), (keys % len(named)).tolist(), strict=True):
         nodes[g].append(named[i][0])
     return nodes
-
-
-def _rewrite_to_roots(record: tuple, to_roots) -> tuple:
-    kind = record[0]
-    if kind == "shape":
-        return ("shape", to_roots(record[1]))
-    if kind == "kwargs":
-        return record
-    if kind == "attention":
-        return ("attention", to_roots(record[1]), to_roots(record[2]), *record[3:])
-    if kind == "split":
-        return ("split", to_roots(record[1]), record[2], record[3])
-    return ("slice", [(pos, to_roots(np.asarray(vec))) for pos, vec in record[1]])

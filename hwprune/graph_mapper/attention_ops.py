@@ -34,6 +34,7 @@ from torch import fx, nn
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper.atoms import Frozen, fixed_label, labelled, right_align
 from hwprune.graph_mapper.ops import OPS
+from hwprune.graph_mapper.rewrites import AttentionRewrite, KwargsRewrite
 from hwprune.graph_mapper.types import CONSUMER, PRODUCER
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def scaled_dot_product_attention(ctx: MapContext, node: fx.Node):
     if not rules.tie_contraction(ctx.atoms, lq[..., 0, :], lk[..., 0, :], f"attention {node.name}"):
         return Frozen(f"attention {node.name} contracts channels with fixed ones")
     if labelled(lq) and node.kwargs.get("scale") is None and len(node.args) < 7:
-        ctx.rewrites[node.name] = ("kwargs", {"scale": 1.0 / math.sqrt(ctx.shape(q)[-1])})
+        ctx.record_rewrite(node, KwargsRewrite({"scale": 1.0 / math.sqrt(ctx.shape(q)[-1])}))
     return right_align(lv, len(ctx.shape(node)))
 
 
@@ -188,7 +189,7 @@ def _swin_attention(ctx: MapContext, node: fx.Node):
     for bias, atoms in ((qkv_b, rows), (proj_b, out)):
         if isinstance(bias, fx.Node):
             ctx.site(bias.target, 0, atoms, PRODUCER, node)
-    ctx.rewrites[node.name] = ("attention", qk, v, heads, (width // heads) ** -0.5)
+    ctx.record_rewrite(node, AttentionRewrite(qk, v, heads, (width // heads) ** -0.5))
     return out.reshape((1,) * (len(shape) - 1) + (-1,))
 
 

@@ -24,6 +24,7 @@ from hwprune.graph_mapper.atoms import (
     right_align,
     varying_dims,
 )
+from hwprune.graph_mapper.rewrites import Rewrite, ShapeRewrite, SliceRewrite, SplitRewrite
 from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PLAIN, PRODUCER
 
 
@@ -38,7 +39,7 @@ class LabelRecorder:
         self.atoms = AtomTable()
         self.labels: dict[str, object] = {}
         self.sites: list[RawSite] = []
-        self.rewrites: dict[str, tuple] = {}
+        self.rewrites: dict[str, Rewrite] = {}
         self.block_constraints: list[tuple[str, np.ndarray]] = []
         self._site_index: dict[tuple[str, int], int] = {}
 
@@ -84,14 +85,18 @@ class LabelRecorder:
         """``atoms`` [blocks, n]: a mask must keep the same number of channels in every block."""
         self.block_constraints.append((what, np.asarray(atoms, dtype=np.int64)))
 
+    def record_rewrite(self, node, rewrite: Rewrite) -> None:
+        """The one way a handler asks compaction to change a node (see :mod:`hwprune.graph_mapper.rewrites`)."""
+        self.rewrites[node.name] = rewrite
+
     def record_shape_rewrite(self, node, out_label: np.ndarray) -> None:
-        self.rewrites[node.name] = ("shape", out_label)
+        self.record_rewrite(node, ShapeRewrite(out_label))
 
     def record_split_rewrite(self, node, vec: np.ndarray, dim: int, sizes: list[int]) -> None:
-        self.rewrites[node.name] = ("split", vec, dim, sizes)
+        self.record_rewrite(node, SplitRewrite(vec, dim, sizes))
 
     def record_slice_rewrite(self, node, slices: list) -> None:
-        self.rewrites[node.name] = ("slice", slices)
+        self.record_rewrite(node, SliceRewrite(slices))
 
 
 def freeze_all(atoms: AtomTable, labels: Sequence, reason: str) -> None:
