@@ -77,7 +77,7 @@ def data_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=workflow.IMPORTANCE_SAMPLES,
         help=f"training examples gradient-based importances average over, in mini-batches of 128 "
-        f"(default {workflow.IMPORTANCE_SAMPLES}, as seed 001)",
+        f"(default {workflow.IMPORTANCE_SAMPLES}, as the gradient-flow framework)",
     )
 
 

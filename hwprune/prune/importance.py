@@ -2,8 +2,8 @@
 
 Every scorer is a plain function ``(model, graph, batches=None, **opts) -> {group id: np.ndarray[group.size]}``
 registered in :data:`CHANNEL_IMPORTANCES`; turning scores into masks is
-:func:`hwprune.prune.channel.uniform_channel_mask`. The measures follow the gradient-flow framework (seed 001,
-``METHODS.md``), with ``θ`` a parameter, ``ḡ`` its loss gradient and ``Hg`` the Hessian-gradient product:
+:func:`hwprune.prune.channel.uniform_channel_mask`. The measures follow the gradient-flow framework
+(``docs/methods.md``), with ``θ`` a parameter, ``ḡ`` its loss gradient and ``Hg`` the Hessian-gradient product:
 
 =================  =============================  ===========================================
 name               per channel                    needs

@@ -1,4 +1,4 @@
-"""RGP: masks whose channel-to-channel connectivity is a regular graph (RGP seed; ``METHODS.md``).
+"""RGP: masks whose channel-to-channel connectivity is a regular graph (formulas: ``docs/methods.md``).
 
 A graph of ``nodes`` vertices, each of degree ``degree``, gives a nodes×nodes adjacency (zero
 diagonal). In every layer the out and in channels are split into ``nodes`` near-equal groups (sizes

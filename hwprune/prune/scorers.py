@@ -6,7 +6,7 @@ name: score tensor}`` registered in :data:`WEIGHT_SCORERS`. ``batches`` is the p
 keeps the highest scores and prunes the lowest, for every scorer.
 
 The formulas follow the public reference implementations (Synaptic-Flow for rand/mag/snip/grasp/
-synflow, the GCS code for gcs*); see ``METHODS.md``. Sign conventions:
+synflow, the GCS code for gcs*); formulas: ``docs/methods.md``. Sign conventions:
 
 * GraSP: the score is the signed ``θ ⊙ Hg`` and the lowest scores are pruned (Synaptic-Flow's
   convention; the GraSP paper writes ``S = -θ ⊙ Hg`` and removes the *highest* S, which selects the same

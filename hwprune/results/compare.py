@@ -262,7 +262,7 @@ def compare(
     layer_compression: float | None = None,
     plots: bool = True,
 ) -> list[Path]:
-    """Write the seed-004 tables, curves and per-layer tables for the sweeps in ``results_path``.
+    """Write the at-init sweep tables, curves and per-layer tables for the sweeps in ``results_path``.
 
     Args:
         results_path: The results CSV.

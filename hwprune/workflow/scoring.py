@@ -11,7 +11,7 @@ from hwprune.prune.importance import CHANNEL_IMPORTANCES
 from hwprune.prune.masks import ChannelMask
 from hwprune.workflow.inputs import ModelInput, OnnxInput
 
-IMPORTANCE_SAMPLES = 2560  # seed 001's --imp_samples: gradient statistics over 20 mini-batches of 128
+IMPORTANCE_SAMPLES = 2560  # the gradient-flow framework's --imp_samples: 20 mini-batches of 128
 IMPORTANCE_BATCH = 128
 
 
