@@ -164,6 +164,7 @@ def run_sweep(
     dense_classifier: bool = False,
     mask_rule: str = "reference",
     gcs_train_mode: bool = True,
+    prune_train_mode: bool = False,
     init: str = "reference",
     sparse_eval: bool = False,
     results_path: str | Path = "runs/results.csv",
@@ -198,6 +199,8 @@ def run_sweep(
         mask_rule: ``reference`` (Synaptic-Flow's kept count and tie rule) or ``exact`` (round(d·N)).
         gcs_train_mode: Score the GCS family in train mode (batch statistics, as its reference does);
             False scores them in eval mode (running statistics).
+        prune_train_mode: Score the other data-based scorers (SNIP, GraSP) in train mode too (Synaptic-Flow's
+            ``--prune-train-mode``; its default, False, scores them in eval mode).
         init: ``reference`` re-draws the weights as Synaptic-Flow's models do (Kaiming-normal, zero
             biases, batch norm 1/0); ``model`` keeps the builder's own initialisation.
         sparse_eval: Also time the test pass through the CSR execution path (dense and CSR interleaved,
@@ -263,6 +266,7 @@ def run_sweep(
                 dense_classifier=dense_classifier,
                 mask_rule=mask_rule,
                 gcs_train_mode=gcs_train_mode,
+                prune_train_mode=prune_train_mode,
                 sparse_eval=sparse_eval,
                 out=out,
                 save_weights=save_weights,
@@ -298,6 +302,7 @@ def _one_run(
     dense_classifier: bool,
     mask_rule: str,
     gcs_train_mode: bool,
+    prune_train_mode: bool,
     sparse_eval: bool,
     out: Path | None,
     save_weights: bool,
@@ -310,7 +315,9 @@ def _one_run(
     if pre_epochs > 0:
         train(model, train_loader, None, run_config.replace(epochs=pre_epochs))
         model.to("cpu")
-    options = scorer_options(pruner, seed, dense_classifier=dense_classifier, gcs_train_mode=gcs_train_mode)
+    options = scorer_options(
+        pruner, seed, dense_classifier=dense_classifier, gcs_train_mode=gcs_train_mode, train_mode=prune_train_mode
+    )
     start = time.perf_counter()
     mask = prune_weights(
         model,
@@ -442,16 +449,21 @@ def _fraction(value: float) -> float | None:
     return None if value != value else float(value)  # NaN (empty test set) -> not measured
 
 
-def scorer_options(pruner: str, seed: int, *, dense_classifier: bool = False, gcs_train_mode: bool = True) -> dict:
+def scorer_options(
+    pruner: str, seed: int, *, dense_classifier: bool = False, gcs_train_mode: bool = True, train_mode: bool = False
+) -> dict:
     """The options a sweep run passes to the scorer ``pruner``: only those it accepts.
 
     ``seed`` goes to every scorer that takes one (rand's draw, the GCS re-initialisation), so different
-    seeds give different runs and the same seed the same run; ``train_mode`` to the GCS family.
+    seeds give different runs and the same seed the same run; ``gcs_train_mode`` to the GCS family and
+    ``train_mode`` to the other scorers that take one (snip, grasp).
     """
     import inspect
 
     options: dict = {"dense_classifier": dense_classifier, "seed": seed}
     if pruner in GCS_SCORERS:
         options["train_mode"] = gcs_train_mode
+    else:
+        options["train_mode"] = train_mode  # kept only by the scorers that take it (snip, grasp)
     accepted = set(inspect.signature(WEIGHT_SCORERS.get(pruner)).parameters)
     return {k: v for k, v in options.items() if k in accepted}

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the gcs pruners in eval mode (running BN statistics); default train mode, as the reference",
     )
     s.add_argument(
+        "--prune-train-mode",
+        action="store_true",
+        help="score snip and grasp in train mode (batch statistics), Synaptic-Flow's --prune-train-mode; "
+        "default eval mode, as its default",
+    )
+    s.add_argument(
         "--init",
         choices=INITS,
         default="reference",
@@ -211,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 dense_classifier=args.dense_classifier,
                 mask_rule=args.mask_rule,
                 gcs_train_mode=not args.gcs_eval_mode,
+                prune_train_mode=args.prune_train_mode,
                 init=args.init,
                 sparse_eval=args.sparse_eval,
                 results_path=args.results,

@@ -159,6 +159,16 @@ def test_default_sweep_model_has_batch_norm_at_cifar_shape(monkeypatch, tmp_path
     assert (seen["image_size"], seen["channels"], seen["init"]) == (32, 3, "reference")
     net = get_model(seen["model"], num_classes=10, in_channels=3, input_size=32)
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert seen["sparse_eval"] is False and seen["prune_train_mode"] is False
     argv = ["--sparse-eval", "--init", "model", "--results", str(tmp_path / "r.csv"), "--out", str(tmp_path / "o")]
-    assert cli.main([*argv, "--no-progress"]) == 0
-    assert seen["sparse_eval"] is True and seen["init"] == "model"
+    assert cli.main([*argv, "--prune-train-mode", "--no-progress"]) == 0
+    assert seen["sparse_eval"] is True and seen["init"] == "model" and seen["prune_train_mode"] is True
+
+
+def test_prune_train_mode_reaches_snip_and_grasp_only():
+    from hwprune.sweep import scorer_options
+
+    assert scorer_options("grasp", 0, train_mode=True)["train_mode"] is True
+    assert scorer_options("snip", 0)["train_mode"] is False
+    assert "train_mode" not in scorer_options("synflow", 0, train_mode=True)
+    assert scorer_options("gcs", 0, train_mode=False)["train_mode"] is True  # gcs_train_mode governs the GCS family
