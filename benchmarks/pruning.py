@@ -9,17 +9,14 @@ Writes to benchmarks/results/ (CSV + markdown twin each):
                       10^0.5 .. 10^4 in exponent steps of 0.25 (global masking). Single-shot scorers are
                       scored once and thresholded at every compression; SynFlow is re-run per compression
                       with --collapse-synflow-rounds rounds (100 in the paper).
-- digits_sweep.csv    five methods x six compressions (ratio 1..20) x 3 seeds, LeNet-5 on digits at 28 px,
-                      mean ± std of top-1 over the seeds (the embedded default of tools/prune_at_init.py).
+(digits_sweep.csv and the fidelity tables come from benchmarks/prune_at_init_fidelity.py.)
 
-    python benchmarks/pruning.py [--only scoring,collapse,digits] [--threads 1]
+    python benchmarks/pruning.py [--only scoring,collapse] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +26,7 @@ import torch
 from hwprune.models import get_model
 from hwprune.prune.scorers import WEIGHT_SCORERS, score_weights
 from hwprune.prune.weight_masking import density_from, detect_collapse, mask_from_scores, prune_weights
-from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, run_sweep
-from hwprune.train import TrainConfig
+from hwprune.sweep import SEED_004_PRUNERS
 
 RESULTS = Path(__file__).parent / "results"
 # the seed-004 five first, then the GCS family (gcs-grasp/gcs-snip: GCS presets mirroring those two)
@@ -122,51 +118,15 @@ def layer_collapse(synflow_rounds: int) -> None:
     _write(pd.DataFrame(rows), "layer_collapse", note)
 
 
-def digits_sweep(epochs: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        records = run_sweep(
-            "lenet5",
-            "digits",
-            SEED_004_PRUNERS,
-            SEED_004_COMPRESSIONS,
-            "ratio",
-            seeds=[0, 1, 2],
-            epochs=epochs,
-            train_config=TrainConfig(lr=0.05, batch_size=64),
-            image_size=28,
-            channels=1,
-            results_path=Path(tmp) / "results.csv",
-        )
-    rows = []
-    for c in SEED_004_COMPRESSIONS:
-        row = {"compression": f"{c}x"}
-        for m in SEED_004_PRUNERS:
-            accs = [100 * r.accuracy_top1 for r in records if r.method == m and r.target_value == c]
-            collapsed = sum(r.extra_dict()["collapsed"] for r in records if r.method == m and r.target_value == c)
-            row[f"{m}_mean"] = round(statistics.mean(accs), 2)
-            row[f"{m}_std"] = round(statistics.stdev(accs), 2)
-            row[f"{m}_collapsed"] = f"{collapsed}/{len(accs)}"
-        rows.append(row)
-    note = (
-        f"LeNet-5 on scikit-learn digits (28 px, 1 channel), prune at init then {epochs} epochs SGD "
-        "(lr 0.05, batch 64, cosine, wd 5e-4), top-1 % mean and sample std over seeds 0,1,2; "
-        "`_collapsed` = runs with a layer keeping no weight. SynFlow 100 rounds, global masking."
-    )
-    _write(pd.DataFrame(rows), "digits_sweep", note)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default="scoring,collapse,digits")
+    p.add_argument("--only", default="scoring,collapse")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--resnet-size", type=int, default=224)
     p.add_argument("--collapse-synflow-rounds", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=15)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only.split(","))
-    if "digits" in only:
-        digits_sweep(args.epochs)
     if "scoring" in only:
         scoring_speed(args.resnet_size)
     if "collapse" in only:
