@@ -40,8 +40,8 @@ from hwprune.models.init import reference_init
 from hwprune.prune.weight_masking import prune_weights
 from hwprune.results import ResultsStore, RunRecord
 from hwprune.sweep import (
-    SEED_004_COMPRESSIONS,
-    SEED_004_PRUNERS,
+    SWEEP_COMPRESSIONS,
+    SWEEP_PRUNERS,
     masked_flops,
     run_sweep,
     scorer_options,
@@ -255,12 +255,12 @@ def digits_grid(seeds: list[int]) -> list[tuple]:
     for i, seed in enumerate(seeds):
         timed = {"sparse_eval": i == 0}  # the testing times come from the first seed
         grid.append(("rand", 1, "ratio", seed, timed))
-        grid += [(m, c, "ratio", seed, timed) for c in SEED_004_COMPRESSIONS if c != 1 for m in SEED_004_PRUNERS]
-        grid += [(m, e, "exponent", seed, {}) for e in (0.5, 2) for m in SEED_004_PRUNERS]
+        grid += [(m, c, "ratio", seed, timed) for c in SWEEP_COMPRESSIONS if c != 1 for m in SWEEP_PRUNERS]
+        grid += [(m, e, "exponent", seed, {}) for e in (0.5, 2) for m in SWEEP_PRUNERS]
     return grid
 
 
-def fidelity_grid(seeds: list[int], methods=SEED_004_PRUNERS, options: dict | None = None) -> list[tuple]:
+def fidelity_grid(seeds: list[int], methods=SWEEP_PRUNERS, options: dict | None = None) -> list[tuple]:
     return [(m, e, "exponent", s, options or {}) for s in seeds for e in FIDELITY_EXPONENTS for m in methods]
 
 
@@ -269,7 +269,7 @@ def _cells(records: list[RunRecord]) -> dict[tuple[float, str], list[RunRecord]]
     cells: dict[tuple[float, str], list[RunRecord]] = defaultdict(list)
     for r in records:
         d = round(r.extra_dict()["target_density"], 12)
-        for m in SEED_004_PRUNERS if d == 1.0 else [r.method]:
+        for m in SWEEP_PRUNERS if d == 1.0 else [r.method]:
             cells[(d, m)].append(r)
     return cells
 
@@ -298,8 +298,8 @@ def _flag_cell(mean: float, std: float, counts: dict[str, int], n: int) -> str:
 def digits_table(records: list[RunRecord], seeds: list[int]) -> None:
     cells = _cells([r for r in records if r.extra_dict()["compression_mode"] == "ratio"])
     rows = []
-    for c in SEED_004_COMPRESSIONS:
-        for m in SEED_004_PRUNERS:
+    for c in SWEEP_COMPRESSIONS:
+        for m in SWEEP_PRUNERS:
             runs = cells[(round(1.0 / c, 12), m)]
             mean, std = _mean_std([100 * r.accuracy_top1 for r in runs])
             timed = [r.extra_dict() for r in runs if "testing_seconds_csr" in r.extra_dict()]
@@ -320,11 +320,11 @@ def digits_table(records: list[RunRecord], seeds: list[int]) -> None:
     df = pd.DataFrame(rows)
     df.to_csv(RESULTS / "digits_sweep.csv", index=False)
     _plot_sweep(df, RESULTS / "digits_sweep.png")
-    order = [f"{c}x" for c in SEED_004_COMPRESSIONS]
+    order = [f"{c}x" for c in SWEEP_COMPRESSIONS]
     acc = df.assign(cell=df.apply(lambda r: _flag_cell(r["top1_mean"], r["top1_std"], r, r["n"]), axis=1))
-    acc = acc.pivot(index="compression", columns="method", values="cell").loc[order, list(SEED_004_PRUNERS)]
+    acc = acc.pivot(index="compression", columns="method", values="cell").loc[order, list(SWEEP_PRUNERS)]
     times = df.assign(cell=df.apply(lambda r: f"{r['test_ms_dense']:.0f} / {r['test_ms_csr']:.0f}", axis=1))
-    times = times.pivot(index="compression", columns="method", values="cell").loc[order, list(SEED_004_PRUNERS)]
+    times = times.pivot(index="compression", columns="method", values="cell").loc[order, list(SWEEP_PRUNERS)]
     flops = df.groupby("compression", sort=False)["mflops"].mean()
     dense, csr = df["test_ms_dense"], df["test_ms_csr"]
     csr_at = df.groupby("compression", sort=False)["test_ms_csr"].mean()
@@ -347,10 +347,10 @@ weight, so one dense run per seed stands for all five. Regenerate: `{COMMAND} --
 Unstructured masks keep the dense tensor shapes, so the masked model runs the same dense kernels at every
 compression and its testing time does not fall with compression ({dense.min():.0f}-{dense.max():.0f} ms
 here), while the effective FLOPs do ({flops.iloc[0]:.2f} MFLOPs per image at 1x, {flops.iloc[-1]:.3f} at
-{SEED_004_COMPRESSIONS[-1]}x; one multiply-add = one FLOP, each masked layer counted at its kept density).
+{SWEEP_COMPRESSIONS[-1]}x; one multiply-add = one FLOP, each masked layer counted at its kept density).
 The CSR path (`--sparse-eval`: Linear and im2col Conv2d as torch sparse CSR products on CPU, logits equal to
 the dense path's within float rounding) multiplies only the kept weights: {csr.min():.0f}-{csr.max():.0f} ms,
-{csr_at.iloc[0]:.0f} ms at 1x (mean over methods) and {csr_at.iloc[-1]:.0f} ms at {SEED_004_COMPRESSIONS[-1]}x, i.e.
+{csr_at.iloc[0]:.0f} ms at 1x (mean over methods) and {csr_at.iloc[-1]:.0f} ms at {SWEEP_COMPRESSIONS[-1]}x, i.e.
 {ratio.min():.1f}-{ratio.max():.1f}x the dense time: on layers of 4-32 channels the unfolding and the sparse
 index work cost more than the skipped multiply-adds. The machine was shared while these were taken (the
 dense times span {dense.max() / dense.min():.1f}x for the same work); `digits_sweep_timing` times the masks alone,
@@ -370,7 +370,7 @@ def _plot_sweep(df: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     fig, (acc, tim) = plt.subplots(1, 2, figsize=(10, 4))
     df = df.assign(x=[float(c.rstrip("x")) for c in df["compression"]])
-    for m in SEED_004_PRUNERS:
+    for m in SWEEP_PRUNERS:
         d = df[df["method"] == m]
         line = acc.errorbar(d["x"], d["top1_mean"], yerr=d["top1_std"], marker="o", ms=4, capsize=2, label=m)
         bad = d[(d["untrainable"] > 0) | (d["collapsed"] > 0)]
@@ -406,7 +406,7 @@ def timing() -> None:
         dense_flops = count_flops(model, test.images[:1])
         shape_batch = [(test.images[:1], test.targets[:1])]  # SynFlow reads the input shape from it
         for method in TIMING_METHODS:
-            for c in SEED_004_COMPRESSIONS:
+            for c in SWEEP_COMPRESSIONS:
                 options = scorer_options(method, 0)
                 mask = prune_weights(model, method, shape_batch, 1.0 / c, rule="reference", **options)
                 masked = copy.deepcopy(model)

@@ -26,11 +26,11 @@ import torch
 from hwprune.models import get_model
 from hwprune.prune.scorers import WEIGHT_SCORERS, score_weights
 from hwprune.prune.weight_masking import density_from, detect_collapse, mask_from_scores, prune_weights
-from hwprune.sweep import SEED_004_PRUNERS
+from hwprune.sweep import SWEEP_PRUNERS
 
 RESULTS = Path(__file__).parent / "results"
 # the seed-004 five first, then the GCS family (gcs-grasp/gcs-snip: GCS presets mirroring those two)
-SCORING_ORDER = list(SEED_004_PRUNERS) + [m for m in WEIGHT_SCORERS.names() if m not in SEED_004_PRUNERS]
+SCORING_ORDER = list(SWEEP_PRUNERS) + [m for m in WEIGHT_SCORERS.names() if m not in SWEEP_PRUNERS]
 
 
 # the columns the issue names (read by checks); the markdown twin shows every column
@@ -86,7 +86,7 @@ def layer_collapse(synflow_rounds: int) -> None:
     model = get_model("vgg16", num_classes=10, in_channels=3, input_size=32)
     batches = _batches(3, 32)
     rows = []
-    for method in SEED_004_PRUNERS:
+    for method in SWEEP_PRUNERS:
         start = time.perf_counter()
         best = None
         scores = score_weights(method, model, batches) if method != "synflow" else None

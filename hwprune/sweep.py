@@ -66,8 +66,8 @@ from hwprune.train import TrainConfig, evaluate, train
 
 log = logging.getLogger(__name__)
 
-SEED_004_PRUNERS = ("rand", "mag", "snip", "grasp", "synflow")
-SEED_004_COMPRESSIONS = (1, 2, 5, 10, 15, 20)
+SWEEP_PRUNERS = ("rand", "mag", "snip", "grasp", "synflow")
+SWEEP_COMPRESSIONS = (1, 2, 5, 10, 15, 20)
 SYNFLOW_ROUNDS = 100
 TIMING_REPEATS = 3
 
@@ -144,8 +144,8 @@ def _check(
 def run_sweep(
     model_name: str,
     dataset: str,
-    pruners: Sequence[str] = SEED_004_PRUNERS,
-    compressions: Sequence[float] = SEED_004_COMPRESSIONS,
+    pruners: Sequence[str] = SWEEP_PRUNERS,
+    compressions: Sequence[float] = SWEEP_COMPRESSIONS,
     compression_mode: str = "ratio",
     seeds: Iterable[int] = (0,),
     epochs: int = 10,

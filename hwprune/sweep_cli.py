@@ -29,7 +29,7 @@ from hwprune import checks
 from hwprune.errors import HwpruneError, OneLineParser, first_line
 from hwprune.models.init import INITS
 from hwprune.prune.weight_masking import COMPRESSION_MODES, RULES, density_from
-from hwprune.sweep import SEED_004_COMPRESSIONS, SEED_004_PRUNERS, SYNFLOW_ROUNDS, run_sweep
+from hwprune.sweep import SWEEP_COMPRESSIONS, SWEEP_PRUNERS, SYNFLOW_ROUNDS, run_sweep
 from hwprune.sweep_status import STATUSES
 from hwprune.train import add_train_args, config_from_args
 
@@ -61,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--pruner-list",
         type=lambda t: _list(str, t),
-        default=list(SEED_004_PRUNERS),
-        help=f"pruners, comma-separated (default {','.join(SEED_004_PRUNERS)})",
+        default=list(SWEEP_PRUNERS),
+        help=f"pruners, comma-separated (default {','.join(SWEEP_PRUNERS)})",
     )
     s.add_argument(
         "--compression-list",
         type=lambda t: _list(float, t),
-        default=list(SEED_004_COMPRESSIONS),
-        help=f"compressions, comma-separated (default {','.join(map(str, SEED_004_COMPRESSIONS))})",
+        default=list(SWEEP_COMPRESSIONS),
+        help=f"compressions, comma-separated (default {','.join(map(str, SWEEP_COMPRESSIONS))})",
     )
     s.add_argument(
         "--compression-mode",

@@ -71,7 +71,7 @@ def test_compare_writes_tables_and_pngs(tmp_path):
     layers = (out / "lenet5_digits_ratio_layer_sparsity.md").read_text()
     assert "| conv.weight | 90.00 | 90.00 |" in layers and layers.index("conv.weight") < layers.index("fc.weight")
     index = (out / "index.md").read_text()
-    assert "Layer collapse" in index and "Rand at 10x" in index
+    assert "Runs not ok" in index and "Rand at 10x collapsed" in index
     assert all(p.name in index for p in written)
 
 

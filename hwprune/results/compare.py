@@ -82,6 +82,7 @@ class SweepRow:
     density: float | None
     collapsed: bool
     collapsed_layers: list[str] = field(default_factory=list)
+    status: str = "ok"  # ok / untrainable (connected, at chance after training) / collapsed (no input-output path)
     layer_density: dict[str, float] = field(default_factory=dict)
     layer_flops: dict[str, float] = field(default_factory=dict)
     layer_order: list[str] = field(default_factory=list)
@@ -129,6 +130,7 @@ def sweep_rows(records: Iterable[RunRecord]) -> list[SweepRow]:
                 density=r.density,
                 collapsed=bool(extra.get("collapsed", False)),
                 collapsed_layers=list(extra.get("collapsed_layers", [])),
+                status=extra.get("status", "collapsed" if extra.get("collapsed") else "ok"),
                 layer_density=dict(extra.get("layer_density", {})),
                 layer_flops=dict(extra.get("layer_flops", {})),
                 layer_order=list(extra.get("layers", [])) + list(extra.get("layer_modules", [])),
@@ -253,6 +255,25 @@ def default_layer_compression(compressions: Sequence[float], mode: str) -> float
     return sorted(compressions)[len(compressions) // 2]
 
 
+def _runs_not_ok(group: list[SweepRow], methods: list[str], mode: str) -> str:
+    """One line naming every (method, compression) with runs that are not ``ok``, and how many of each status."""
+    failed: dict[tuple[str, float], list[str]] = defaultdict(list)
+    for r in group:
+        if r.status != "ok":
+            failed[(r.method, r.compression)].append(r.status)
+    if not failed:
+        return ""
+    parts = []
+    for m, c in sorted(failed, key=lambda t: (t[1], methods.index(t[0]))):
+        runs = sum(1 for r in group if (r.method, r.compression) == (m, c))
+        counts = " and ".join(f"{st} {failed[(m, c)].count(st)}/{runs}" for st in sorted(set(failed[(m, c)])))
+        parts.append(f"{METHOD_TITLES.get(m, m)} at {compression_label(c, mode)} {counts}")
+    return (
+        "Runs not ok (collapsed: no path from input to output; untrainable: connected, but at chance after "
+        "training): " + ", ".join(parts) + "."
+    )
+
+
 def compare(
     results_path: str | Path,
     out_dir: str | Path,
@@ -309,16 +330,9 @@ def compare(
             f"## {mdl} on {ds} (compression mode: {mode})\n\nSeeds: {', '.join(map(str, seeds)) or '-'}; "
             "cells are mean ± std (sample std) over seeds when several.\n"
         )
-        collapsed = sorted(
-            {(r.method, r.compression) for r in group if r.collapsed},
-            key=lambda t: (t[1], methods.index(t[0])),
-        )
-        if collapsed:
-            index.append(
-                "Layer collapse (a layer kept no weight) in: "
-                + ", ".join(f"{METHOD_TITLES.get(m, m)} at {compression_label(c, mode)}" for m, c in collapsed)
-                + ".\n"
-            )
+        not_ok = _runs_not_ok(group, methods, mode)
+        if not_ok:
+            index.append(not_ok + "\n")
         for name, metric in METRICS.items():
             cells = aggregate(group, metric)
             if not cells:
