@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from hwprune.data import get_dataset, make_loader
+from hwprune.errors import HwpruneError, first_line
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.latency.profiler import profile_edges
 from hwprune.models import get_model
@@ -146,6 +147,8 @@ def record(journal: list[dict], **row) -> None:
 
 def table(journal: list[dict]) -> pd.DataFrame:
     runs = pd.DataFrame(journal)
+    if "failed" in runs:
+        runs = runs[runs["failed"].isna()]
     rows = []
     for (model, method, target), g in runs.groupby(["model", "method", "target"], dropna=False, sort=False):
         top1 = g["top1"].tolist()
@@ -178,6 +181,27 @@ def at_equal_latency(frame: pd.DataFrame) -> list[str]:
     return ["## At equal measured latency", "", head, "|---|---:|---:|---:|---:|", *lines, ""]
 
 
+def multiplier_lines() -> list[str]:
+    """The spread of gator-latency's edge multipliers per model (from the rows logged in the work folder)."""
+    from hwprune.results import ResultsStore
+
+    seen, lines = set(), []
+    for rec in ResultsStore(WORK / "results.csv").records() if (WORK / "results.csv").exists() else []:
+        if rec.method != "gator-latency" or rec.model in seen:
+            continue
+        seen.add(rec.model)
+        m = np.array(rec.extra_dict()["gating"]["edge_multipliers"])
+        lines.append(
+            f"| {rec.model} | {m.size} | {np.min(m):.2f} | {np.median(m):.2f} | {np.max(m):.2f} | "
+            f"{', '.join(f'{v:.2f}' for v in m)} |"
+        )
+    if not lines:
+        return []
+    head = "| model | gated groups | min | median | max | per group (graph order) |"
+    note = "(% latency drop) / (% FLOPs drop) with the group at half its channels, as the LUT's latency model predicts."
+    return ["## gator-latency's edge multipliers", "", note, "", head, "|---|---:|---:|---:|---:|---|", *lines, ""]
+
+
 def write(journal: list[dict], args) -> None:
     frame = table(journal)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -192,9 +216,11 @@ def write(journal: list[dict], args) -> None:
         "cost: the cost term's final value over its dense value (flop_factor; gator-latency with the LUT's "
         "latency multipliers); target: the requested cost ratio; measured_latency_ratio: shipped ONNX over dense "
         "ONNX; flops_ratio: fvcore FLOPs (one multiply-add = one FLOP) of the compacted over the dense model; "
-        "top1: the converted model's accuracy on the digits test split (360 images), mean and std over seeds.\n"
+        "top1: the converted model's accuracy on the digits test split (360 images), mean and std over seeds; "
+        "seeds: the runs that finished (a run whose training diverged is listed below with its error and left out "
+        "of the means).\n"
     )
-    equal = "\n".join(at_equal_latency(frame))
+    equal = "\n".join(at_equal_latency(frame) + multiplier_lines())
     (RESULTS / "gating.md").write_text(
         f"{note}\n{frame.to_markdown(index=False)}\n\n{equal}\n## Every run\n\n{runs.to_markdown(index=False)}\n"
     )
@@ -216,9 +242,13 @@ def main() -> None:
             dense_weights(name, seed, args, journal)
             for target in targets:
                 for method in METHODS:
-                    if (name, method, target, seed) not in done:
+                    if (name, method, target, seed) in done:
+                        continue
+                    try:
                         gating_run(name, method, target, seed, args, journal)
-                        write(journal, args)
+                    except HwpruneError as exc:  # a diverged run is a result too: logged, left out of the means
+                        record(journal, model=name, method=method, target=target, seed=seed, failed=first_line(exc))
+                    write(journal, args)
     write(journal, args)
 
 
