@@ -9,6 +9,7 @@ The public API (see docs/api.md):
     hwprune.measure(model_or_onnx, example_inputs, backend=...) -> Measurement
     hwprune.evaluate(model_or_onnx, data, mask=..., weights=...) -> Evaluation (accuracy per split, size)
     hwprune.prune_train(model, example_inputs, train_data, test_data, prune_percent=75, n_rounds=25, ...)
+    hwprune.gate(model, train_loader, test_loader, config=GatingConfig(...), lut=...) -> GateResult (.mask)
 
 map, prune, export_onnx and evaluate also take an ONNX file's path instead of a module.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "measure",
     "evaluate",
     "prune_train",
+    "gate",
     "PruneResult",
     "ChannelMask",
     "HwpruneError",
@@ -46,6 +48,10 @@ def __getattr__(name: str):
         from hwprune import api
 
         return getattr(api, name)
+    if name == "gate":  # GATOR channel gating (docs/gating.md)
+        from hwprune.prune.gating import gate
+
+        return gate
     if name == "ChannelMask":
         from hwprune.prune.masks import ChannelMask
 

@@ -210,3 +210,9 @@ def test_bad_weights_are_refused_in_one_line(tmp_path, capsys):
     rc = main(["map", "--model", "resnet18", "--weights", "IMAGENET1K_V1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "local torch hub cache" in err[0] and "never downloads" in err[0]
+
+
+def test_every_name_the_package_lists_is_importable():
+    """`hwprune.__all__` (what `hwprune --help` lists) resolves, lazily, to real objects."""
+    for name in hwprune.__all__:
+        assert callable(getattr(hwprune, name)), name
