@@ -313,8 +313,7 @@ def evaluate(
             apply_state(job.model, state, f"weights file {weights}")
         else:
             pruned_state = state
-    evaluation, _ = evaluate_pruned(job.model, job.example, loaders, mask, pruned_state, job.name)
-    return evaluation
+    return evaluate_pruned(job.model, job.example, loaders, mask, pruned_state, job.name)
 
 
 def prune_train(

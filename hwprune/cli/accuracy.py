@@ -21,15 +21,12 @@ from hwprune.errors import HwpruneError, set_stage
 
 def cmd_prune_train(args) -> None:
     from hwprune import api
-    from hwprune.data import get_dataset, make_loader
+    from hwprune.data import split_loader
 
     set_stage(f"building {args.model}")
     job = build_job(args)
-    size, channels = int(job.example.shape[-1]), int(job.example.shape[1])
-    train_set = get_dataset(args.data, "train", data_dir=args.data_dir, image_size=size, channels=channels)
-    test_set = get_dataset(args.data, "test", data_dir=args.data_dir, image_size=size, channels=channels)
-    train_loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    test_loader = make_loader(test_set, batch_size=256, shuffle=False)
+    train_loader = split_loader(args.data, "train", job.example, args.batch_size, True, args.seed, args.data_dir)
+    test_loader = split_loader(args.data, "test", job.example, 256, data_dir=args.data_dir)
     set_stage(f"prune+train rounds of {args.model}")
     result = api.prune_train(
         job.model,
@@ -63,19 +60,14 @@ def cmd_prune_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from hwprune import api
-    from hwprune.data import get_dataset, make_loader
+    from hwprune.data import split_loader
 
     source = args.model if args.onnx is None else args.onnx
     set_stage(f"building {source}")
     job = model_or_onnx(args) if args.weights is None or args.mask is None else _job_without_weights(args)
-    size, channels = int(job.example.shape[-1]), int(job.example.shape[1])
     set_stage(f"reading the {args.splits} split(s) of {args.data}")
     loaders = {
-        split: make_loader(
-            get_dataset(args.data, split, data_dir=args.data_dir, image_size=size, channels=channels),
-            batch_size=args.batch_size,
-            shuffle=False,
-        )
+        split: split_loader(args.data, split, job.example, args.batch_size, data_dir=args.data_dir)
         for split in args.splits.split(",")
     }
     set_stage(f"evaluating {source}")
@@ -137,26 +129,59 @@ def _check_evaluate(args) -> None:
 
 def _prune_train_arguments(p: argparse.ArgumentParser) -> None:
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
+    from hwprune.workflow.prune_train import PruneTrainConfig
 
+    d = PruneTrainConfig()  # the defaults live in the config, shared with hwprune.prune_train
     model_options(p, "resnet20")
     p.add_argument("--data", default="digits", help="dataset (default digits, offline; imagefolder with --data-dir)")
     p.add_argument("--data-dir", default=None, help="folder of file-based datasets")
-    p.add_argument("--pruning-type", default="mag_based", choices=CHANNEL_IMPORTANCES.names(), help="importance")
-    p.add_argument("--prune-percent", type=float, default=75.0, help="percent of channels removed (default 75)")
-    p.add_argument("--n-rounds", type=int, default=25, help="rounds the pruning is divided over (default 25)")
+    p.add_argument("--pruning-type", default=d.importance, choices=CHANNEL_IMPORTANCES.names(), help="importance")
+    p.add_argument(
+        "--prune-percent",
+        type=float,
+        default=d.prune_percent,
+        help="percent of channels removed (default %(default)s)",
+    )
+    p.add_argument(
+        "--n-rounds", type=int, default=d.n_rounds, help="rounds the pruning is divided over (default %(default)s)"
+    )
     p.add_argument("--thresholds", default=None, help="cumulative percent per round, e.g. '[10,50,80]'")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="training epochs before pruning (default 0)")
-    p.add_argument("--epochs-per-round", type=int, default=1, help="training epochs after each round (default 1)")
-    p.add_argument("--final-epochs", type=int, default=0, help="training epochs after the last round (default 0)")
-    p.add_argument("--lr", type=float, default=0.1, help="learning rate of warm-up and final training (0.1)")
-    p.add_argument("--lr-prune", type=float, default=0.1, help="learning rate during the pruning rounds (0.1)")
-    p.add_argument("--moment", type=float, default=0.9, help="SGD momentum (0.9)")
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=d.warmup_epochs,
+        help="epochs before pruning (%(default)s)",
+    )
+    p.add_argument(
+        "--epochs-per-round",
+        type=int,
+        default=d.epochs_per_round,
+        help="epochs after each round (%(default)s)",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=int,
+        default=d.final_epochs,
+        help="epochs after the last round (%(default)s)",
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate of warm-up and final training (%(default)s)")
+    p.add_argument(
+        "--lr-prune", type=float, default=d.lr_prune, help="learning rate during the pruning rounds (%(default)s)"
+    )
+    p.add_argument("--moment", type=float, default=d.moment, help="SGD momentum (%(default)s)")
     p.add_argument("--preserve-moment", action="store_true", help="carry kept channels' momentum through pruning")
-    p.add_argument("--track-batches", type=int, default=0, help="track importance over N mini-batches (0: no)")
-    p.add_argument("--alpha", type=float, default=0.8, help="exponential-average factor of tracking (0.8)")
-    p.add_argument("--imp-samples", type=int, default=2560, help="examples untracked importance uses (2560)")
-    p.add_argument("--grasp-T", type=float, default=200.0, help="temperature of grasp/grad_preserve (200)")
-    p.add_argument("--T", type=float, default=1.0, help="training temperature, logits / T (default 1)")
+    p.add_argument(
+        "--track-batches",
+        type=int,
+        default=d.track_batches,
+        help="track importance over N batches (0: no)",
+    )
+    p.add_argument("--alpha", type=float, default=d.alpha, help="exponential-average factor of tracking (%(default)s)")
+    p.add_argument(
+        "--imp-samples", type=int, default=d.imp_samples, help="examples untracked importance uses (%(default)s)"
+    )
+    p.add_argument("--grasp-T", type=float, default=d.grasp_T, help="temperature of grasp/grad_preserve (%(default)s)")
+    p.add_argument("--T", type=float, default=d.T, help="training temperature, logits / T (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
     p.add_argument("--track-stats", action="store_true", help="print train/test accuracy of every epoch")
     p.add_argument("--out", type=Path, default=None, help="(required) run folder: checkpoints, ONNX")

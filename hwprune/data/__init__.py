@@ -5,7 +5,7 @@ Public API: :func:`get_dataset`, :func:`list_datasets`, :func:`dataset_info`, :f
 """
 
 from hwprune.data import digits, synthetic, vision  # noqa: F401  (register the datasets)
-from hwprune.data.loader import make_loader
+from hwprune.data.loader import make_loader, split_loader
 from hwprune.data.registry import DatasetInfo, dataset_info, get_dataset, list_datasets, register_dataset
 from hwprune.data.tensors import TensorImageDataset
 
@@ -16,5 +16,6 @@ __all__ = [
     "get_dataset",
     "list_datasets",
     "make_loader",
+    "split_loader",
     "register_dataset",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -27,3 +29,20 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
         generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )
+
+
+def split_loader(
+    name: str,
+    split: str,
+    example: torch.Tensor,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+) -> DataLoader:
+    """A loader over ``split`` of dataset ``name``, resized to the example input's side and channels."""
+    from hwprune.data.registry import get_dataset
+
+    size, channels = int(example.shape[-1]), int(example.shape[1])
+    dataset = get_dataset(name, split, data_dir=data_dir, image_size=size, channels=channels)
+    return make_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed)

@@ -89,11 +89,8 @@ def evaluate_pruned(
     mask: ChannelMask | None = None,
     pruned_state: dict[str, torch.Tensor] | None = None,
     name: str = "model",
-) -> tuple[Evaluation, nn.Module]:
-    """Evaluate ``model``, or with ``mask`` its compacted form (loaded with ``pruned_state`` when given).
-
-    Returns the evaluation and the module evaluated.
-    """
+) -> Evaluation:
+    """Evaluate ``model``, or with ``mask`` its compacted form (loaded with ``pruned_state`` when given)."""
     from hwprune.flops import count_flops
 
     dense = count_flops(model, example)
@@ -113,18 +110,15 @@ def evaluate_pruned(
             notes.append("weights of the pruned model loaded after compaction")
     after = count_flops(evaluated, example) if mask is not None else dense
     splits = evaluate_splits(evaluated, loaders)
-    return (
-        Evaluation(
-            name,
-            splits,
-            after.params,
-            after.flops,
-            after.counter,
-            dense.params if mask is not None else None,
-            dense.flops if mask is not None else None,
-            notes,
-        ),
-        evaluated,
+    return Evaluation(
+        name,
+        splits,
+        after.params,
+        after.flops,
+        after.counter,
+        dense.params if mask is not None else None,
+        dense.flops if mask is not None else None,
+        notes,
     )
 
 

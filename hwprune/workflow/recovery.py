@@ -54,14 +54,11 @@ def _loaders(job, data, data_dir):
 
         test = first_samples(data, EVAL_SAMPLES)
         return data, test, f"{sum(len(y) for _, y in test)} examples of your data"
-    from hwprune.data import get_dataset, make_loader
+    from hwprune.data import split_loader
 
-    size, channels = int(job.example.shape[-1]), int(job.example.shape[1])
-    train_set = get_dataset(data, "train", data_dir=data_dir, image_size=size, channels=channels)
-    test_set = get_dataset(data, "test", data_dir=data_dir, image_size=size, channels=channels)
     return (
-        make_loader(train_set, batch_size=64, shuffle=True, seed=0),
-        make_loader(test_set, batch_size=128, shuffle=False),
+        split_loader(data, "train", job.example, 64, shuffle=True, data_dir=data_dir),
+        split_loader(data, "test", job.example, 128, data_dir=data_dir),
         f"the {data} test split",
     )
 

@@ -46,15 +46,12 @@ def importance_scores(
 
 def importance_batches(example: torch.Tensor, data: str, data_dir: str | None, samples: int, seed: int = 0) -> list:
     """The first ``samples`` shuffled training examples of ``data``, as (x, y) mini-batches."""
-    from hwprune.data import get_dataset, make_loader
+    from hwprune.data import split_loader
 
     if samples < 1:
         raise HwpruneError(f"--imp-samples is a number of examples, at least 1 (got {samples})")
-    size, channels = int(example.shape[-1]), int(example.shape[1])
-    dataset = get_dataset(data, "train", data_dir=data_dir, image_size=size, channels=channels)
-    return first_samples(
-        make_loader(dataset, batch_size=min(IMPORTANCE_BATCH, samples), shuffle=True, seed=seed), samples
-    )
+    loader = split_loader(data, "train", example, min(IMPORTANCE_BATCH, samples), True, seed, data_dir)
+    return first_samples(loader, samples)
 
 
 def first_samples(batches, samples: int) -> list:
