@@ -18,6 +18,7 @@ from hwprune.prune.importance import DEFAULT_T, channel_importance
 from hwprune.prune.masks import ChannelMask
 from hwprune.results import ResultsStore
 from hwprune.workflow import ModelInput, budget_verdict, importance_batches, importance_scores
+from hwprune.workflow.closed_loop import closed_loop
 from hwprune.workflow import budget as budget_stage
 from hwprune.workflow import ship as ship_stage
 from hwprune.workflow.scoring import IMPORTANCE_BATCH
@@ -57,6 +58,35 @@ def test_budget_verdict(ratio, stderr, want):
     assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03, other_load=0.1) == want  # a quiet host
     # a busy host: contention biases the ratio without widening its interval, so nothing is decided on it
     assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03, other_load=0.9) == "undecided"
+
+
+@dataclasses.dataclass
+class FakeSolution:
+    ratio: float
+    reachable: bool = True
+
+
+@pytest.mark.parametrize(
+    ("measurements", "iterations", "chosen"),
+    [
+        ([0.52, 0.506], 2, 0.506),  # +4 % goes on; +1.2 % is inside half the tolerance: stop
+        ([0.514, 0.497], 2, 0.497),  # +2.8 % is inside the tolerance but near its edge: one more step
+        ([0.514, 0.520, 0.519, 0.518, 0.517], 5, 0.514),  # never inside half: the closest one is kept
+    ],
+)
+def test_closed_loop_aims_at_half_the_tolerance(measurements, iterations, chosen):
+    figures = iter(measurements)
+    sol, measured, steps = closed_loop(FakeSolution, lambda sol: next(figures), target=0.5, tolerance=0.03)
+    assert len(steps) == iterations and measured == chosen
+    assert [s["measured"] for s in steps] == measurements[:iterations]
+    assert steps[0]["budget"] == 0.5 and all(0 < s["budget"] <= 1 for s in steps)
+
+
+def test_closed_loop_stops_when_the_solver_cannot_reach_the_budget():
+    sol, measured, steps = closed_loop(
+        lambda budget: FakeSolution(budget, reachable=False), lambda sol: 0.7, target=0.5, tolerance=0.03
+    )
+    assert len(steps) == 1 and measured == 0.7
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="host load is read from /proc/stat (Linux)")

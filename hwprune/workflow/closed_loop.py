@@ -26,11 +26,15 @@ def _next_budget(iterations: list[dict], target: float) -> float:
 
 
 def closed_loop(solve_at, measured_ratio, target: float, tolerance: float = 0.03, max_iterations: int = 5):
-    """Solve at a budget, measure the solution, correct the budget until measured within tolerance.
+    """Solve at a budget, measure the solution, correct the budget until measured within half the tolerance.
 
     ``solve_at(budget)`` returns a Solution, ``measured_ratio(solution)`` its measured cost ratio.
-    Stops early when the solver says the budget is unreachable. Returns the solution measured
-    closest to ``target``, its measured ratio and every iteration (budget, predicted, measured).
+    The loop aims at half the tolerance because its stopping figure is selected (the one measurement
+    that happened to land close) and the shipped file is timed afresh: a loop that stops near the
+    tolerance's edge ships a file whose fresh timing falls outside it about half the time
+    (budget.csv, resnet18 at 0.7: loop -2.8 %, shipped -3.75 %). Stops early when the solver says the
+    budget is unreachable. Returns the solution measured closest to ``target``, its measured ratio and
+    every iteration (budget, predicted, measured).
     """
     iterations, best, budget = [], None, target
     for _ in range(max_iterations):
@@ -39,7 +43,7 @@ def closed_loop(solve_at, measured_ratio, target: float, tolerance: float = 0.03
         iterations.append({"budget": budget, "predicted": sol.ratio, "measured": measured})
         if best is None or abs(measured - target) < abs(best[1] - target):
             best = (sol, measured)
-        if abs(measured / target - 1.0) <= tolerance or not sol.reachable:
+        if abs(measured / target - 1.0) <= tolerance / 2 or not sol.reachable:
             break
         budget = _next_budget(iterations, target)
     return best[0], best[1], iterations
