@@ -1,4 +1,4 @@
-"""Seed-004 tables, curves and per-layer tables/plots from the results store.
+"""Tables and plots from the results store: at-init sweeps, and budget runs' accuracy against measured latency.
 
 Examples::
 
@@ -6,7 +6,9 @@ Examples::
     python tools/compare_results.py --results runs/results.csv --model vgg16 --dataset cifar10 --layer-compression 10
 
 Writes markdown + CSV tables (accuracy, testing time, FLOPs x compression x method; per-layer sparsity
-and FLOPs), PNG curves, weight histograms per layer (when the sweep saved weights), and ``index.md``.
+and FLOPs), PNG curves, weight histograms per layer (when the sweep saved weights), per model the budget
+runs of ``prune ... --data`` (top-1 against the shipped file's measured latency ratio, FLOPs and params
+ratios) with an accuracy-vs-latency plot, and ``index.md``.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-histograms", action="store_true", help="skip the weight histograms (they need torch)")
     try:
         args = p.parse_args(argv)
-        checks.input_file(args.results, "--results", "results file", ": run `hwprune prune-at-init` first")
+        hint = ": run `hwprune prune-at-init` or `hwprune prune --data` first"
+        checks.input_file(args.results, "--results", "results file", hint)
         if args.layer_compression is not None:
             checks.real(args.layer_compression, "--layer-compression", 0.0, low_open=True, example="10")
         checks.output_dir(args.out)

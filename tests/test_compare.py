@@ -1,4 +1,4 @@
-"""Seed-004 tables from a synthetic results store: means, stds, markdown, PNG; compare is torch-free."""
+"""Comparison tables from synthetic results stores (at-init sweeps, budget runs): means, stds, markdown, PNG."""
 
 import csv
 import statistics
@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
+from hwprune.errors import HwpruneError
 from hwprune.results import ResultsStore, RunRecord
+from hwprune.results.budget_runs import budget_rows
 from hwprune.results.compare import METRICS, aggregate, compare, sweep_rows
 
 ACC = {("rand", 2): [0.5, 0.7], ("rand", 10): [0.1, 0.3], ("synflow", 2): [0.9, 0.8], ("synflow", 10): [0.6, 0.6]}
@@ -78,3 +80,57 @@ def test_compare_writes_tables_and_pngs(tmp_path):
 def test_compare_does_not_import_torch():
     code = "import sys, hwprune.results.compare; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+BUDGET_RUNS = {  # (method, target) -> (shipped latency ratio, final top-1)
+    ("l1", 0.5): (0.51, 0.95),
+    ("l1", 0.3): (0.31, 0.90),
+    ("taylor", 0.5): (0.49, 0.97),
+}
+
+
+def _budget_store(tmp_path):
+    store = ResultsStore(tmp_path / "b.csv")
+    for (method, target), (ratio, top1) in BUDGET_RUNS.items():
+        store.append(
+            RunRecord(
+                model="resnet18",
+                dataset="digits",
+                method=method,
+                mask_kind="channel",
+                target_kind="latency",
+                target_value=target,
+                flops=int(400 * target),
+                flops_before=1000,
+                params=50,
+                params_before=100,
+                accuracy_top1=top1,
+                extra={"measured_ratio": ratio, "status": "met", "top1_dense": 0.98},
+            )
+        )
+    # no accuracy (prune without data): not a comparable run, left out
+    store.append(RunRecord(model="resnet18", dataset="none", method="l1", target_kind="latency", target_value=0.5))
+    return store
+
+
+def test_budget_runs_are_tabulated_with_accuracy_against_measured_latency(tmp_path):
+    rows = budget_rows(_budget_store(tmp_path).records())
+    assert len(rows) == 3
+    by = {(r.method, r.target): r for r in rows}
+    for key, (ratio, top1) in BUDGET_RUNS.items():
+        assert by[key].latency_ratio == pytest.approx(ratio) and by[key].top1 == pytest.approx(top1)
+        assert by[key].flops_ratio == pytest.approx(0.4 * key[1]) and by[key].params_ratio == pytest.approx(0.5)
+    out = tmp_path / "cmp"
+    written = compare(tmp_path / "b.csv", out)  # budget runs alone are enough to compare
+    md = (out / "resnet18_digits_budget.md").read_text()
+    assert "| taylor | latency 0.5 | 0.490 | 0.200 | 0.500 | 98.00 | 97.00 | met |" in md
+    assert md.index("latency 0.3") < md.index("latency 0.5")  # ordered by target
+    png = out / "resnet18_digits_accuracy_vs_latency.png"
+    assert png in written and png.stat().st_size > 1000
+
+
+def test_compare_refuses_a_store_without_sweeps_or_budget_runs_with_accuracy(tmp_path):
+    store = ResultsStore(tmp_path / "c.csv")
+    store.append(RunRecord(model="resnet18", dataset="none", method="l1", target_kind="latency", target_value=0.5))
+    with pytest.raises(HwpruneError, match="no prune-at-init sweep rows and no budget runs"):
+        compare(tmp_path / "c.csv", tmp_path / "out")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
+from hwprune.results.budget_runs import budget_rows, write_budget_tables
 from hwprune.results.schema import RunRecord
 from hwprune.results.store import ResultsStore
 
@@ -283,7 +284,7 @@ def compare(
     layer_compression: float | None = None,
     plots: bool = True,
 ) -> list[Path]:
-    """Write the at-init sweep tables, curves and per-layer tables for the sweeps in ``results_path``.
+    """Write the at-init sweep tables, curves and per-layer tables, and the budget runs' accuracy vs cost.
 
     Args:
         results_path: The results CSV.
@@ -297,24 +298,29 @@ def compare(
         The paths written, ``index.md`` last.
 
     Raises:
-        HwpruneError: When the store holds no sweep row matching the filters.
+        HwpruneError: When the store holds neither a sweep row nor a budget run with accuracy matching the filters.
     """
-    rows = [
-        r
-        for r in sweep_rows(ResultsStore(results_path).records())
-        if (model is None or r.model == model) and (dataset is None or r.dataset == dataset)
-    ]
-    if not rows:
+    records = ResultsStore(results_path).records()
+
+    def wanted(r) -> bool:
+        return (model is None or r.model == model) and (dataset is None or r.dataset == dataset)
+
+    rows = [r for r in sweep_rows(records) if wanted(r)]
+    budgets = [r for r in budget_rows(records) if wanted(r)]
+    if not rows and not budgets:
         raise HwpruneError(
-            f"no prune-at-init sweep rows in {results_path}"
+            f"no prune-at-init sweep rows and no budget runs with accuracy in {results_path}"
             + (f" for model {model}" if model else "")
             + (f" on {dataset}" if dataset else "")
-            + ": run hwprune prune-at-init (tools/prune_at_init.py) first"
+            + ": run hwprune prune-at-init, or hwprune prune with --data, first"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    index: list[str] = [f"# Prune-at-initialization results\n\nFrom `{results_path}` ({len(rows)} runs).\n"]
+    index: list[str] = [
+        f"# Pruning results\n\nFrom `{results_path}` ({len(rows)} prune-at-init runs, {len(budgets)} budget runs).\n"
+    ]
+    written += write_budget_tables(budgets, out, plots, index, _slug)
     long_rows: list[list] = []
 
     groups: dict[tuple[str, str, str], list[SweepRow]] = defaultdict(list)

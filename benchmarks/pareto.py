@@ -1,0 +1,459 @@
+"""Accuracy against measured latency on trained models: hwprune's methods and its peers, side by side.
+
+    python benchmarks/pareto.py [--models resnet18,mobilenet_v2] [--targets 0.3,0.5,0.7] [--seeds 0,1,2]
+                                [--methods uniform,flops-aware,latency-aware,prune-train,torch-pruning]
+                                [--phase search|finetune|all]
+
+One dense model per architecture is trained on digits (at --image-size, cached). Each method then prunes
+that model until its file, exported to ONNX at --export-size (batch 1), runs at the target fraction of the
+dense file's onnxruntime latency (1 thread, interleaved, paired rounds); each method's own knob is moved by
+the same secant search (``hwprune.workflow.closed_loop``), latency-aware excepted, which is ``hwprune.prune
+--latency`` with its own loop. Every pruned file of a model is finally timed *in one interleaved run*
+against the dense file: that run's ratios are the table's latency column. Then every pruned model gets the
+same training budget per seed (BatchNorm statistics re-estimated on 512 examples, then --finetune-epochs
+of SGD, cosine lr); prune-train spends its budget inside its rounds (one epoch per round).
+
+Methods: ``uniform`` (every group loses the same share, L1, Torch-Pruning's default policy), ``flops-aware``
+(the budget solver with the FLOPs cost, L1), ``latency-aware`` (the solver on the measured edge profile, L1),
+``prune-train`` (rounds of prune + one epoch, L1, the removed share searched), ``torch-pruning`` (Torch-Pruning's
+MetaPruner, global, Taylor importance; a benchmark-only dependency: benchmarks/requirements-peers.txt).
+hwprune's methods keep channel counts in multiples of the backend's alignment (16 on ort-cpu).
+
+The search phase times models: run it alone on a quiet machine (the table records other processes' load).
+Writes benchmarks/results/pareto.csv (model,method,target_latency,measured_latency_ratio,flops_ratio,
+params_ratio,top1_mean,top1_std,seeds,finetune_epochs), pareto.md (settings, every run) and pareto.png.
+Work files (dense weights, pruned models, ONNX files, a journal from which a rerun resumes): out/pareto/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from hwprune.data import get_dataset, make_loader
+from hwprune.errors import HwpruneError, first_line
+from hwprune.export.compact import compact_model
+from hwprune.export.onnx_export import DEFAULT_EXPORTER
+from hwprune.export.pipeline import export_verified
+from hwprune.flops import count_flops
+from hwprune.graph_mapper import build_channel_graph
+from hwprune.latency import measure
+from hwprune.latency.backends import require_available
+from hwprune.latency.measurement import paired_ratio
+from hwprune.latency.profiler import profiled_groups
+from hwprune.models import get_model
+from hwprune.prune.budget import CostFn, solve
+from hwprune.prune.channel import uniform_channel_mask
+from hwprune.prune.importance import CHANNEL_IMPORTANCES
+from hwprune.train import TrainConfig, evaluate, train
+from hwprune.workflow.closed_loop import closed_loop
+from hwprune.workflow.recovery import BN_SAMPLES, recalibrate_batchnorm
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path("out/pareto")
+BACKEND = "ort-cpu"
+COLUMNS = [
+    "model", "method", "target_latency", "measured_latency_ratio", "flops_ratio", "params_ratio", "top1_mean",
+    "top1_std", "seeds", "finetune_epochs",
+]  # fmt: skip
+METHODS = ("uniform", "flops-aware", "latency-aware", "prune-train", "torch-pruning")
+
+
+def arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="resnet18,mobilenet_v2")
+    p.add_argument("--targets", default="0.3,0.5,0.7", help="latency ratios of the dense ONNX file")
+    p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (and prune-train's rounds)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--phase", choices=("search", "finetune", "all"), default="all")
+    p.add_argument("--image-size", type=int, default=32, help="training and test input side (digits)")
+    p.add_argument("--export-size", type=int, default=224, help="input side of every ONNX file timed")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--repeats", type=int, default=20, help="timed rounds (more until 0.5 %% precision, 5x max)")
+    p.add_argument("--tolerance", type=float, default=0.03, help="relative distance to the target accepted")
+    p.add_argument("--dense-epochs", type=int, default=10)
+    p.add_argument("--dense-lr", type=float, default=0.05)
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--finetune-lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=64)
+    return p.parse_args()
+
+
+# ------------------------------------------------------------------ data, dense model, timing
+
+
+def loaders(args, seed: int = 0):
+    train_set = get_dataset("digits", "train", image_size=args.image_size, channels=3)
+    test_set = get_dataset("digits", "test", image_size=args.image_size, channels=3)
+    return make_loader(train_set, args.batch_size, shuffle=True, seed=seed), make_loader(test_set, 256, shuffle=False)
+
+
+def timing_example(args) -> torch.Tensor:
+    return torch.randn(1, 3, args.export_size, args.export_size, generator=torch.Generator().manual_seed(0))
+
+
+def dense_model(name: str, args, journal: list[dict]) -> nn.Module:
+    """The dense model trained on digits (once per architecture), in eval mode."""
+    path = WORK / f"{name}_dense.pt"
+    model = get_model(name, num_classes=10, in_channels=3)
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    torch.manual_seed(0)
+    train_loader, test_loader = loaders(args)
+    config = TrainConfig(epochs=args.dense_epochs, lr=args.dense_lr, batch_size=args.batch_size, seed=0)
+    result = train(model, train_loader, test_loader, config)
+    torch.save(model.state_dict(), path)
+    record(journal, phase="dense", model=name, method="dense", top1=result.last_top1, seconds=result.seconds)
+    return model.eval()
+
+
+def dense_onnx(name: str, model: nn.Module, args) -> Path:
+    """The dense model's ONNX file at the timing size: the denominator of every latency ratio."""
+    path = WORK / f"{name}_dense.onnx"
+    if not path.exists():
+        export_verified(model, timing_example(args), path, DEFAULT_EXPORTER)
+    return path
+
+
+class LatencyJudge:
+    """Times a pruned module, exported as it ships (ONNX), against the dense file, interleaved."""
+
+    def __init__(self, dense: Path, args):
+        self.dense, self.args = dense, args
+
+    def ratio(self, module: nn.Module, path: Path) -> float:
+        export_verified(module, timing_example(self.args), path, DEFAULT_EXPORTER)
+        base, cand = measure(
+            BACKEND, [self.dense, path], timing_example(self.args), threads=self.args.threads, repeats=self.args.repeats
+        )
+        return paired_ratio(base, cand)[0]
+
+
+# ------------------------------------------------------------------ the methods
+
+
+@dataclass
+class Candidate:
+    """One solution of a method at one knob setting, in the shape ``closed_loop`` reads."""
+
+    model: nn.Module
+    ratio: float  # the method's own figure at this knob (kept fraction, FLOPs ratio, ...)
+    reachable: bool = True
+
+
+def hwprune_masked(dense: nn.Module, args, solve_mask) -> Callable[[float], Candidate]:
+    """A knob -> Candidate function for a mask-producing method of hwprune (L1 scores on the dense model)."""
+    example = timing_example(args)
+    graph = build_channel_graph(dense, example, "dense")
+    scores = CHANNEL_IMPORTANCES.get("l1")(dense, graph, None)
+    round_to = require_available(BACKEND).round_to
+
+    def at(knob: float) -> Candidate:
+        mask, ratio, reachable = solve_mask(graph, scores, knob, round_to)
+        return Candidate(compact_model(graph, mask), ratio, reachable)
+
+    return at
+
+
+def uniform_mask(graph, scores, kept: float, round_to: int):
+    mask = uniform_channel_mask(graph, scores, 1.0 - kept, round_to=round_to)
+    return mask, kept, kept > 0
+
+
+def flops_mask(graph, scores, budget: float, round_to: int):
+    sol = solve(graph, profiled_groups(graph, round_to), scores, CostFn.macs(graph), budget, round_to=round_to)
+    return sol.mask, sol.ratio, sol.reachable
+
+
+def torch_pruning_at(dense: nn.Module, args) -> Callable[[float], Candidate]:
+    """Torch-Pruning's MetaPruner (global, Taylor on 512 training examples) at a kept fraction of channels."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise HwpruneError("torch-pruning is not installed: pip install -r benchmarks/requirements-peers.txt") from None
+    train_loader, _ = loaders(args)
+    batches = [b for _, b in zip(range(BN_SAMPLES // args.batch_size), train_loader, strict=False)]
+
+    def at(kept: float) -> Candidate:
+        model = copy.deepcopy(dense).train()
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        pruner = tp.pruner.MetaPruner(
+            model,
+            torch.randn(1, 3, args.image_size, args.image_size),
+            importance=tp.importance.TaylorImportance(),
+            pruning_ratio=min(0.99, max(0.0, 1.0 - kept)),
+            global_pruning=True,
+            ignored_layers=[head],
+        )
+        model.zero_grad()
+        for x, y in batches:
+            nn.functional.cross_entropy(model(x), y).backward()
+        pruner.step()
+        model.zero_grad()
+        return Candidate(model.eval(), kept, kept > 0)
+
+    return at
+
+
+def searched(name: str, method: str, target: float, at, judge: LatencyJudge, args) -> tuple[nn.Module, dict]:
+    """The method's knob moved until its shipped file's measured latency ratio is within tolerance."""
+    path = WORK / f"{name}_{method}_t{target}.onnx"
+    sol, ratio, iterations = closed_loop(
+        at, lambda c: judge.ratio(c.model, path), target, args.tolerance, max_iterations=6
+    )
+    knob = next(it["budget"] for it in iterations if it["measured"] == ratio)  # the best one's, not the last's
+    return sol.model, {"knob": knob, "loop_ratio": ratio, "iterations": iterations}
+
+
+def latency_aware(name: str, dense: nn.Module, target: float, args) -> tuple[nn.Module, dict]:
+    """``hwprune.prune(latency=target)``: edge profile (shared over targets), solver, its own closed loop."""
+    import hwprune
+
+    result = hwprune.prune(
+        copy.deepcopy(dense),
+        timing_example(args),
+        latency=target,
+        backend=BACKEND,
+        importance="l1",
+        lut=WORK / f"{name}_lut.json",
+        threads=args.threads,
+        repeats=args.repeats,
+        tolerance=args.tolerance,
+        out=WORK / f"{name}_latency-aware_t{target}",
+        name=name,
+        progress=False,
+    )
+    report = result.report
+    return result.model, {"loop_ratio": report.loop_ratio, "iterations": report.iterations, "status": report.status}
+
+
+def prune_train_at(name: str, dense: nn.Module, args, seed: int) -> Callable[[float], Candidate]:
+    """Prune+train rounds (one epoch each, the fine-tuning budget) at a kept fraction of channels."""
+    from hwprune.workflow.prune_train import PruneTrainConfig, prune_train
+
+    train_loader, test_loader = loaders(args, seed)
+
+    def at(kept: float) -> Candidate:
+        config = PruneTrainConfig(
+            importance="l1",
+            prune_percent=100.0 * min(0.99, max(0.0, 1.0 - kept)),
+            n_rounds=args.finetune_epochs,
+            epochs_per_round=1,
+            lr=args.finetune_lr,
+            lr_prune=args.finetune_lr,
+            seed=seed,
+        )
+        result = prune_train(copy.deepcopy(dense), timing_example(args), train_loader, None, config, name=name)
+        return Candidate(result.model.eval(), kept, kept > 0)
+
+    return at
+
+
+# ------------------------------------------------------------------ phases
+
+
+def search_phase(name: str, dense: nn.Module, methods: list[str], targets: list[float], seeds, args, journal) -> None:
+    """Every (method, target): a pruned model at the target's measured latency, saved for the fine-tuning."""
+    judge = LatencyJudge(dense_onnx(name, dense, args), args)
+    done = {(r["model"], r["method"], r["target"], r.get("seed")) for r in journal if r["phase"] == "search"}
+    first_knob = {
+        (r["method"], r["target"]): r["knob"]
+        for r in journal
+        if r["phase"] == "search" and r["model"] == name and "knob" in r
+    }
+    for method in methods:
+        for target in targets:
+            for seed in seeds if method == "prune-train" else [None]:
+                if (name, method, target, seed) in done:
+                    continue
+                start = time.perf_counter()
+                try:
+                    if method == "latency-aware":
+                        model, info = latency_aware(name, dense, target, args)
+                    else:
+                        at = {
+                            "uniform": lambda: hwprune_masked(dense, args, uniform_mask),
+                            "flops-aware": lambda: hwprune_masked(dense, args, flops_mask),
+                            "torch-pruning": lambda: torch_pruning_at(dense, args),
+                            "prune-train": lambda s=seed: prune_train_at(name, dense, args, s),
+                        }[method]()
+                        knob = first_knob.get((method, target))
+                        if knob is None:
+                            model, info = searched(name, method, target, at, judge, args)
+                            first_knob[(method, target)] = info["knob"]
+                        else:  # later prune-train seeds reuse the first seed's removed share; timed below
+                            model, info = at(knob).model, {"knob": knob}
+                except HwpruneError as exc:
+                    record(journal, phase="search", model=name, method=method, target=target, seed=seed,
+                           failed=first_line(exc))  # fmt: skip
+                    continue
+                suffix = f"_s{seed}" if seed is not None else ""
+                torch.save(model, WORK / f"{name}_{method}_t{target}{suffix}.pt")
+                record(journal, phase="search", model=name, method=method, target=target, seed=seed,
+                       seconds=time.perf_counter() - start, **info)  # fmt: skip
+
+
+def side_by_side(name: str, dense: nn.Module, journal: list[dict], args) -> None:
+    """Every pruned model of ``name``, shipped as ONNX, timed against the dense file in one interleaved run."""
+    rows = [r for r in journal if r["phase"] == "search" and r["model"] == name and "failed" not in r]
+    files, example = [], timing_example(args)
+    for r in rows:
+        suffix = f"_s{r['seed']}" if r.get("seed") is not None else ""
+        stem = f"{name}_{r['method']}_t{r['target']}{suffix}"
+        model = torch.load(WORK / f"{stem}.pt", weights_only=False)
+        export_verified(model, example, WORK / f"{stem}_shipped.onnx", DEFAULT_EXPORTER)
+        files.append(WORK / f"{stem}_shipped.onnx")
+    dense_file = dense_onnx(name, dense, args)
+    timed = measure(BACKEND, [dense_file, *files], example, threads=args.threads, repeats=3 * args.repeats)
+    stamp = time.time()  # a rerun's timing replaces this one in the table
+    dense_flops = count_flops(dense, example)
+    for r, m in zip(rows, timed[1:], strict=True):
+        suffix = f"_s{r['seed']}" if r.get("seed") is not None else ""
+        model = torch.load(WORK / f"{name}_{r['method']}_t{r['target']}{suffix}.pt", weights_only=False)
+        flops = count_flops(model, example)
+        ratio, stderr = paired_ratio(timed[0], m)
+        record(journal, phase="timed", stamp=stamp, model=name, method=r["method"], target=r["target"],
+               seed=r.get("seed"), latency_ratio=ratio, latency_stderr=stderr, dense_ms=timed[0].median_ms,
+               pruned_ms=m.median_ms, other_load=m.other_load, flops_ratio=flops.flops / dense_flops.flops,
+               params_ratio=flops.params / dense_flops.params)  # fmt: skip
+
+
+def finetune_phase(name: str, seeds: list[int], journal: list[dict], args) -> None:
+    """Each pruned model, per seed: BatchNorm re-estimated, ``finetune_epochs`` of SGD, test top-1."""
+    done = {(r["model"], r["method"], r["target"], r["seed"]) for r in journal if r["phase"] == "finetune"}
+    for r in [r for r in journal if r["phase"] == "search" and r["model"] == name and "failed" not in r]:
+        for seed in seeds if r.get("seed") is None else [r["seed"]]:
+            if (name, r["method"], r["target"], seed) in done:
+                continue
+            suffix = f"_s{r['seed']}" if r.get("seed") is not None else ""
+            model = torch.load(WORK / f"{name}_{r['method']}_t{r['target']}{suffix}.pt", weights_only=False)
+            train_loader, test_loader = loaders(args, seed)
+            if r["method"] == "prune-train":  # trained inside its rounds already: the same number of epochs
+                record(journal, phase="finetune", model=name, method=r["method"], target=r["target"], seed=seed,
+                       top1_after_bn=None, top1=evaluate(model, test_loader, "cpu").top1)  # fmt: skip
+                continue
+            torch.manual_seed(seed)
+            recalibrate_batchnorm(model, train_loader, BN_SAMPLES)
+            after_bn = evaluate(model, test_loader, "cpu").top1
+            config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.batch_size,
+                                 seed=seed)  # fmt: skip
+            result = train(model, train_loader, test_loader, config)
+            record(journal, phase="finetune", model=name, method=r["method"], target=r["target"], seed=seed,
+                   top1_after_bn=after_bn, top1=result.last_top1)  # fmt: skip
+
+
+# ------------------------------------------------------------------ journal and tables
+
+
+def record(journal: list[dict], **row) -> None:
+    journal.append(row)
+    with open(WORK / "journal.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def table(journal: list[dict], args) -> pd.DataFrame:
+    runs = pd.DataFrame([r for r in journal if r["phase"] in ("timed", "finetune")])
+    rows = []
+    if runs.empty:
+        return pd.DataFrame(columns=COLUMNS)
+    timed, tuned = runs[runs.phase == "timed"], runs[runs.phase == "finetune"]
+    timed = timed[timed.stamp == timed.groupby("model").stamp.transform("max")]  # each model's latest timing run
+    for (model, method, target), g in tuned.groupby(["model", "method", "target"], sort=False):
+        t = timed[(timed.model == model) & (timed.method == method) & (timed.target == target)]
+        if t.empty:
+            continue
+        top1 = g["top1"].tolist()
+        rows.append({
+            "model": model, "method": method, "target_latency": target,
+            "measured_latency_ratio": t["latency_ratio"].mean(), "flops_ratio": t["flops_ratio"].mean(),
+            "params_ratio": t["params_ratio"].mean(), "top1_mean": statistics.mean(top1),
+            "top1_std": statistics.stdev(top1) if len(top1) > 1 else 0.0, "seeds": len(top1),
+            "finetune_epochs": args.finetune_epochs,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS).round(4)
+
+
+def plot(frame: pd.DataFrame, dense_top1: dict[str, float]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(frame.model))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for method, g in frame[frame.model == model].groupby("method", sort=False):
+            g = g.sort_values("measured_latency_ratio")
+            ax.errorbar(g.measured_latency_ratio, g.top1_mean, yerr=g.top1_std, marker="o", capsize=3, label=method)
+        if model in dense_top1:
+            ax.axhline(dense_top1[model], color="grey", linestyle="--", linewidth=1, label="dense")
+        ax.set(title=model, xlabel="measured latency ratio (ONNX Runtime CPU)", ylabel="top-1 on digits")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pareto.png", dpi=120)
+    plt.close(fig)
+
+
+def write(journal: list[dict], args) -> None:
+    frame = table(journal, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(RESULTS / "pareto.csv", index=False)
+    dense_top1 = {r["model"]: r["top1"] for r in journal if r["phase"] == "dense"}
+    if not frame.empty:
+        plot(frame, dense_top1)
+    runs = pd.DataFrame([r for r in journal if r["phase"] in ("timed", "finetune")]).round(4)
+    search = pd.DataFrame([{k: v for k, v in r.items() if k != "iterations"} for r in journal
+                           if r["phase"] == "search"]).round(4)  # fmt: skip
+    command = "python benchmarks/pareto.py " + " ".join(sys.argv[1:])
+    note = (
+        "# Accuracy against measured latency on trained models (digits, ONNX Runtime CPU)\n\n"
+        f"Command: `OMP_NUM_THREADS=1 {command.strip()}` (settings: {json.dumps(vars(args))}).\n\n"
+        f"Dense models trained on digits at {args.image_size} px ({args.dense_epochs} epochs, top-1: "
+        f"{json.dumps({k: round(v, 4) for k, v in dense_top1.items()})}). Latency: ONNX files exported at "
+        f"{args.export_size} px, batch 1, {args.threads} onnxruntime thread(s); every pruned file of a model timed "
+        "against the dense file in one interleaved run (paired rounds). flops_ratio / params_ratio: fvcore counts "
+        "of the pruned over the dense model at the timing size. top1: digits test split (360 images) after "
+        f"BatchNorm re-estimation and {args.finetune_epochs} epochs of fine-tuning (prune-train: its rounds, one "
+        "epoch each), mean and std over seeds.\n"
+    )
+    (RESULTS / "pareto.md").write_text(
+        f"{note}\n{frame.to_markdown(index=False)}\n\n## Every run\n\n{runs.to_markdown(index=False)}\n\n"
+        f"## Search (knob moved until the measured latency matched)\n\n{search.to_markdown(index=False)}\n"
+    )
+    print(frame.to_markdown(index=False), flush=True)
+
+
+def main() -> None:
+    args = arguments()
+    torch.set_num_threads(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "journal.jsonl"
+    journal = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    methods = args.methods.split(",")
+    targets = [float(t) for t in args.targets.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for name in args.models.split(","):
+        dense = dense_model(name, args, journal)
+        if args.phase in ("search", "all"):
+            search_phase(name, dense, methods, targets, seeds, args, journal)
+            side_by_side(name, dense, journal, args)
+        if args.phase in ("finetune", "all"):
+            finetune_phase(name, seeds, journal, args)
+        write(journal, args)
+
+
+if __name__ == "__main__":
+    main()
