@@ -233,6 +233,30 @@ def test_a_group_never_loses_its_last_gate():
     assert gated.active.tolist() == [False, False, True]
 
 
+def test_no_training_draw_shuts_a_whole_group():
+    """One draw serves the whole batch, so a group drawn shut is zero for every sample and the BatchNorm
+    after its consumer sees no variance (mobilenet_v2's diverging runs): every draw keeps a gate of each
+    group open, and a group's last gate is open in every draw, as in eval."""
+    torch.manual_seed(0)
+    model, x = randomized(InvertedResidual()).train(), torch.randn(2, 3, 8, 8)
+    gated, _ = gated_for(model, x, round_to=4)  # the 8-channel stream: 2 gates; the 24 hidden channels: 6
+    gated.train()
+    with torch.no_grad():
+        gated.logits.fill_(-3.0)  # each gate drawn shut 95 % of the time
+    gated.close(1, range(1, 6))  # the hidden group is down to its last gate
+    draws = torch.stack([gated.gates().detach() > 0.5 for _ in range(200)]).float()
+    for i in range(len(gated.layout.groups)):
+        assert (draws[:, gated.slot_range(i)].sum(1) >= 1).all(), f"group {i} drawn shut"
+    last = gated.slot_range(1).start
+    assert (draws[:, last] == 1).all() and (draws[:, last + 1 : gated.slot_range(1).stop] == 0).all()
+    stream = draws[:, gated.slot_range(0)]
+    assert 0 < stream.mean() < 1 and (stream.sum(1) == 1).float().mean() > 0.5  # still random: mostly one of two
+    # the surviving gate still gets the straight-through gradient, so it can be traded against its cost
+    gated.logits.grad = None
+    gated(x).square().mean().backward()
+    assert gated.logits.grad[gated.slot_range(0)].abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------- pruning on digits
 
 
@@ -294,7 +318,7 @@ def test_flops_of_the_converted_model_fall_monotonically_on_digits(digits):
 def test_gated_non_resnet_structures_convert_exactly(make, x):
     model = randomized(make())
     gated, objective = gated_for(model, x, criteria_weight=5.0, gradient_multiplier=5.0)
-    optimizer = torch.optim.SGD(objective.param_groups(gated), lr=0.5)
+    optimizer = torch.optim.SGD([gated.logits], lr=0.5)  # the gates only: these weights would blow up at lr 0.5
     gated.train()
     for _ in range(20):  # train the gates a little so that the cost term closes some
         optimizer.zero_grad()

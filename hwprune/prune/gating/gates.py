@@ -14,7 +14,9 @@ group that no weight reads (attention queries and keys meet in a matmul) takes i
 Gates: ``sigmoid((logit + logistic noise) / temperature)`` thresholded at 0.5, with a
 straight-through gradient; in eval mode a gate is open exactly when it is active. A gate whose
 logit falls below 0 (pass probability 0.5) is closed for good (GATOR's masked gating), except the
-last open one of a group, which stays so that no group vanishes.
+last open one of a group, which stays so that no group vanishes. No training draw shuts a whole
+group either: when every active gate of a group is drawn shut, the one drawn nearest to open stays
+open (one draw serves the batch, and a batch without the group starves the BatchNorms after it).
 """
 
 from __future__ import annotations
@@ -164,6 +166,7 @@ class GatedModel(nn.Module):
         self.temperature = temperature
         self.register_buffer("active", torch.ones(self.layout.size, dtype=torch.bool))
         self.register_buffer("grad_scale", torch.ones(self.layout.size), persistent=False)
+        self.register_buffer("_group_of_slot", torch.as_tensor(self.layout.group_of_slot()), persistent=False)
         self.last_gates: torch.Tensor | None = None
         self.holding = False
         self._plan = self._weight_plan()
@@ -229,9 +232,32 @@ class GatedModel(nn.Module):
         if not self.training:
             return on
         z = _ScaleGrad.apply(self.logits, self.grad_scale)
-        soft = torch.sigmoid((z if self.holding else z + self._noise()) / self.temperature)
-        hard = on if self.holding else (soft > 0.5).to(soft.dtype)
+        if self.holding:
+            soft, hard = torch.sigmoid(z / self.temperature), on
+        else:
+            drawn = z + self._noise()
+            soft = torch.sigmoid(drawn / self.temperature)
+            hard = self._keep_one_per_group((soft > 0.5).to(soft.dtype) * on, drawn.detach())
         return (hard + soft - soft.detach()) * on
+
+    def _keep_one_per_group(self, hard: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+        """``hard`` with, in every group whose active gates were all drawn shut, the one drawn nearest to open.
+
+        One draw serves the whole batch, so a group drawn shut is zero for every sample. Where it is
+        the only path (mobilenet_v2's 32-channel stream) every sample then reaches the next layers
+        alike: each BatchNorm after it normalises a batch without variance, its backward multiplies
+        by up to ``1 / sqrt(eps)``, and through a chain of them the gradient overflowed (block 7's
+        expand BatchNorm bias: inf, loss NaN a step later). GATOR draws per sample, so a batch never
+        loses a group; nor does the converted model (a group keeps its last gate, which is thereby
+        open in every draw, as in eval).
+        """
+        group = self._group_of_slot
+        count = len(self.layout.groups)
+        open_per_group = hard.new_zeros(count).index_add_(0, group, hard)
+        score = drawn.masked_fill(~self.active, -math.inf)
+        best = score.new_full((count,), -math.inf).scatter_reduce(0, group, score, "amax")
+        keep = self.active & (open_per_group[group] == 0) & (score == best[group])
+        return torch.where(keep, torch.ones_like(hard), hard)
 
     def gated_weights(self, gates: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every gated parameter multiplied by its channels' gates."""
