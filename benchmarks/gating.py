@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from journal import Journal, digits_loaders
 
-from hwprune.data import get_dataset, make_loader
 from hwprune.errors import HwpruneError, first_line
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.latency.profiler import profile_edges
@@ -70,12 +70,6 @@ def arguments() -> argparse.Namespace:
     return p.parse_args()
 
 
-def loaders(size: int, batch: int, seed: int):
-    train_set = get_dataset("digits", "train", image_size=size, channels=3)
-    test_set = get_dataset("digits", "test", image_size=size, channels=3)
-    return make_loader(train_set, batch, shuffle=True, seed=seed), make_loader(test_set, 256, shuffle=False)
-
-
 def example(args) -> torch.Tensor:
     return torch.randn(1, 3, args.export_size, args.export_size, generator=torch.Generator().manual_seed(0))
 
@@ -97,26 +91,35 @@ def lut_for(name: str, args) -> Path:
     return path
 
 
-def dense_weights(name: str, seed: int, args, journal: list[dict]) -> Path:
+def dense_weights(name: str, seed: int, args, journal: Journal) -> Path:
     """A dense model trained on digits (made once per model and seed), its accuracy in the journal."""
     path = WORK / f"{name}_s{seed}_dense"
     if not path.with_suffix(".safetensors").exists():
         torch.manual_seed(seed)
         model = get_model(name, num_classes=10, in_channels=3, input_size=args.image_size)
-        train_loader, test_loader = loaders(args.image_size, args.batch_size, seed)
+        train_loader, test_loader = digits_loaders(args.image_size, args.batch_size, seed)
         config = TrainConfig(epochs=args.dense_epochs, lr=args.dense_lr, batch_size=args.batch_size, seed=seed)
         result = train(model, train_loader, test_loader, config)
         save_checkpoint(model, path, {"top1": result.last_top1})
-        record(journal, model=name, method="dense", target=None, seed=seed, cost=1.0, latency_ratio=1.0,
-               flops_ratio=1.0, top1=result.last_top1, seconds=result.seconds)  # fmt: skip
+        journal.record(
+            model=name,
+            method="dense",
+            target=None,
+            seed=seed,
+            cost=1.0,
+            latency_ratio=1.0,
+            flops_ratio=1.0,
+            top1=result.last_top1,
+            seconds=result.seconds,
+        )
     return path.with_suffix(".safetensors")
 
 
-def gating_run(name: str, method: str, target: float, seed: int, args, journal: list[dict]) -> None:
+def gating_run(name: str, method: str, target: float, seed: int, args, journal: Journal) -> None:
     torch.manual_seed(seed)
     model = get_model(name, num_classes=10, in_channels=3, input_size=args.image_size)
     load_weights(model, dense_weights(name, seed, args, journal), name)
-    train_loader, test_loader = loaders(args.image_size, args.batch_size, seed)
+    train_loader, test_loader = digits_loaders(args.image_size, args.batch_size, seed)
     config = GatingConfig(
         criteria_weight=args.criteria_weight,
         gradient_multiplier=args.gradient_multiplier,
@@ -133,19 +136,23 @@ def gating_run(name: str, method: str, target: float, seed: int, args, journal: 
     outcome = ship_gated(result, example(args), onnx, method, "digits", name=name, threads=args.threads,
                          repeats=args.repeats, results=WORK / "results.csv", seed=seed)  # fmt: skip
     rec = outcome.record
-    record(journal, model=name, method=method, target=target, seed=seed, cost=result.history[-1]["cost_ratio"],
-           latency_ratio=outcome.ratio[0], flops_ratio=rec.flops / rec.flops_before, top1=result.train.last_top1,
-           seconds=seconds, dense_ms=outcome.baseline.median_ms, pruned_ms=outcome.shipped.median_ms,
-           max_rel_diff=json.loads(rec.extra)["max_rel_diff"])  # fmt: skip
+    journal.record(
+        model=name,
+        method=method,
+        target=target,
+        seed=seed,
+        cost=result.history[-1]["cost_ratio"],
+        latency_ratio=outcome.ratio[0],
+        flops_ratio=rec.flops / rec.flops_before,
+        top1=result.train.last_top1,
+        seconds=seconds,
+        dense_ms=outcome.baseline.median_ms,
+        pruned_ms=outcome.shipped.median_ms,
+        max_rel_diff=json.loads(rec.extra)["max_rel_diff"],
+    )
 
 
-def record(journal: list[dict], **row) -> None:
-    journal.append(row)
-    with open(WORK / "journal.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-
-
-def table(journal: list[dict]) -> pd.DataFrame:
+def table(journal: Journal) -> pd.DataFrame:
     runs = pd.DataFrame(journal)
     if "failed" in runs:
         runs = runs[runs["failed"].isna()]
@@ -202,7 +209,7 @@ def multiplier_lines() -> list[str]:
     return ["## gator-latency's edge multipliers", "", note, "", head, "|---|---:|---:|---:|---:|---|", *lines, ""]
 
 
-def write(journal: list[dict], args) -> None:
+def write(journal: Journal, args) -> None:
     frame = table(journal)
     RESULTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(RESULTS / "gating.csv", index=False)
@@ -231,8 +238,7 @@ def main() -> None:
     args = arguments()
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "journal.jsonl"
-    journal = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    journal = Journal(WORK / "journal.jsonl")
     done = {(r["model"], r["method"], r["target"], r["seed"]) for r in journal}
     models = args.models.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -247,7 +253,7 @@ def main() -> None:
                     try:
                         gating_run(name, method, target, seed, args, journal)
                     except HwpruneError as exc:  # a diverged run is a result too: logged, left out of the means
-                        record(journal, model=name, method=method, target=target, seed=seed, failed=first_line(exc))
+                        journal.record(model=name, method=method, target=target, seed=seed, failed=first_line(exc))
                     write(journal, args)
     write(journal, args)
 

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from journal import Journal, digits_loaders
 from torch import nn
 
-from hwprune.data import get_dataset, make_loader
 from hwprune.errors import HwpruneError, first_line
 from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
@@ -56,6 +56,7 @@ from hwprune.models import get_model
 from hwprune.prune.budget import CostFn, solve
 from hwprune.prune.channel import uniform_channel_mask
 from hwprune.prune.importance import CHANNEL_IMPORTANCES
+from hwprune.prune.masks import ChannelMask
 from hwprune.train import TrainConfig, evaluate, train
 from hwprune.workflow.closed_loop import closed_loop
 from hwprune.workflow.recovery import BN_SAMPLES, recalibrate_batchnorm
@@ -94,16 +95,14 @@ def arguments() -> argparse.Namespace:
 
 
 def loaders(args, seed: int = 0):
-    train_set = get_dataset("digits", "train", image_size=args.image_size, channels=3)
-    test_set = get_dataset("digits", "test", image_size=args.image_size, channels=3)
-    return make_loader(train_set, args.batch_size, shuffle=True, seed=seed), make_loader(test_set, 256, shuffle=False)
+    return digits_loaders(args.image_size, args.batch_size, seed)
 
 
 def timing_example(args) -> torch.Tensor:
     return torch.randn(1, 3, args.export_size, args.export_size, generator=torch.Generator().manual_seed(0))
 
 
-def dense_model(name: str, args, journal: list[dict]) -> nn.Module:
+def dense_model(name: str, args, journal: Journal) -> nn.Module:
     """The dense model trained on digits (once per architecture), in eval mode."""
     path = WORK / f"{name}_dense.pt"
     model = get_model(name, num_classes=10, in_channels=3)
@@ -115,7 +114,7 @@ def dense_model(name: str, args, journal: list[dict]) -> nn.Module:
     config = TrainConfig(epochs=args.dense_epochs, lr=args.dense_lr, batch_size=args.batch_size, seed=0)
     result = train(model, train_loader, test_loader, config)
     torch.save(model.state_dict(), path)
-    record(journal, phase="dense", model=name, method="dense", top1=result.last_top1, seconds=result.seconds)
+    journal.record(phase="dense", model=name, method="dense", top1=result.last_top1, seconds=result.seconds)
     return model.eval()
 
 
@@ -151,6 +150,34 @@ class Candidate:
     model: nn.Module
     ratio: float  # the method's own figure at this knob (kept fraction, FLOPs ratio, ...)
     reachable: bool = True
+    mask: ChannelMask | None = None  # on the dense model's graph; None for a peer's model
+
+
+def stem(name: str, method: str, target: float, seed: int | None) -> str:
+    """Work-file name of one pruned model (prune-train has one per seed)."""
+    return f"{name}_{method}_t{target}" + (f"_s{seed}" if seed is not None else "")
+
+
+def save_pruned(candidate: Candidate, stem_: str) -> None:
+    """Tensors only (no pickled modules): the weights, and hwprune's mask (a peer's model is rebuilt by its knob)."""
+    torch.save(candidate.model.state_dict(), WORK / f"{stem_}.pt")
+    if candidate.mask is not None:
+        candidate.mask.save(WORK / f"{stem_}.mask.json")
+
+
+def load_pruned(stem_: str, dense: nn.Module, args, knob: float | None) -> nn.Module:
+    """The pruned model saved by :func:`save_pruned`, in eval mode.
+
+    hwprune's models are the dense one compacted by the saved mask; Torch-Pruning's is pruned again at its
+    ``knob`` (deterministic: same weights, same batches), and loading the saved tensors checks every shape.
+    """
+    if (WORK / f"{stem_}.mask.json").exists():
+        graph = build_channel_graph(dense, timing_example(args), "dense")
+        model = compact_model(graph, ChannelMask.load(WORK / f"{stem_}.mask.json"))
+    else:
+        model = torch_pruning_at(dense, args)(knob).model
+    model.load_state_dict(torch.load(WORK / f"{stem_}.pt", weights_only=True))
+    return model.eval()
 
 
 def hwprune_masked(dense: nn.Module, args, solve_mask) -> Callable[[float], Candidate]:
@@ -162,7 +189,7 @@ def hwprune_masked(dense: nn.Module, args, solve_mask) -> Callable[[float], Cand
 
     def at(knob: float) -> Candidate:
         mask, ratio, reachable = solve_mask(graph, scores, knob, round_to)
-        return Candidate(compact_model(graph, mask), ratio, reachable)
+        return Candidate(compact_model(graph, mask), ratio, reachable, mask)
 
     return at
 
@@ -207,17 +234,17 @@ def torch_pruning_at(dense: nn.Module, args) -> Callable[[float], Candidate]:
     return at
 
 
-def searched(name: str, method: str, target: float, at, judge: LatencyJudge, args) -> tuple[nn.Module, dict]:
+def searched(name: str, method: str, target: float, at, judge: LatencyJudge, args) -> tuple[Candidate, dict]:
     """The method's knob moved until its shipped file's measured latency ratio is within tolerance."""
     path = WORK / f"{name}_{method}_t{target}.onnx"
     sol, ratio, iterations = closed_loop(
         at, lambda c: judge.ratio(c.model, path), target, args.tolerance, max_iterations=6
     )
     knob = next(it["budget"] for it in iterations if it["measured"] == ratio)  # the best one's, not the last's
-    return sol.model, {"knob": knob, "loop_ratio": ratio, "iterations": iterations}
+    return sol, {"knob": knob, "loop_ratio": ratio, "iterations": iterations}
 
 
-def latency_aware(name: str, dense: nn.Module, target: float, args) -> tuple[nn.Module, dict]:
+def latency_aware(name: str, dense: nn.Module, target: float, args) -> tuple[Candidate, dict]:
     """``hwprune.prune(latency=target)``: edge profile (shared over targets), solver, its own closed loop."""
     import hwprune
 
@@ -236,7 +263,8 @@ def latency_aware(name: str, dense: nn.Module, target: float, args) -> tuple[nn.
         progress=False,
     )
     report = result.report
-    return result.model, {"loop_ratio": report.loop_ratio, "iterations": report.iterations, "status": report.status}
+    info = {"loop_ratio": report.loop_ratio, "iterations": report.iterations, "status": report.status}
+    return Candidate(result.model, report.measured_ratio, True, result.mask), info
 
 
 def prune_train_at(name: str, dense: nn.Module, args, seed: int) -> Callable[[float], Candidate]:
@@ -256,7 +284,7 @@ def prune_train_at(name: str, dense: nn.Module, args, seed: int) -> Callable[[fl
             seed=seed,
         )
         result = prune_train(copy.deepcopy(dense), timing_example(args), train_loader, None, config, name=name)
-        return Candidate(result.model.eval(), kept, kept > 0)
+        return Candidate(result.model.eval(), kept, kept > 0, result.mask)
 
     return at
 
@@ -281,7 +309,7 @@ def search_phase(name: str, dense: nn.Module, methods: list[str], targets: list[
                 start = time.perf_counter()
                 try:
                     if method == "latency-aware":
-                        model, info = latency_aware(name, dense, target, args)
+                        candidate, info = latency_aware(name, dense, target, args)
                     else:
                         at = {
                             "uniform": lambda: hwprune_masked(dense, args, uniform_mask),
@@ -291,58 +319,79 @@ def search_phase(name: str, dense: nn.Module, methods: list[str], targets: list[
                         }[method]()
                         knob = first_knob.get((method, target))
                         if knob is None:
-                            model, info = searched(name, method, target, at, judge, args)
+                            candidate, info = searched(name, method, target, at, judge, args)
                             first_knob[(method, target)] = info["knob"]
                         else:  # later prune-train seeds reuse the first seed's removed share; timed below
-                            model, info = at(knob).model, {"knob": knob}
+                            candidate, info = at(knob), {"knob": knob}
                 except HwpruneError as exc:
-                    record(journal, phase="search", model=name, method=method, target=target, seed=seed,
-                           failed=first_line(exc))  # fmt: skip
+                    journal.record(
+                        phase="search", model=name, method=method, target=target, seed=seed, failed=first_line(exc)
+                    )
                     continue
-                suffix = f"_s{seed}" if seed is not None else ""
-                torch.save(model, WORK / f"{name}_{method}_t{target}{suffix}.pt")
-                record(journal, phase="search", model=name, method=method, target=target, seed=seed,
-                       seconds=time.perf_counter() - start, **info)  # fmt: skip
+                save_pruned(candidate, stem(name, method, target, seed))
+                journal.record(
+                    phase="search",
+                    model=name,
+                    method=method,
+                    target=target,
+                    seed=seed,
+                    seconds=time.perf_counter() - start,
+                    **info,
+                )
 
 
-def side_by_side(name: str, dense: nn.Module, journal: list[dict], args) -> None:
+def side_by_side(name: str, dense: nn.Module, journal: Journal, args) -> None:
     """Every pruned model of ``name``, shipped as ONNX, timed against the dense file in one interleaved run."""
     rows = [r for r in journal if r["phase"] == "search" and r["model"] == name and "failed" not in r]
-    files, example = [], timing_example(args)
+    files, models, example = [], [], timing_example(args)
     for r in rows:
-        suffix = f"_s{r['seed']}" if r.get("seed") is not None else ""
-        stem = f"{name}_{r['method']}_t{r['target']}{suffix}"
-        model = torch.load(WORK / f"{stem}.pt", weights_only=False)
-        export_verified(model, example, WORK / f"{stem}_shipped.onnx", DEFAULT_EXPORTER)
-        files.append(WORK / f"{stem}_shipped.onnx")
+        at = stem(name, r["method"], r["target"], r.get("seed"))
+        models.append(load_pruned(at, dense, args, r.get("knob")))
+        export_verified(models[-1], example, WORK / f"{at}_shipped.onnx", DEFAULT_EXPORTER)
+        files.append(WORK / f"{at}_shipped.onnx")
     dense_file = dense_onnx(name, dense, args)
     timed = measure(BACKEND, [dense_file, *files], example, threads=args.threads, repeats=3 * args.repeats)
     stamp = time.time()  # a rerun's timing replaces this one in the table
     dense_flops = count_flops(dense, example)
-    for r, m in zip(rows, timed[1:], strict=True):
-        suffix = f"_s{r['seed']}" if r.get("seed") is not None else ""
-        model = torch.load(WORK / f"{name}_{r['method']}_t{r['target']}{suffix}.pt", weights_only=False)
+    for r, model, m in zip(rows, models, timed[1:], strict=True):
         flops = count_flops(model, example)
         ratio, stderr = paired_ratio(timed[0], m)
-        record(journal, phase="timed", stamp=stamp, model=name, method=r["method"], target=r["target"],
-               seed=r.get("seed"), latency_ratio=ratio, latency_stderr=stderr, dense_ms=timed[0].median_ms,
-               pruned_ms=m.median_ms, other_load=m.other_load, flops_ratio=flops.flops / dense_flops.flops,
-               params_ratio=flops.params / dense_flops.params)  # fmt: skip
+        journal.record(
+            phase="timed",
+            stamp=stamp,
+            model=name,
+            method=r["method"],
+            target=r["target"],
+            seed=r.get("seed"),
+            latency_ratio=ratio,
+            latency_stderr=stderr,
+            dense_ms=timed[0].median_ms,
+            pruned_ms=m.median_ms,
+            other_load=m.other_load,
+            flops_ratio=flops.flops / dense_flops.flops,
+            params_ratio=flops.params / dense_flops.params,
+        )
 
 
-def finetune_phase(name: str, seeds: list[int], journal: list[dict], args) -> None:
+def finetune_phase(name: str, dense: nn.Module, seeds: list[int], journal: Journal, args) -> None:
     """Each pruned model, per seed: BatchNorm re-estimated, ``finetune_epochs`` of SGD, test top-1."""
     done = {(r["model"], r["method"], r["target"], r["seed"]) for r in journal if r["phase"] == "finetune"}
     for r in [r for r in journal if r["phase"] == "search" and r["model"] == name and "failed" not in r]:
         for seed in seeds if r.get("seed") is None else [r["seed"]]:
             if (name, r["method"], r["target"], seed) in done:
                 continue
-            suffix = f"_s{r['seed']}" if r.get("seed") is not None else ""
-            model = torch.load(WORK / f"{name}_{r['method']}_t{r['target']}{suffix}.pt", weights_only=False)
+            model = load_pruned(stem(name, r["method"], r["target"], r.get("seed")), dense, args, r.get("knob"))
             train_loader, test_loader = loaders(args, seed)
             if r["method"] == "prune-train":  # trained inside its rounds already: the same number of epochs
-                record(journal, phase="finetune", model=name, method=r["method"], target=r["target"], seed=seed,
-                       top1_after_bn=None, top1=evaluate(model, test_loader, "cpu").top1)  # fmt: skip
+                journal.record(
+                    phase="finetune",
+                    model=name,
+                    method=r["method"],
+                    target=r["target"],
+                    seed=seed,
+                    top1_after_bn=None,
+                    top1=evaluate(model, test_loader, "cpu").top1,
+                )
                 continue
             torch.manual_seed(seed)
             recalibrate_batchnorm(model, train_loader, BN_SAMPLES)
@@ -350,20 +399,21 @@ def finetune_phase(name: str, seeds: list[int], journal: list[dict], args) -> No
             config = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.batch_size,
                                  seed=seed)  # fmt: skip
             result = train(model, train_loader, test_loader, config)
-            record(journal, phase="finetune", model=name, method=r["method"], target=r["target"], seed=seed,
-                   top1_after_bn=after_bn, top1=result.last_top1)  # fmt: skip
+            journal.record(
+                phase="finetune",
+                model=name,
+                method=r["method"],
+                target=r["target"],
+                seed=seed,
+                top1_after_bn=after_bn,
+                top1=result.last_top1,
+            )
 
 
 # ------------------------------------------------------------------ journal and tables
 
 
-def record(journal: list[dict], **row) -> None:
-    journal.append(row)
-    with open(WORK / "journal.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-
-
-def table(journal: list[dict], args) -> pd.DataFrame:
+def table(journal: Journal, args) -> pd.DataFrame:
     runs = pd.DataFrame([r for r in journal if r["phase"] in ("timed", "finetune")])
     rows = []
     if runs.empty:
@@ -407,7 +457,7 @@ def plot(frame: pd.DataFrame, dense_top1: dict[str, float]) -> None:
     plt.close(fig)
 
 
-def write(journal: list[dict], args) -> None:
+def write(journal: Journal, args) -> None:
     frame = table(journal, args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(RESULTS / "pareto.csv", index=False)
@@ -440,8 +490,7 @@ def main() -> None:
     args = arguments()
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "journal.jsonl"
-    journal = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    journal = Journal(WORK / "journal.jsonl")
     methods = args.methods.split(",")
     targets = [float(t) for t in args.targets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -451,7 +500,7 @@ def main() -> None:
             search_phase(name, dense, methods, targets, seeds, args, journal)
             side_by_side(name, dense, journal, args)
         if args.phase in ("finetune", "all"):
-            finetune_phase(name, seeds, journal, args)
+            finetune_phase(name, dense, seeds, journal, args)
         write(journal, args)
 
 
