@@ -142,7 +142,7 @@ def gating_run(name: str, method: str, target: float, seed: int, args, journal: 
         target=target,
         seed=seed,
         cost=result.history[-1]["cost_ratio"],
-        latency_ratio=outcome.ratio[0],
+        latency_ratio=outcome.ratio,
         flops_ratio=rec.flops / rec.flops_before,
         top1=result.train.last_top1,
         seconds=seconds,

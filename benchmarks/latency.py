@@ -31,6 +31,7 @@ from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.latency.backends import measure
+from hwprune.latency.measurement import SESSIONS
 from hwprune.latency.model import LatencyModel
 from hwprune.latency.profiler import profile_edges, profiled_groups, spearman
 from hwprune.latency.validate import validate
@@ -89,7 +90,7 @@ def budget_row(job, lut_path, target, backend, threads, out_dir):
         predicted_ratio=round(result.predicted_ratio, 4),
         error_pct=round((result.measured_ratio / target - 1) * 100, 2),
         shipped_ratio=round(result.measured_ratio, 4),
-        shipped_ci95=round(1.96 * result.stderr, 4),
+        shipped_ci95=round(result.ci95, 4),
         loop_error_pct=round((result.loop_ratio / target - 1) * 100, 2),
         status=result.status,
         iterations=len(result.iterations),
@@ -106,7 +107,9 @@ def write_budget(rows, env):
         f"exporter everywhere)\n\nCommand: `python benchmarks/latency.py {' '.join(sys.argv[1:])}`. Goal: the "
         "shipped file's ratio within +-3 % of the target. measured_ratio: the closed loop's best measurement "
         "(selected, so biased toward the target); shipped_ratio: the shipped ONNX file timed afresh against the "
-        "dense file after the loop (decides); shipped_ci95: its 95 % interval half-width; error_pct = "
+        f"dense file after the loop (decides); every ratio (loop and shipped) is the mean over {SESSIONS} fresh "
+        "session pairs timed in one interleaved run; shipped_ci95: its 95 % interval half-width (Student's t "
+        "over the pairs); error_pct = "
         "(shipped / target - 1) x 100; status: met / missed / undecided (interval wider than the tolerance, or "
         "other processes used over 0.5 CPU cores while the shipped file was timed: other_load_cores).",
     )

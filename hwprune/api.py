@@ -28,7 +28,7 @@ from hwprune.export.pipeline import ExportReport, export_pruned
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
 from hwprune.latency.backends import DEFAULT_BACKEND, require_available
 from hwprune.latency.lut import LUT
-from hwprune.latency.measurement import Measurement
+from hwprune.latency.measurement import SESSIONS, Measurement
 from hwprune.prune.masks import ChannelMask
 from hwprune.workflow import IMPORTANCE_SAMPLES, BudgetOutcome, ModelInput, OnnxInput, prune_to_budget
 from hwprune.workflow.evaluation import Evaluation
@@ -145,6 +145,7 @@ def prune(
     tolerance: float = 0.03,
     threads: int = 1,
     repeats: int = 30,
+    sessions: int = SESSIONS,
     out: str | Path | None = None,
     name: str | None = None,
     progress: bool = True,
@@ -153,6 +154,7 @@ def prune(
 
     Latency is predicted from an edge profile on ``backend`` (or the given ``lut``), then measured and
     corrected until within ``tolerance``; the shipped artifact is timed afresh and decides (``result.met``).
+    Each latency ratio is the mean over ``sessions`` fresh session pairs timed in one interleaved run.
     ``data`` is your DataLoader (or any iterable of (x, y) batches): gradient-based importances
     (``taylor``, ``fisher``, ...) average over ``imp_samples`` of it, and ``finetune`` (a number of epochs
     of the built-in trainer on ``data``, or your own ``fn(model)``) trains the compacted model afterwards, after
@@ -181,6 +183,7 @@ def prune(
             importance=importance,
             threads=threads,
             repeats=repeats,
+            sessions=sessions,
             tolerance=tolerance,
             progress=progress,
             round_to=round_to,

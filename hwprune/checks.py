@@ -136,6 +136,7 @@ def prune_settings(
     tolerance: Any = 0.03,
     round_to: Any = None,
     finetune_epochs: Any = 0,
+    sessions: Any = 1,
 ) -> None:
     """The numbers of a budget run (``hwprune prune`` / :func:`hwprune.jobs.prune_to_budget`)."""
     if target_kind not in ("flops", "params", "latency"):
@@ -145,6 +146,7 @@ def prune_settings(
     real(tolerance, "--tolerance", 0.0, 1.0, low_open=True, high_open=True, example="0.03")
     optional_whole(round_to, "--round-to", 1, "channel counts are kept multiples of it")
     whole(finetune_epochs, "--finetune-epochs", 0)
+    whole(sessions, "--sessions", 1, "fresh session pairs a latency ratio is averaged over")
 
 
 def timing(threads: Any, repeats: Any) -> None:

@@ -655,6 +655,11 @@ CASES: list[Case] = [
         "--repeats must be",
     ),
     C(
+        "prune_sessions_zero",
+        lambda i, w: ["prune", *_m(), "--latency", "0.5", "--sessions", "0", "--out", str(w / "p")],
+        "--sessions must be",
+    ),
+    C(
         "prune_flops_unreachable",
         lambda i, w: ["prune", *_m(), "--flops", "0.01", "--out", str(w / "p")],
         "best reachable ratio",

@@ -17,8 +17,7 @@ from hwprune.export.onnx_export import export_onnx
 from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
 from hwprune.prune.masks import ChannelMask
 from hwprune.results import ResultsStore
-from hwprune.workflow import budget as budget_stage
-from hwprune.workflow import ship as ship_stage
+from tests.test_trust import spy_measure
 
 pytestmark = pytest.mark.onnx
 
@@ -55,20 +54,6 @@ def onnx_model(tmp_path_factory) -> Path:
     return path
 
 
-def spy_measure(monkeypatch) -> list[dict]:
-    calls = []
-    real = ship_stage.measure
-
-    def spy(backend, models, example, **kw):
-        files = {m.name: hashlib.sha256(m.read_bytes()).hexdigest() for m in models if isinstance(m, Path)}
-        calls.append({"backend": backend, "kinds": [type(m).__name__ for m in models], "sha256": files})
-        return real(backend, models, example, **kw)
-
-    for stage in (budget_stage, ship_stage):
-        monkeypatch.setattr(stage, "measure", spy)
-    return calls
-
-
 def params_of(path: Path) -> int:
     return sum(int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer)
 
@@ -76,7 +61,19 @@ def params_of(path: Path) -> int:
 def test_prune_onnx_to_a_latency_budget_times_and_ships_the_file(onnx_model, tmp_path, monkeypatch, capsys):
     calls = spy_measure(monkeypatch)
     out = tmp_path / "p"
-    argv = ["prune", "--onnx", str(onnx_model), "--latency", "0.6", "--repeats", "5", "--out", str(out)]
+    argv = [
+        "prune",
+        "--onnx",
+        str(onnx_model),
+        "--latency",
+        "0.6",
+        "--repeats",
+        "5",
+        "--sessions",
+        "2",
+        "--out",
+        str(out),
+    ]
     rc = main([*argv, "--results", str(tmp_path / "r.csv")])
     [row] = ResultsStore(tmp_path / "r.csv").records()
     extra = json.loads(row.extra)
@@ -85,8 +82,8 @@ def test_prune_onnx_to_a_latency_budget_times_and_ships_the_file(onnx_model, tmp
     assert {"lut.json", "mask.json", shipped.name} <= {p.name for p in out.iterdir()}
     # every measurement on onnxruntime; profile and loop time in-memory compacted ONNX models, never a module
     assert calls and all(c["backend"] == "ort-cpu" for c in calls)
-    assert all(k == "ModelProto" for c in calls[:-1] for k in c["kinds"])
-    assert calls[-1]["kinds"][1] == "PosixPath"  # the last: the shipped file itself, timed afresh
+    assert all(type(m).__name__ == "ModelProto" for c in calls[:-1] for m in c["models"])
+    assert isinstance(calls[-1]["models"][1], Path)  # the last: the shipped file itself, timed afresh
     assert calls[-1]["sha256"][shipped.name] == hashlib.sha256(shipped.read_bytes()).hexdigest()
     # the shipped file really has fewer channels, and computes what the masked source computes
     assert params_of(shipped) < params_of(onnx_model)

@@ -13,14 +13,21 @@ from torch import fx, nn
 from hwprune.cli import main
 from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import export_onnx
-from hwprune.latency.measurement import Measurement, paired_ratio, time_interleaved
+from hwprune.latency.measurement import (
+    LatencyRatio,
+    Measurement,
+    median_stderr,
+    paired_ratio,
+    pairs_precision,
+    time_interleaved,
+)
 from hwprune.prune.importance import DEFAULT_T, channel_importance
 from hwprune.prune.masks import ChannelMask
 from hwprune.results import ResultsStore
 from hwprune.workflow import ModelInput, budget_verdict, importance_batches, importance_scores
-from hwprune.workflow.closed_loop import closed_loop
 from hwprune.workflow import budget as budget_stage
 from hwprune.workflow import ship as ship_stage
+from hwprune.workflow.closed_loop import closed_loop
 from hwprune.workflow.scoring import IMPORTANCE_BATCH
 from tests.test_importance import chain, chain_channel, chain_group, hand_grads
 
@@ -44,20 +51,91 @@ def test_paired_ratio_is_exact_on_a_constant_ratio_and_its_error_grows_with_nois
 
 
 @pytest.mark.parametrize(
-    ("ratio", "stderr", "want"),
+    ("ratio", "ci95", "want"),
     [
-        (0.505, 0.002, "met"),  # within 3 % of 0.5, interval +-0.004 < tolerance 0.015
-        (0.55, 0.002, "missed"),  # 10 % off, precisely measured
-        (0.50, 0.010, "undecided"),  # on target, but +-0.0196 is wider than +-0.015: never "met"
-        (0.60, 0.050, "undecided"),
+        (0.505, 0.004, "met"),  # within 3 % of 0.5, interval +-0.004 < tolerance 0.015
+        (0.55, 0.004, "missed"),  # 10 % off, precisely measured
+        (0.50, 0.0196, "undecided"),  # on target, but +-0.0196 is wider than +-0.015: never "met"
+        (0.60, 0.098, "undecided"),
         (0.50, float("inf"), "undecided"),
     ],
 )
-def test_budget_verdict(ratio, stderr, want):
-    assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03) == want
-    assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03, other_load=0.1) == want  # a quiet host
+def test_budget_verdict(ratio, ci95, want):
+    assert budget_verdict(ratio, ci95, target=0.5, tolerance=0.03) == want
+    assert budget_verdict(ratio, ci95, target=0.5, tolerance=0.03, other_load=0.1) == want  # a quiet host
     # a busy host: contention biases the ratio without widening its interval, so nothing is decided on it
-    assert budget_verdict(ratio, stderr, target=0.5, tolerance=0.03, other_load=0.9) == "undecided"
+    assert budget_verdict(ratio, ci95, target=0.5, tolerance=0.03, other_load=0.9) == "undecided"
+
+
+def session_pairs(ratios, noise=0.0, rounds=40, seed=0):
+    """A LatencyRatio whose pairs time at exactly ``ratios`` (plus round-to-round noise of ``noise`` ms)."""
+    rng = np.random.default_rng(seed)
+    base = np.full(rounds, 10.0)
+    return LatencyRatio(
+        tuple(fake_measurement(base) for _ in ratios),
+        tuple(fake_measurement(base * r + rng.normal(0, noise, rounds)) for r in ratios),
+    )
+
+
+def test_a_ratio_over_session_pairs_is_their_mean_with_a_student_t_interval():
+    timing = session_pairs([0.50, 0.52, 0.54])
+    assert [r for r, _ in timing.per_session] == pytest.approx([0.50, 0.52, 0.54], abs=1e-3)  # median-based
+    assert timing.ratio == pytest.approx(0.52, abs=1e-3)
+    # t(0.975, 2 df) = 4.3027; sd of the pairs 0.02: 4.3027 x 0.02 / sqrt(3)
+    assert timing.ci95 == pytest.approx(4.3027 * 0.02 / np.sqrt(3), rel=0.02)
+    one = session_pairs([0.5], noise=0.3)
+    assert one.ci95 == pytest.approx(1.96 * one.per_session[0][1])  # one pair: its own rounds' interval
+    # pairs that agree exactly still carry their rounds' noise: the interval never shrinks below it
+    agreeing = session_pairs([0.5] * 4, noise=0.3)
+    errors = np.array([e for _, e in agreeing.per_session])
+    assert agreeing.ci95 >= 1.96 * np.sqrt(np.mean(errors**2) / 4) > 0
+
+
+def test_one_session_pair_decides_what_the_spread_of_five_leaves_undecided():
+    """Negative control: the first pair alone (0.48, precise) says missed; the five pairs' spread says undecided."""
+    timing = session_pairs([0.48, 0.50, 0.52, 0.50, 0.50])
+    first, first_err = timing.per_session[0]
+    assert budget_verdict(first, 1.96 * first_err, target=0.5, tolerance=0.03) == "missed"
+    assert timing.ratio == pytest.approx(0.50, abs=1e-3)
+    assert timing.ci95 > 0.015  # t(4) x 0.0141 / sqrt(5) = 0.0176
+    assert budget_verdict(timing.ratio, timing.ci95, target=0.5, tolerance=0.03) == "undecided"
+
+
+def test_pooled_measurement_keeps_every_session_s_rounds():
+    timing = session_pairs([0.5, 0.6], rounds=30)
+    assert timing.candidate.samples == 60 and len(timing.candidate.samples_ms) == 60
+    assert timing.candidate.median_ms == pytest.approx(np.median(timing.candidate.samples_ms))
+
+
+def test_pairs_precision_is_the_standard_error_of_the_mean_over_pairs():
+    rng = np.random.default_rng(1)
+    samples = [list(10 + rng.normal(0, 0.5, 50)) for _ in range(4)]  # baseline, candidate, baseline, candidate
+    errors = [median_stderr(np.subtract(samples[i], samples[i + 1])) / np.median(samples[i]) for i in (0, 2)]
+    assert pairs_precision(samples) == pytest.approx(np.sqrt(np.mean(np.square(errors)) / 2))
+
+
+@pytest.mark.onnx
+def test_measure_ratio_times_fresh_sessions_interleaved_in_one_run(tmp_path, monkeypatch):
+    """Each pair is a fresh (baseline, candidate) preparation; every runner gets the same rounds."""
+    from hwprune.latency import backends
+
+    model = chain().eval()
+    x = torch.randn(1, 1, 2, 2)
+    path = tmp_path / "chain.onnx"
+    export_onnx(model, x, path, "dynamo")
+    prepared = []
+    real_prepare = backends.OrtCpu.prepare
+
+    def counting_prepare(self, m, example, **kw):
+        prepared.append(m)
+        return real_prepare(self, m, example, **kw)
+
+    monkeypatch.setattr(backends.OrtCpu, "prepare", counting_prepare)
+    timing = backends.measure_ratio("ort-cpu", path, path, x, sessions=3, repeats=12, precision=None)
+    assert prepared == [path] * 6
+    assert len(timing.baselines) == len(timing.candidates) == 3
+    assert {m.samples for m in (*timing.baselines, *timing.candidates)} == {12}
+    assert np.isfinite(timing.ratio) and np.isfinite(timing.ci95)
 
 
 @dataclasses.dataclass
@@ -144,6 +222,8 @@ def prune_args(out, backend="ort-cpu", target="0.7"):
         backend,
         "--repeats",
         "5",
+        "--sessions",
+        "2",
         "--out",
         str(out),
         "--results",
@@ -152,17 +232,20 @@ def prune_args(out, backend="ort-cpu", target="0.7"):
 
 
 def spy_measure(monkeypatch):
-    """Record every measure() call the budget job makes (the backend, the models' types, the exporter)."""
+    """Record every measure_ratio() call the budget job makes (the backend, the models' types, the exporter)."""
     calls = []
-    real = ship_stage.measure
+    real = ship_stage.measure_ratio
 
-    def spy(backend, models, example, **kw):
+    def spy(backend, baseline, candidate, example, **kw):
+        models = [baseline, candidate]
         files = {m.name: hashlib.sha256(m.read_bytes()).hexdigest() for m in models if isinstance(m, Path)}
-        calls.append({"backend": backend, "models": list(models), "exporter": kw.get("exporter"), "sha256": files})
-        return real(backend, models, example, **kw)
+        timing = real(backend, baseline, candidate, example, **kw)
+        calls.append({"backend": backend, "models": models, "exporter": kw.get("exporter"), "sha256": files,
+                      "sessions": len(timing.candidates)})  # fmt: skip
+        return timing
 
     for stage in (budget_stage, ship_stage):  # the closed loop and the shipped file's re-measurement
-        monkeypatch.setattr(stage, "measure", spy)
+        monkeypatch.setattr(stage, "measure_ratio", spy)
     return calls
 
 
@@ -233,7 +316,7 @@ def test_every_backend_prunes_to_a_latency_budget_through_the_cli(backend, tmp_p
     assert rc == {"met": 0, "missed": 1, "undecided": 3}[extra["status"]]
     assert row.latency_backend == backend and row.latency_ms_median > 0 and row.latency_before_ms > 0
     assert extra["random_max_rel_diff"] < 1e-4 and extra["check_seed"] is not None  # the randomised proof ran
-    assert calls and all(c["backend"] == backend for c in calls)
+    assert calls and all(c["backend"] == backend and c["sessions"] == 2 for c in calls)  # --sessions 2
     if backend.startswith("ort"):  # ONNX files on both sides, the last one the shipped file
         assert f"{backend} latency of the shipped ONNX file" in text
         assert all(isinstance(c["models"][0], Path) for c in calls)  # the dense file, exported once
@@ -253,9 +336,11 @@ def test_a_noisy_measurement_is_undecided_never_met(tmp_path, monkeypatch, capsy
     """On target, but the shipped file's timings spread too much to tell: exit 3 with a hint."""
     rng = np.random.default_rng(0)
 
-    def noisy_time_shipped(backend, graph, compacted, onnx_path, example, exporter, threads, repeats, precision):
+    def noisy_time_shipped(backend, graph, compacted, onnx_path, example, exporter, threads, repeats, precision,
+                           sessions):  # fmt: skip
         base = 10 + rng.normal(0, 2, 60)
-        return fake_measurement(base, backend), fake_measurement(base * 0.0 + 7.0 + rng.normal(0, 2, 60), backend)
+        shipped = fake_measurement(base * 0.0 + 7.0 + rng.normal(0, 2, 60), backend)
+        return LatencyRatio((fake_measurement(base, backend),), (shipped,))
 
     monkeypatch.setattr(ship_stage, "time_shipped", noisy_time_shipped)
     rc = main(prune_args(tmp_path / "p", "torch-cpu"))
@@ -263,17 +348,18 @@ def test_a_noisy_measurement_is_undecided_never_met(tmp_path, monkeypatch, capsy
     extra = json.loads(ResultsStore(tmp_path / "results.csv").records()[-1].extra)
     assert extra["status"] == "undecided" and rc == 3
     last = err.strip().splitlines()[-1]  # above it: the profiler's progress bar
-    assert last.startswith("hwprune: undecided") and "more --repeats" in last
+    assert last.startswith("hwprune: undecided") and "more --sessions or --repeats" in last
 
 
 @pytest.mark.parametrize(("other_load", "status", "rc"), [(0.05, "met", 0), (1.2, "undecided", 3)])
 def test_a_busy_host_leaves_a_precise_measurement_undecided(other_load, status, rc, tmp_path, monkeypatch, capsys):
     """Precise and exactly on target (0.7): met on a quiet host; undecided when others loaded the CPU."""
 
-    def precise_time_shipped(backend, graph, compacted, onnx_path, example, exporter, threads, repeats, precision):
+    def precise_time_shipped(backend, graph, compacted, onnx_path, example, exporter, threads, repeats, precision,
+                             sessions):  # fmt: skip
         base = fake_measurement(np.full(60, 10.0), backend)
         shipped = fake_measurement(np.full(60, 7.0), backend)
-        return base, dataclasses.replace(shipped, other_load=other_load)
+        return LatencyRatio((base,), (dataclasses.replace(shipped, other_load=other_load),))
 
     monkeypatch.setattr(ship_stage, "time_shipped", precise_time_shipped)
     assert main(prune_args(tmp_path / "p", "torch-cpu")) == rc

@@ -54,6 +54,7 @@ def cmd_prune(args) -> None:
             importance=args.importance,
             threads=args.threads,
             repeats=args.repeats,
+            sessions=args.sessions,
             tolerance=args.tolerance,
             results=None,  # appended below, once the files are in place
             round_to=args.round_to,
@@ -114,7 +115,9 @@ def _check_prune(args) -> None:
         if args.finetune_epochs:
             raise HwpruneError("--finetune-epochs needs a PyTorch model: an ONNX file has no module to train")
     kind, target = _budget(args)
-    checks.prune_settings(kind, target, args.threads, args.repeats, args.tolerance, args.round_to, args.finetune_epochs)
+    checks.prune_settings(
+        kind, target, args.threads, args.repeats, args.tolerance, args.round_to, args.finetune_epochs, args.sessions
+    )
     checks.backend(args.backend)
     check_importance(args, args.importance)
     if args.finetune_epochs and args.data is None:
@@ -150,6 +153,7 @@ def _check_prune(args) -> None:
 
 def _prune_arguments(p: argparse.ArgumentParser) -> None:
     from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND, available_backends, onnx_backends
+    from hwprune.latency.measurement import SESSIONS
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
     from hwprune.workflow.recovery import BN_SAMPLES
 
@@ -203,6 +207,13 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distill-temperature", type=float, default=4.0, help="distillation temperature T (default 4)")
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--repeats", type=int, default=30, help="timed runs per measurement (default 30)")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=SESSIONS,
+        help=f"fresh session pairs (dense, pruned) a latency ratio is averaged over, timed in one interleaved run "
+        f"(default {SESSIONS}; fresh sessions of one file time a few %% apart)",
+    )
     p.add_argument("--tolerance", type=float, default=0.03, help="accepted relative error of the result (0.03)")
     p.add_argument(
         "--round-to",

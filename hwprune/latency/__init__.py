@@ -7,18 +7,21 @@ from hwprune.latency.backends import (
     LatencyBackend,
     available_backends,
     measure,
+    measure_ratio,
     register_backend,
     require_available,
 )
-from hwprune.latency.measurement import Measurement
+from hwprune.latency.measurement import LatencyRatio, Measurement
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_BACKEND",
     "LatencyBackend",
+    "LatencyRatio",
     "Measurement",
     "available_backends",
     "measure",
+    "measure_ratio",
     "register_backend",
     "require_available",
 ]

@@ -17,10 +17,13 @@ from torch import nn
 
 from hwprune.errors import HwpruneError
 from hwprune.latency.measurement import (
+    SESSIONS,
+    LatencyRatio,
     Measurement,
     OtherLoad,
     host_device,
     host_timer,
+    pairs_precision,
     robust_stats,
     time_interleaved,
 )
@@ -160,24 +163,50 @@ def measure(
     runners = [require_available(backend).prepare(m, example, threads=threads, **opts) for m in models]
     with OtherLoad() as load:
         samples = time_interleaved([r.timer() for r in runners], repeats, precision, max_repeats)
-    out = []
-    for r, s in zip(runners, samples, strict=False):
-        median, iqr, rejected = robust_stats(s)
-        out.append(
-            Measurement(
-                backend,
-                median,
-                iqr,
-                len(s),
-                rejected,
-                r.threads,
-                int(example.shape[0]),
-                tuple(example.shape),
-                r.device,
-                r.provider,
-                r.versions,
-                tuple(float(v) * 1e3 for v in s),
-                load.cores,
-            )
-        )
-    return out
+    return [_measurement(backend, r, s, example, load.cores) for r, s in zip(runners, samples, strict=True)]
+
+
+def measure_ratio(
+    backend: str,
+    baseline,
+    candidate,
+    example: torch.Tensor,
+    sessions: int = SESSIONS,
+    threads: int = 1,
+    repeats: int = 30,
+    precision: float | None = 0.005,
+    max_repeats: int | None = None,
+    **opts,
+) -> LatencyRatio:
+    """``candidate`` / ``baseline`` latency over ``sessions`` fresh runner pairs, all interleaved in one run.
+
+    Each pair gets at least ``repeats`` rounds; more (up to ``max_repeats``) until the pairs' own standard
+    error is within ``precision`` (the spread between pairs, which rounds cannot shrink, widens ``ci95``).
+    """
+    engine = require_available(backend)
+    runners = [
+        engine.prepare(m, example, threads=threads, **opts) for _ in range(sessions) for m in (baseline, candidate)
+    ]
+    with OtherLoad() as load:
+        samples = time_interleaved([r.timer() for r in runners], repeats, precision, max_repeats, pairs_precision)
+    timed = [_measurement(backend, r, s, example, load.cores) for r, s in zip(runners, samples, strict=True)]
+    return LatencyRatio(tuple(timed[0::2]), tuple(timed[1::2]))
+
+
+def _measurement(backend: str, runner: Runner, samples: list[float], example: torch.Tensor, load) -> Measurement:
+    median, iqr, rejected = robust_stats(samples)
+    return Measurement(
+        backend,
+        median,
+        iqr,
+        len(samples),
+        rejected,
+        runner.threads,
+        int(example.shape[0]),
+        tuple(example.shape),
+        runner.device,
+        runner.provider,
+        runner.versions,
+        tuple(float(v) * 1e3 for v in samples),
+        load,
+    )

@@ -6,7 +6,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -55,6 +55,66 @@ def paired_ratio(baseline: Measurement, candidate: Measurement) -> tuple[float, 
     return ratio, float(median_stderr(diffs) / baseline.median_ms)
 
 
+SESSIONS = 5  # independent runner pairs a latency ratio is averaged over (see LatencyRatio)
+
+
+@dataclass(frozen=True)
+class LatencyRatio:
+    """Candidate / baseline latency over independent runner pairs (fresh sessions) timed in one interleaved run.
+
+    Why several pairs: on onnxruntime CPU, fresh sessions of the very same file time up to 8 % apart (memory
+    placement), and the ratio of a fresh pair moves by about 1 % sd (resnet18 pruned to 50 % of its FLOPs, six
+    pairs in one run), more than one pair's own interval shows: a closed loop that stopped at +0.9 % shipped a
+    file that timed +4.5 % in the next pair. The ratio is the mean over pairs; its 95 % interval comes from their
+    spread (Student's t), and is never narrower than the pairs' own rounds allow.
+    """
+
+    baselines: tuple[Measurement, ...]
+    candidates: tuple[Measurement, ...]
+
+    @property
+    def per_session(self) -> list[tuple[float, float]]:
+        """Each pair's paired ratio and its standard error."""
+        return [paired_ratio(b, c) for b, c in zip(self.baselines, self.candidates, strict=True)]
+
+    @property
+    def ratio(self) -> float:
+        return float(np.mean([r for r, _ in self.per_session]))
+
+    @property
+    def ci95(self) -> float:
+        """Half-width of the ratio's 95 % interval (inf when it cannot be told)."""
+        ratios, errors = (np.asarray(v) for v in zip(*self.per_session, strict=True))
+        k = ratios.size
+        within = 1.96 * float(np.sqrt(np.mean(errors**2) / k))
+        if k == 1:
+            return within
+        from scipy.stats import t
+
+        between = float(t.ppf(0.975, k - 1) * ratios.std(ddof=1) / np.sqrt(k))
+        return max(within, between)
+
+    @property
+    def baseline(self) -> Measurement:
+        return pooled(self.baselines)
+
+    @property
+    def candidate(self) -> Measurement:
+        return pooled(self.candidates)
+
+    @property
+    def other_load(self) -> float | None:
+        return self.candidates[0].other_load  # one run: every runner saw the same load
+
+
+def pooled(measurements: tuple[Measurement, ...]) -> Measurement:
+    """One runner's statistics over several sessions' rounds (samples kept session after session)."""
+    samples = [v for m in measurements for v in m.samples_ms]
+    median, iqr, rejected = robust_stats([v / 1e3 for v in samples])
+    return replace(measurements[0], median_ms=median, iqr_ms=iqr, samples=len(samples), rejected=rejected,
+                   samples_ms=tuple(samples))  # fmt: skip
+
+
 def robust_stats(samples_s: list[float]) -> tuple[float, float, int]:
     """Median and IQR in ms after dropping samples outside Tukey's fences (1.5 IQR)."""
     ms = np.asarray(samples_s) * 1e3
@@ -100,15 +160,29 @@ def relative_precision(samples: list[list[float]]) -> float:
     return max(median_stderr(first - np.asarray(s)) / ref for s in samples[1:])
 
 
+def pairs_precision(samples: list[list[float]]) -> float:
+    """Standard error of a mean over runner pairs (baseline, candidate, baseline, candidate, ...) from their rounds."""
+    errors = [
+        median_stderr(np.asarray(b) - np.asarray(c)) / float(np.median(b))
+        for b, c in zip(samples[0::2], samples[1::2], strict=True)
+    ]
+    return float(np.sqrt(np.mean(np.square(errors)) / len(errors)))
+
+
 def time_interleaved(
-    timers: list[Callable[[], float]], repeats: int, precision: float | None = None, max_repeats: int | None = None
+    timers: list[Callable[[], float]],
+    repeats: int,
+    precision: float | None = None,
+    max_repeats: int | None = None,
+    precision_of: Callable[[list[list[float]]], float] = relative_precision,
 ) -> list[list[float]]:
     """Time several runners in turn, round after round, so drift hits them all alike.
 
     Rounds alternate the order (A B, B A, ...): on this project's VMs the runner that goes first in
     a round measured ~1 % slower than an identical second one, a bias alternation cancels.
     After ``repeats`` rounds, more are added while the relative standard error
-    (``relative_precision``) exceeds ``precision``, up to ``max_repeats`` rounds (default 5x).
+    (``precision_of``, default ``relative_precision``) exceeds ``precision``, up to ``max_repeats`` rounds
+    (default 5x).
     """
     for timed in timers:
         warm_up(timed)
@@ -117,7 +191,7 @@ def time_interleaved(
     order = list(range(len(timers)))
     for r in range(limit):
         # precise enough after the first ``repeats`` rounds, or after each further ten
-        if r >= repeats and (r - repeats) % 10 == 0 and relative_precision(samples) <= precision:
+        if r >= repeats and (r - repeats) % 10 == 0 and precision_of(samples) <= precision:
             break
         for i in order if r % 2 == 0 else order[::-1]:
             samples[i].append(timers[i]())

@@ -16,9 +16,9 @@ from hwprune import checks
 from hwprune.errors import HwpruneError
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.graph_mapper import ChannelGraph
-from hwprune.latency import measure
+from hwprune.latency import measure_ratio
 from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND, onnx_backends, require_available
-from hwprune.latency.measurement import paired_ratio
+from hwprune.latency.measurement import SESSIONS
 from hwprune.results import ResultsStore
 from hwprune.workflow.closed_loop import BudgetOutcome, budget_verdict, closed_loop
 from hwprune.workflow.inputs import ModelInput, OnnxInput
@@ -100,6 +100,7 @@ def prune_to_budget(
     importance: str = "l1",
     threads: int = 1,
     repeats: int = 30,
+    sessions: int = SESSIONS,
     tolerance: float = 0.03,
     max_iterations: int = 5,
     results: Path | None = None,
@@ -124,14 +125,15 @@ def prune_to_budget(
     ``finetune_epochs``) is a number of epochs of the built-in trainer on it, or the user's ``fn(model)``.
     With ``data``, BatchNorm statistics are re-estimated on ``bn_samples`` examples (0: not) and the dense and
     pruned top-1 before and after recovery go to the results row. ``distill`` > 0 distills the built-in
-    fine-tuning from the dense model (weight of the soft-target term, at ``distill_temperature``).
+    fine-tuning from the dense model (weight of the soft-target term, at ``distill_temperature``). Every latency
+    ratio is the mean over ``sessions`` fresh session pairs (:class:`hwprune.latency.LatencyRatio`).
     """
     from hwprune.latency.profiler import baseline_for, profiled_groups, timing_candidate
     from hwprune.prune.budget import CostFn, solve
 
     tune = finetune if finetune is not None else finetune_epochs
     checks.prune_settings(
-        target_kind, target, threads, repeats, tolerance, round_to, tune if isinstance(tune, int) else 0
+        target_kind, target, threads, repeats, tolerance, round_to, tune if isinstance(tune, int) else 0, sessions
     )
     if isinstance(tune, int) and tune and data is None:
         raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
@@ -161,15 +163,16 @@ def prune_to_budget(
             dense = baseline_for(graph, job.example, backend, Path(tmp), exporter)
 
             def measured_ratio(sol):
-                base, cand = measure(
+                return measure_ratio(
                     backend,
-                    [dense, timing_candidate(graph, sol.mask)],
+                    dense,
+                    timing_candidate(graph, sol.mask),
                     job.example,
+                    sessions=sessions,
                     threads=threads,
                     repeats=repeats,
                     exporter=exporter,
-                )
-                return paired_ratio(base, cand)[0]
+                ).ratio
         else:
 
             def measured_ratio(sol):
@@ -200,13 +203,14 @@ def prune_to_budget(
         backend=backend,
         # a latency verdict needs the ratio's 95 % interval within half the tolerance (when the host allows)
         precision=tolerance * target / (2 * 1.96) if target_kind == "latency" else 0.005,
+        sessions=sessions,
     )
     if target_kind == "latency":
-        measured, stderr = outcome.ratio
-        other_load = outcome.shipped.other_load
-        status = budget_verdict(measured, stderr, target, tolerance, other_load)
+        measured, ci95 = outcome.timing.ratio, outcome.timing.ci95
+        other_load = outcome.timing.other_load
+        status = budget_verdict(measured, ci95, target, tolerance, other_load)
     else:
-        measured, stderr, other_load = loop_ratio, 0.0, None
+        measured, ci95, other_load = loop_ratio, 0.0, None
         status = "met" if measured <= target + 1e-9 else "missed"
     accuracy = {}
     if data is not None and isinstance(job, ModelInput):
@@ -218,7 +222,7 @@ def prune_to_budget(
             **json.loads(outcome.record.extra),
             "predicted_ratio": predicted,
             "measured_ratio": measured,
-            "measured_stderr": stderr,
+            "measured_ci95": ci95,
             "other_load_cores": other_load,
             "loop_ratio": loop_ratio,
             "status": status,
@@ -239,7 +243,7 @@ def prune_to_budget(
         outcome,
         model_fit,
         loop_ratio if target_kind == "latency" else None,
-        stderr,
+        ci95,
         tolerance,
         other_load,
     )

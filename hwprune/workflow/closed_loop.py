@@ -49,15 +49,14 @@ def closed_loop(solve_at, measured_ratio, target: float, tolerance: float = 0.03
     return best[0], best[1], iterations
 
 
-def budget_verdict(
-    ratio: float, stderr: float, target: float, tolerance: float, other_load: float | None = None
-) -> str:
+def budget_verdict(ratio: float, ci95: float, target: float, tolerance: float, other_load: float | None = None) -> str:
     """``met``, ``missed`` or ``undecided``.
 
-    Undecided when the 95 % interval is wider than the tolerance, or when other processes used more than
-    ``HOST_BUSY_CORES`` while the figure was timed (contention biases a ratio without widening its interval).
+    Undecided when the 95 % interval (half-width ``ci95``) is wider than the tolerance, or when other processes
+    used more than ``HOST_BUSY_CORES`` while the figure was timed (contention biases a ratio without widening
+    its interval).
     """
-    if not math.isfinite(stderr) or 1.96 * stderr > tolerance * target or host_busy(other_load):
+    if not math.isfinite(ci95) or ci95 > tolerance * target or host_busy(other_load):
         return "undecided"
     return "met" if abs(ratio / target - 1.0) <= tolerance else "missed"
 
@@ -75,7 +74,7 @@ class BudgetOutcome:
     outcome: PruneOutcome | None
     model_fit: str = ""  # the latency model's held-out check, for latency budgets
     loop_ratio: float | None = None  # the closed loop's own best measurement (selected, so biased)
-    stderr: float = 0.0  # standard error of measured_ratio
+    ci95: float = 0.0  # half-width of measured_ratio's 95 % interval
     tolerance: float = 0.03
     other_load: float | None = None  # cores other processes used while the deciding figure was timed
 
@@ -91,7 +90,7 @@ class BudgetOutcome:
             )
         return (
             f"## latency budget {self.target:.3f}: shipped artifact measured {self.measured_ratio:.3f} "
-            f"+- {1.96 * self.stderr:.3f} (95 %), closed loop {self.loop_ratio:.3f}, predicted "
+            f"+- {self.ci95:.3f} (95 %), closed loop {self.loop_ratio:.3f}, predicted "
             f"{self.predicted_ratio:.3f} -> {self.status}"
         )
 
@@ -104,9 +103,9 @@ class BudgetOutcome:
             )
         if self.status == "undecided":
             return (
-                f"undecided: the measurement's 95 % interval (+-{1.96 * self.stderr:.3f}) is wider than the "
-                f"tolerance (+-{self.tolerance * self.target:.3f}); rerun with more --repeats, fewer --threads, "
-                "or on a quiet machine"
+                f"undecided: the measurement's 95 % interval (+-{self.ci95:.3f}) is wider than the "
+                f"tolerance (+-{self.tolerance * self.target:.3f}); rerun with more --sessions or --repeats, fewer "
+                "--threads, or on a quiet machine"
             )
         if self.status == "missed":
             return (

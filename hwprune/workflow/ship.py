@@ -19,9 +19,9 @@ from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.export.pipeline import ExportReport, export_pruned
 from hwprune.files import check_writable
 from hwprune.graph_mapper import ChannelGraph
-from hwprune.latency import measure
+from hwprune.latency import measure_ratio
 from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND
-from hwprune.latency.measurement import Measurement, paired_ratio
+from hwprune.latency.measurement import SESSIONS, LatencyRatio, Measurement
 from hwprune.prune.masks import ChannelMask
 from hwprune.results import ResultsStore, RunRecord, current_git_sha
 from hwprune.workflow.inputs import ModelInput, OnnxInput
@@ -32,8 +32,7 @@ class PruneOutcome:
     """An export and, when measured, the shipped artifact timed fresh against the dense one."""
 
     export: ExportReport  # or, for an ONNX input, the OnnxPruneReport of its rewritten file
-    baseline: Measurement | None  # the dense model, in the form the shipped artifact is timed in
-    shipped: Measurement | None  # the shipped artifact: the ONNX file on onnxruntime, else the compacted model
+    timing: LatencyRatio | None  # shipped artifact vs the dense model in the same form, over fresh session pairs
     threads: int
     record: RunRecord
     backend: str = DEFAULT_BACKEND
@@ -42,23 +41,36 @@ class PruneOutcome:
     mask: ChannelMask | None = None
 
     @property
-    def ratio(self) -> tuple[float, float] | None:
-        """Shipped / dense latency from paired rounds, and its standard error (None when not measured)."""
-        return None if self.baseline is None else paired_ratio(self.baseline, self.shipped)
+    def baseline(self) -> Measurement | None:
+        """The dense model, in the form the shipped artifact is timed in (rounds of every session pooled)."""
+        return None if self.timing is None else self.timing.baseline
+
+    @property
+    def shipped(self) -> Measurement | None:
+        """The shipped artifact: the ONNX file on onnxruntime, else the compacted model."""
+        return None if self.timing is None else self.timing.candidate
+
+    @property
+    def ratio(self) -> float | None:
+        """Shipped / dense latency, the mean over session pairs (None when not measured)."""
+        return None if self.timing is None else self.timing.ratio
 
     def table(self) -> str:
         text = self.export.table()
-        if self.baseline is not None:
-            ratio, stderr = self.ratio
+        if self.timing is not None:
+            base, shipped, pairs = self.baseline, self.shipped, len(self.timing.candidates)
             what = "the shipped ONNX file" if BACKENDS.get(self.backend).times_onnx else "the compacted model"
+            per_pair = ", ".join(f"{r:.3f}" for r, _ in self.timing.per_session)
             text += (
                 f"\n\n| {self.backend} latency of {what} ({self.threads} thread(s), batch {self.record.latency_batch}, "
-                f"{self.shipped.samples} paired rounds) | dense | pruned | ratio |\n|---|---:|---:|---:|\n"
-                f"| median ms (IQR) | {self.baseline.median_ms:.2f} ({self.baseline.iqr_ms:.2f}) | "
-                f"{self.shipped.median_ms:.2f} ({self.shipped.iqr_ms:.2f}) | {ratio:.3f} +- {1.96 * stderr:.3f} |"
+                f"{pairs} fresh session pair(s), {shipped.samples} paired rounds) | dense | pruned | ratio |\n"
+                f"|---|---:|---:|---:|\n"
+                f"| median ms (IQR) | {base.median_ms:.2f} ({base.iqr_ms:.2f}) | "
+                f"{shipped.median_ms:.2f} ({shipped.iqr_ms:.2f}) | {self.timing.ratio:.3f} +- {self.timing.ci95:.3f} |"
+                f"\n\nRatio per session pair: {per_pair}."
             )
-            if self.shipped.other_load is not None:
-                text += f"\n\nOther processes used {self.shipped.other_load:.2f} CPU cores on average meanwhile."
+            if shipped.other_load is not None:
+                text += f"\n\nOther processes used {shipped.other_load:.2f} CPU cores on average meanwhile."
         return text
 
 
@@ -72,30 +84,32 @@ def time_shipped(
     threads: int = 1,
     repeats: int = 30,
     precision: float | None = 0.005,
-) -> tuple[Measurement, Measurement]:
-    """Time the artifact the user gets, fresh, against the dense model in the same form.
+    sessions: int = SESSIONS,
+) -> LatencyRatio:
+    """Time the artifact the user gets, fresh, against the dense model in the same form, over ``sessions`` pairs.
 
     onnxruntime backends time the very ONNX file written (against the dense model in the same form: exported
     by the same exporter, or for an ONNX input its file rewritten with every channel kept); torch, CUDA and
     XLA backends time the compacted module against the uncompacted one (both GraphModules). Rounds are added
-    (to 10x ``repeats``) until the ratio's standard error is within ``precision``.
+    (to 10x ``repeats``) until the pairs' standard error is within ``precision``.
     """
     from hwprune.latency.profiler import baseline_for
 
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
         dense = baseline_for(graph, example, backend, Path(tmp), exporter)
         shipped = onnx_path if BACKENDS.get(backend).times_onnx else compacted
-        before, after = measure(
+        return measure_ratio(
             backend,
-            [dense, shipped],
+            dense,
+            shipped,
             example,
+            sessions=sessions,
             threads=threads,
             repeats=repeats,
             precision=precision,
             max_repeats=10 * repeats,
             exporter=exporter,
         )
-    return before, after
 
 
 def _export(job, graph: ChannelGraph, mask: ChannelMask, onnx_path: Path, exporter: str):
@@ -124,6 +138,7 @@ def prune_export_measure(
     exporter: str = DEFAULT_EXPORTER,
     backend: str = DEFAULT_BACKEND,
     precision: float | None = 0.005,
+    sessions: int = SESSIONS,
 ) -> PruneOutcome:
     """Compact and export with verification, time the shipped artifact against dense on ``backend``, log a row."""
     checks.timing(threads, repeats)
@@ -132,9 +147,9 @@ def prune_export_measure(
         check_writable(results)
     report, compacted, flops_before, flops_after, counter = _export(job, graph, mask, onnx_path, exporter)
     used_exporter = getattr(report, "exporter", None)
-    before = after = None
+    timing = None
     if measure_latency:
-        before, after = time_shipped(
+        timing = time_shipped(
             backend,
             graph,
             compacted,
@@ -144,7 +159,9 @@ def prune_export_measure(
             threads,
             repeats,
             precision,
+            sessions,
         )
+    before, after = (timing.baseline, timing.candidate) if timing else (None, None)
     record = RunRecord(
         git_sha=current_git_sha(),
         model=job.name,
@@ -178,10 +195,10 @@ def prune_export_measure(
                 "check_seed": report.check_seed,
                 "exporter": used_exporter,
                 "input_shape": list(job.example.shape),
-                **({"shipped_ratio": paired_ratio(before, after)[0]} if before else {}),
+                **({"shipped_ratio": timing.ratio, "sessions": sessions} if timing else {}),
             }
         ),
     )
     if results is not None:
         ResultsStore(results).append(record)
-    return PruneOutcome(report, before, after, threads, record, backend, compacted, graph, mask)
+    return PruneOutcome(report, timing, threads, record, backend, compacted, graph, mask)
