@@ -1,4 +1,4 @@
-"""Mapper coverage (seed models, the whole torchvision classification zoo, the timm set) and speed.
+"""Mapper coverage (built-in models, the whole torchvision classification zoo, the timm set) and speed.
 
 Writes benchmarks/results/mapper_coverage.csv (+ .md): per model, both front-ends (fx: map, random
 40 % mask, compact, export, verify; ONNX: map the dense export, compact the ONNX file, verify in
@@ -24,9 +24,9 @@ from hwprune.export.compact import compact_model
 from hwprune.export.onnx_compact import prune_onnx_file
 from hwprune.export.onnx_export import export_onnx
 from hwprune.export.pipeline import export_pruned
-from hwprune.flops import native_mha_flops
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.crosscheck import match_groups, onnx_groups_of
+from hwprune.graph_mapper.flops import native_mha_flops
 from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
 from hwprune.models import get_model
 from hwprune.models.zoo import zoo_case, zoo_cases

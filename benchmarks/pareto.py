@@ -46,8 +46,8 @@ from hwprune.errors import HwpruneError, first_line
 from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.export.pipeline import export_verified
-from hwprune.flops import count_flops
 from hwprune.graph_mapper import build_channel_graph
+from hwprune.graph_mapper.flops import count_flops
 from hwprune.latency import measure
 from hwprune.latency.backends import require_available
 from hwprune.latency.measurement import paired_ratio

@@ -1,4 +1,4 @@
-"""Seed-004 prune-at-init on digits against the SynFlow paper's VGG16-BN / CIFAR-10 table (issue 17).
+"""Prune-at-init on digits against the SynFlow paper's VGG16-BN / CIFAR-10 table (issue 17).
 
 One command regenerates every table below (about 40 minutes on one core):
 
@@ -33,13 +33,8 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau, rankdata
 
-from hwprune.data import get_dataset, make_loader
-from hwprune.flops import count_flops
-from hwprune.models import get_model
-from hwprune.models.init import reference_init
-from hwprune.prune.weight_masking import prune_weights
-from hwprune.results import ResultsStore, RunRecord
-from hwprune.sweep import (
+from hwprune.at_init.cli import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SMALL
+from hwprune.at_init.sweep import (
     SWEEP_COMPRESSIONS,
     SWEEP_PRUNERS,
     masked_flops,
@@ -47,7 +42,12 @@ from hwprune.sweep import (
     scorer_options,
     testing_times,
 )
-from hwprune.sweep_cli import DEFAULT_DATASET, DEFAULT_MODEL, DEFAULT_SMALL
+from hwprune.data import get_dataset, make_loader
+from hwprune.graph_mapper.flops import count_flops
+from hwprune.models import get_model
+from hwprune.models.init import reference_init
+from hwprune.prune.weight_masking import prune_weights
+from hwprune.results import ResultsStore, RunRecord
 from hwprune.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

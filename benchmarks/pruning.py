@@ -3,7 +3,7 @@
 Writes to benchmarks/results/ (CSV + markdown twin each):
 - scoring_speed.csv   model,method,seconds: one scoring pass of every registered scorer (SynFlow: also its 100-round
                       prune, ``synflow_100rounds``) on the reference pruning batch (10 x num_classes samples,
-                      batches of 256) of random inputs; vgg16 (CIFAR seed model, 32 px, 10 classes) and
+                      batches of 256) of random inputs; vgg16 (CIFAR built-in model, 32 px, 10 classes) and
                       torchvision resnet50 with 10 classes at --resnet-size px (224 by default, as the references).
 - layer_collapse.csv  model,method,max_compression_without_collapse: vgg16 at init, compressions
                       10^0.5 .. 10^4 in exponent steps of 0.25 (global masking). Single-shot scorers are
@@ -23,13 +23,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from hwprune.at_init.sweep import SWEEP_PRUNERS
 from hwprune.models import get_model
 from hwprune.prune.scorers import WEIGHT_SCORERS, score_weights
 from hwprune.prune.weight_masking import density_from, detect_collapse, mask_from_scores, prune_weights
-from hwprune.sweep import SWEEP_PRUNERS
 
 RESULTS = Path(__file__).parent / "results"
-# the seed-004 five first, then the GCS family (gcs-grasp/gcs-snip: GCS presets mirroring those two)
+# the five classic at-init methods first, then the GCS family (gcs-grasp/gcs-snip: GCS presets mirroring those two)
 SCORING_ORDER = list(SWEEP_PRUNERS) + [m for m in WEIGHT_SCORERS.names() if m not in SWEEP_PRUNERS]
 
 

@@ -1,6 +1,6 @@
 """Verification power: does the production equivalence check catch deliberately wrong compactions?
 
-For every zoo model (seed models, the torchvision classification zoo, the timm set of
+For every zoo model (built-in models, the torchvision classification zoo, the timm set of
 tests/test_zoo_equivalence.py), built with its init weights as a user gets it, a random 40 % channel
 mask is compacted by each negative control of tests/test_verification_power.py (permuted kept
 entries of one per-channel vector, one consumer with the wrong input channels, noise in every shrunk

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL = "lenet5"  # the smallest seed model: builds and maps in well under a second
+MODEL = "lenet5"  # the smallest built-in model: builds and maps in well under a second
 
 
 @dataclass

@@ -10,8 +10,8 @@ from torch import nn
 from hwprune.errors import MaskMismatchError
 from hwprune.export.attention import PrunedMultiheadAttention
 from hwprune.export.compact import compact_model, masked_model
-from hwprune.flops import count_flops
 from hwprune.graph_mapper import build_channel_graph
+from hwprune.graph_mapper.flops import count_flops
 from hwprune.prune.channel import random_scores, uniform_channel_mask
 from hwprune.prune.masks import ChannelMask
 

@@ -22,7 +22,7 @@ def test_extending_page_examples_run_as_written(monkeypatch, capsys):
     monkeypatch.setattr(OPS, "_items", dict(OPS._items))
     monkeypatch.setattr(COMMANDS, "_items", dict(COMMANDS._items))
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs/extending.md").read_text(), flags=re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     namespace = {"__name__": "__docs__"}
     exec(compile(blocks[0], "<extending: backend>", "exec"), namespace)  # noqa: S102 (our own documentation)
     assert "torch-nograd" in BACKENDS and namespace["result"].report.outcome.backend == "torch-nograd"
@@ -46,8 +46,22 @@ def test_extending_page_examples_run_as_written(monkeypatch, capsys):
     net = torch.nn.Sequential(*list(namespace["net"])[:2], PositionalClamp(), namespace["net"][3]).eval()
     with pytest.raises(EquivalenceError):
         namespace["hwprune"].prune(net, namespace["x"], params=0.6, progress=False)
+    exec(compile(blocks[3], "<extending: resized layer>", "exec"), namespace)  # noqa: S102
+    scaled = namespace["result"]
+    kept_channels = scaled.model.get_submodule("1").channels
+    assert kept_channels == scaled.model.get_submodule("1").scale.shape[0] < 16
+    assert scaled.model.get_submodule("0").out_channels == kept_channels and scaled.export.max_rel_diff <= 1e-5
+
+    # negative control: the same layer mapped by a handler without its compaction step is refused
+    class StaleScale(namespace["ChannelScale"]):
+        pass
+
+    OPS.register(StaleScale)(lambda ctx, node: namespace["channel_scale"](ctx, node))
+    stale = torch.nn.Sequential(namespace["net"][0], StaleScale(16), *list(namespace["net"])[2:]).eval()
+    with pytest.raises(EquivalenceError):
+        namespace["hwprune"].prune(stale, namespace["x"], params=0.6, progress=False)
     capsys.readouterr()
-    exec(compile(blocks[3], "<extending: command>", "exec"), namespace)  # noqa: S102
+    exec(compile(blocks[4], "<extending: command>", "exec"), namespace)  # noqa: S102
     out, err = capsys.readouterr()
     assert "4 prunable groups of 5" in out and "count-groups" in COMMANDS
     assert err.count("\n") == 1 and "lenet5" in err  # the bad model name: one line with a suggestion

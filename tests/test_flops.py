@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.flops import FlopsReport, count_flops, count_params, params_per_module
+from hwprune.graph_mapper.flops import FlopsReport, count_flops, count_params, params_per_module
 
 
 def test_conv2d_known_flops():

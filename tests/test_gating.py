@@ -13,8 +13,8 @@ from hwprune.data import get_dataset, make_loader
 from hwprune.errors import HwpruneError
 from hwprune.export.compact import compact_model, masked_model
 from hwprune.export.verify import max_rel_diff
-from hwprune.flops import count_flops
 from hwprune.graph_mapper import build_channel_graph
+from hwprune.graph_mapper.flops import count_flops
 from hwprune.prune.gating import GatingConfig, gate, gates_to_mask, load_config
 from hwprune.prune.gating.config import from_mapping
 from hwprune.prune.gating.run import prepare
@@ -364,7 +364,7 @@ def test_gator_cfg_files_load_and_overrides_are_checked(tmp_path):
     ],
 )
 def test_a_bad_gating_config_is_one_clear_error(tmp_path, capsys, text, words):
-    from hwprune.gate_cli import main
+    from hwprune.prune.gating.cli import main
 
     path = tmp_path / "cfg.json"
     path.write_text(text)
@@ -473,7 +473,7 @@ def test_subdivision_accumulates_the_batch_gradient():
 
 @pytest.mark.onnx
 def test_gate_command_ships_a_verified_model_and_records_its_settings(tmp_path, capsys):
-    from hwprune.gate_cli import main
+    from hwprune.prune.gating.cli import main
     from hwprune.results import ResultsStore
 
     results = tmp_path / "results.csv"

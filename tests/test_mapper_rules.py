@@ -887,3 +887,28 @@ def test_inverse_shuffle_with_computed_sizes_compacts():
     compacted = compact_model(graph, mask).eval()
     with torch.no_grad():
         assert max_rel_diff(compacted(x), masked_model(model, graph, mask).eval()(x)) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "norm, shape",
+    [(nn.GroupNorm(8, 8, affine=False), (2, 3, 8, 8)), (nn.LayerNorm(8, elementwise_affine=False), (2, 5, 3))],
+    ids=["groupnorm", "layernorm"],
+)
+def test_norm_without_affine_parameters_fails_closed(norm, shape):
+    # no tensor of such a norm shrinks, so nothing would carry the kept count to num_groups/normalized_shape:
+    # pruning through it crashed the compacted model (RuntimeError in group_norm) before it froze
+    first = nn.Conv2d(3, 8, 1) if len(shape) == 4 else nn.Linear(3, 8)
+    last = nn.Conv2d(8, 4, 1) if len(shape) == 4 else nn.Linear(8, 4)
+    model, x, graph = _build(nn.Sequential(first, norm, last), shape)
+    assert_well_formed(graph)
+    (group,) = groups_with(graph, "0.weight")
+    assert not group.prunable and "without affine parameters" in group.reason
+
+
+def test_affine_group_norm_per_channel_resizes():
+    # its handler's compaction step: num_groups and num_channels follow the kept channels
+    model, x, graph = _build(nn.Sequential(nn.Conv2d(3, 8, 1), nn.GroupNorm(8, 8), nn.ReLU(), nn.Conv2d(8, 4, 1)))
+    mask, compacted = assert_compacts_exactly(model, x, graph)
+    kept = int(mask.keep[group_of(graph, "0.weight").id].sum())
+    norm = compacted.get_submodule("1")
+    assert kept < 8 and norm.num_groups == norm.num_channels == kept

@@ -14,7 +14,7 @@ from hwprune.models import (
     model_spec,
     register_model,
 )
-from hwprune.models.registry import SEED_MODELS
+from hwprune.models.registry import BUILTIN_MODELS
 
 SEED = list_models()
 EXPECTED_SEED = {
@@ -51,7 +51,7 @@ def test_seed_names_listed_first_and_complete():
 def test_seed_spec(name):
     spec = model_spec(name)
     assert isinstance(spec, ModelSpec)
-    assert spec.name == name and spec.source == "seed"
+    assert spec.name == name and spec.source == "hwprune"
     if name == "lenet5":
         assert (spec.default_input_size, spec.in_channels, spec.num_classes) == (28, 1, 10)
     elif name in ("resnet18", "resnet34", "resnet50", "mobilenet_v1", "mobilenet_v2"):
@@ -173,8 +173,8 @@ def test_torchvision_fallback_and_specs():
     assert model_spec("inception_v3").default_input_size == 299
     assert model_spec("vit_b_16").default_input_size == 224
     assert min_input_size("vit_b_16") == 16 and min_input_size("maxvit_t") == 224
-    # The seed vgg11 (CIFAR, BN) shadows torchvision's; the prefix reaches torchvision's.
-    assert model_spec("vgg11").source == "seed"
+    # The built-in vgg11 (CIFAR, BN) shadows torchvision's; the prefix reaches torchvision's.
+    assert model_spec("vgg11").source == "hwprune"
     assert model_spec("torchvision:vgg11").source == "torchvision"
 
 
@@ -213,7 +213,7 @@ def test_duplicate_registration_raises():
 
 def test_register_custom_model(monkeypatch):
     # Register into a copy so other tests that iterate list_models() never see this model.
-    monkeypatch.setattr(SEED_MODELS, "_items", dict(SEED_MODELS._items))
+    monkeypatch.setattr(BUILTIN_MODELS, "_items", dict(BUILTIN_MODELS._items))
     name = "test_tiny_custom_model"
 
     @register_model(name, num_classes=2, in_channels=1, input_size=8)
@@ -221,7 +221,7 @@ def test_register_custom_model(monkeypatch):
         return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size**2, num_classes))
 
     assert name in list_models()
-    assert model_spec(name) == ModelSpec(name, "seed", 8, 1, 2)
+    assert model_spec(name) == ModelSpec(name, "hwprune", 8, 1, 2)
     assert get_model(name)(example_input(name)).shape == (1, 2)
 
 

@@ -30,9 +30,9 @@ pytestmark = pytest.mark.onnx
 
 SLOW = {"torchvision:densenet121", "torchvision:convnext_tiny"}
 ZOO = [
-    ("seed:lenet5", None),
-    ("seed:resnet20", None),
-    ("seed:mobilenet_v2", None),
+    ("hwprune:lenet5", None),
+    ("hwprune:resnet20", None),
+    ("hwprune:mobilenet_v2", None),
     ("torchvision:resnet18", 32),
     ("torchvision:mobilenet_v2", 32),
     ("torchvision:shufflenet_v2_x1_0", 32),
@@ -41,7 +41,7 @@ ZOO = [
     ("torchvision:convnext_tiny", 32),
 ]
 # TorchScript: renamed folded weights, Constant nodes, Shape->Slice arithmetic (shufflenet's chunk)
-TORCHSCRIPT = [("seed:resnet20", None), ("torchvision:shufflenet_v2_x1_0", 32), ("torchvision:convnext_tiny", 32)]
+TORCHSCRIPT = [("hwprune:resnet20", None), ("torchvision:shufflenet_v2_x1_0", 32), ("torchvision:convnext_tiny", 32)]
 CASES = [(q, s, "dynamo") for q, s in ZOO] + [(q, s, "torchscript") for q, s in TORCHSCRIPT]
 
 
@@ -117,7 +117,7 @@ def test_fx_and_onnx_front_ends_find_the_same_groups(qualified, size, exporter, 
 
 
 def test_match_groups_reports_disagreements(exported):
-    model, x, path = exported("seed:resnet20", None, "dynamo")
+    model, x, path = exported("hwprune:resnet20", None, "dynamo")
     fx_graph, onnx_graph = build_channel_graph(model, x), build_onnx_channel_graph(path)
     onnx_graph.groups[3] = dataclasses.replace(onnx_graph.groups[3], prunable=False, reason="test")
     match = match_groups(fx_graph, onnx_graph)
@@ -127,7 +127,7 @@ def test_match_groups_reports_disagreements(exported):
 
 def test_weight_importance_on_initializers_equals_the_pytorch_one(exported):
     """lenet5 has no BatchNorm to fold: its ONNX initializers are its parameters."""
-    model, x, path = exported("seed:lenet5", None, "dynamo")
+    model, x, path = exported("hwprune:lenet5", None, "dynamo")
     fx_graph, onnx_graph = build_channel_graph(model, x), build_onnx_channel_graph(path)
     match = match_groups(fx_graph, onnx_graph)
     for method in ("l1", "l2"):
@@ -336,7 +336,7 @@ def test_input_shapes_that_cannot_be_determined_are_refused():
 
 
 def test_prune_onnx_file_writes_nothing_unless_verified(exported, tmp_path):
-    _, _, path = exported("seed:resnet20", None, "dynamo")
+    _, _, path = exported("hwprune:resnet20", None, "dynamo")
     graph = build_onnx_channel_graph(path)
     mask = uniform_channel_mask(graph, random_scores(graph, seed=2), ratio=0.5)
     dst = tmp_path / "out" / "small.onnx"
@@ -357,7 +357,7 @@ def test_prune_onnx_file_writes_nothing_unless_verified(exported, tmp_path):
 
 
 def test_cli_maps_masks_and_exports_an_onnx_file(exported, tmp_path, capsys):
-    _, _, path = exported("seed:resnet20", None, "dynamo")
+    _, _, path = exported("hwprune:resnet20", None, "dynamo")
     assert main(["map", "--onnx", str(path), "--json", str(tmp_path / "groups.json")]) == 0
     out = capsys.readouterr().out
     assert "13 channel groups, 12 prunable" in out and "layer1.0.conv1" in out
@@ -388,7 +388,7 @@ def test_cli_maps_masks_and_exports_an_onnx_file(exported, tmp_path, capsys):
     ],
 )
 def test_cli_onnx_errors(argv, message, exported, tmp_path, monkeypatch, capsys):
-    _, _, path = exported("seed:lenet5", None, "torchscript")
+    _, _, path = exported("hwprune:lenet5", None, "torchscript")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "m.onnx").write_bytes(path.read_bytes())
     assert main(argv) == 2

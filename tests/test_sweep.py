@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from hwprune.at_init.sweep import masked_flops, run_sweep
 from hwprune.errors import HwpruneError
 from hwprune.prune.weight_masking import density_from
 from hwprune.results import ResultsStore
-from hwprune.sweep import masked_flops, run_sweep
 from hwprune.train import TrainConfig
 
 torch.set_num_threads(1)
@@ -92,7 +92,7 @@ def test_cli_one_line_error(tmp_path, capsys):
 
 
 def test_sweep_seed_reaches_gcs_and_mask_rule_and_train_mode_are_passed(tmp_path, monkeypatch):
-    import hwprune.sweep as sweep
+    import hwprune.at_init.sweep as sweep
     from hwprune.models import get_model
 
     def same_weights_for_every_seed(setup, seed):  # so only the scorer's own randomness can differ
@@ -130,7 +130,7 @@ def test_sweep_seed_reaches_gcs_and_mask_rule_and_train_mode_are_passed(tmp_path
 
 
 def test_cli_passes_mask_rule_and_gcs_mode(monkeypatch, tmp_path):
-    import hwprune.sweep_cli as cli
+    import hwprune.at_init.cli as cli
 
     seen = {}
     monkeypatch.setattr(cli, "run_sweep", lambda *a, **kw: seen.update(kw) or [])

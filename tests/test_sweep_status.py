@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
+from hwprune.at_init.status import chance_ceiling, log10_paths, run_status
+from hwprune.at_init.sweep import run_sweep
 from hwprune.models import get_model
 from hwprune.models.init import reference_init
 from hwprune.models.sparse_csr import CsrConv2d, CsrLinear, to_sparse_csr
 from hwprune.prune.masks import WeightMask
 from hwprune.prune.weight_masking import detect_collapse, prune_weights
-from hwprune.sweep import run_sweep
-from hwprune.sweep_status import chance_ceiling, log10_paths, run_status
 from hwprune.train import TrainConfig
 
 torch.set_num_threads(1)
@@ -151,7 +151,7 @@ def test_sweep_rows_carry_status_paths_curves_and_both_testing_times(tmp_path):
 
 
 def test_default_sweep_model_has_batch_norm_at_cifar_shape(monkeypatch, tmp_path):
-    import hwprune.sweep_cli as cli
+    import hwprune.at_init.cli as cli
 
     seen = {}
     monkeypatch.setattr(cli, "run_sweep", lambda *a, **kw: seen.update(model=a[0], **kw) or [])
@@ -166,7 +166,7 @@ def test_default_sweep_model_has_batch_norm_at_cifar_shape(monkeypatch, tmp_path
 
 
 def test_prune_train_mode_reaches_snip_and_grasp_only():
-    from hwprune.sweep import scorer_options
+    from hwprune.at_init.sweep import scorer_options
 
     assert scorer_options("grasp", 0, train_mode=True)["train_mode"] is True
     assert scorer_options("snip", 0)["train_mode"] is False

@@ -200,7 +200,7 @@ def test_cosine_schedule():
 
 
 def test_step_schedule():
-    s = TrainConfig(epochs=160, lr=0.1, schedule="step", milestones=(80, 120))  # seed 001's [80, 40, 40]
+    s = TrainConfig(epochs=160, lr=0.1, schedule="step", milestones=(80, 120))  # prune+train's [80, 40, 40]
     assert [lr_at(s, e) for e in (0, 79, 80, 119, 120, 159)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     preset = TrainConfig(epochs=100, lr=0.1, schedule="preset")  # milestones at 50 % and 75 %
     assert preset.schedule == "step"

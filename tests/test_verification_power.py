@@ -192,7 +192,7 @@ def test_vacuity_names_zero_constant_and_non_finite_references():
 
 
 def test_nan_weight_fails_before_compaction_naming_the_tensor():
-    model, x = init_case("seed:resnet20", 32)
+    model, x = init_case("hwprune:resnet20", 32)
     graph = build_channel_graph(model, x, "resnet20")
     mask = random_mask(graph)
     name = next(n for n, _ in model.named_parameters() if n.endswith("bn1.weight"))
@@ -210,7 +210,7 @@ def test_nan_weight_fails_before_compaction_naming_the_tensor():
 
 
 def test_nan_buffer_and_nan_output_fail_with_one_line():
-    model, x = init_case("seed:resnet20", 32)
+    model, x = init_case("hwprune:resnet20", 32)
     graph = build_channel_graph(model, x, "resnet20")
     mask = random_mask(graph)
     var = next(n for n, _ in model.named_buffers() if n.endswith("running_var"))
@@ -350,7 +350,7 @@ def test_randomised_check_is_strict_in_float64_only_where_every_step_is_float64(
 
 def test_randomised_copy_catches_what_init_weights_miss():
     """Issue #10: keeping the first k rows of every per-channel vector passes on resnet18's init weights."""
-    model, x = init_case("seed:resnet18", 32)
+    model, x = init_case("hwprune:resnet18", 32)
     graph = build_channel_graph(model, x, "resnet18")
     mask = random_mask(graph)
     assert control_changes_model(first_rows_of_vectors, graph, mask)
@@ -362,10 +362,10 @@ def test_randomised_copy_catches_what_init_weights_miss():
 
 
 CONTROL_MODELS = [
-    ("seed:resnet18", 32),
-    ("seed:mobilenet_v2", 32),
-    ("seed:vgg11", 32),
-    ("seed:lenet5", 32),
+    ("hwprune:resnet18", 32),
+    ("hwprune:mobilenet_v2", 32),
+    ("hwprune:vgg11", 32),
+    ("hwprune:lenet5", 32),
     ("torchvision:mobilenet_v2", 32),
     ("torchvision:squeezenet1_1", 32),  # no normalisation: a wrong first bias fades unless layers are rescaled
     ("timm:efficientnet_b0", 32),  # deep, SE gates, BatchNorm traced as a function: a wrong stem row fades
@@ -385,7 +385,7 @@ def test_every_negative_control_is_caught(qualified, size):
         try:
             changes = control_changes_model(control, graph, mask)
         except NotApplicable:
-            assert qualified == "seed:lenet5" or name not in ("permuted_vector", "first_rows_of_vectors"), name
+            assert qualified == "hwprune:lenet5" or name not in ("permuted_vector", "first_rows_of_vectors"), name
             continue
         assert changes, f"{name} does not change {qualified}"
         with pytest.raises(EquivalenceError, match="differs from the masked model") as e:
@@ -404,7 +404,7 @@ def test_control_on_the_onnx_file_path_is_caught_on_randomised_initializers(tmp_
     from hwprune.export.onnx_export import export_onnx
     from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
 
-    model, x = init_case("seed:resnet20", 32)
+    model, x = init_case("hwprune:resnet20", 32)
     export_onnx(model, x, tmp_path / "dense.onnx", "torchscript")
     graph = build_onnx_channel_graph(tmp_path / "dense.onnx", "resnet20")
     mask = random_mask(graph)

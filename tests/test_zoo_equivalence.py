@@ -1,4 +1,4 @@
-"""Every zoo model (seed models, the whole torchvision classification zoo, the timm set): a random
+"""Every zoo model (built-in models, the whole torchvision classification zoo, the timm set): a random
 40 % channel mask compacts to a model equal to the masked model, and the ONNX export of the
 compacted model equals it in onnxruntime."""
 

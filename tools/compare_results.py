@@ -3,7 +3,7 @@
 
 import sys
 
-from hwprune.compare_cli import main
+from hwprune.results.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,7 @@
 
 import sys
 
-from hwprune.sweep_cli import main
+from hwprune.at_init.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,10 +25,13 @@ from hwprune.errors import HwpruneError, Interrupted, OneLineParser, current_sta
 
 # subcommands with parsers of their own (their --help is theirs): hwprune NAME ARGS -> module.main(ARGS)
 DELEGATED = {
-    "prune-at-init": ("hwprune.sweep_cli", "prune at initialization, train, one results row per run (see --help)"),
-    "compare": ("hwprune.compare_cli", "tables and plots from the results store (see --help)"),
+    "prune-at-init": ("hwprune.at_init.cli", "prune at initialization, train, one results row per run (see --help)"),
+    "compare": ("hwprune.results.cli", "tables and plots from the results store (see --help)"),
     "train": ("hwprune.train.__main__", "train / fine-tune a model with a mask enforced (see --help)"),
-    "gate": ("hwprune.gate_cli", "GATOR channel gating with a FLOPs/memory/latency cost, then ship (see --help)"),
+    "gate": (
+        "hwprune.prune.gating.cli",
+        "GATOR channel gating with a FLOPs/memory/latency cost, then ship (see --help)",
+    ),
 }
 
 

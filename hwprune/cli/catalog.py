@@ -30,7 +30,7 @@ def cmd_datasets(args) -> None:
 
 
 def cmd_flops(args) -> None:
-    from hwprune.flops import count_flops
+    from hwprune.graph_mapper.flops import count_flops
 
     set_stage(f"building {args.model}")
     job = build_job(args)
@@ -80,7 +80,12 @@ def _check_results(args) -> None:
 
 
 def _models_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", default="seed", choices=["seed", "torchvision", "timm", "all"])
+    p.add_argument(
+        "--source",
+        default="hwprune",
+        choices=["hwprune", "torchvision", "timm", "all"],
+        help="which models to list: hwprune's built-in ones (the default), torchvision's, timm's, or all",
+    )
 
 
 register(
@@ -129,8 +134,8 @@ register(
 
 
 def _results_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--path", type=Path, default=Path("runs/results.csv"))
-    p.add_argument("--last", type=int, default=20)
+    p.add_argument("--path", type=Path, default=Path("runs/results.csv"), help="results CSV (default runs/results.csv)")
+    p.add_argument("--last", type=int, default=20, help="show the newest N rows (default 20)")
 
 
 register(

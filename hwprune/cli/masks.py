@@ -183,7 +183,12 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", type=Path, default=None, help="mask file from `hwprune mask` (default: compute one)")
     mask_options(p)
     p.add_argument("--out", type=Path, default=None, help="(required) ONNX file to write")
-    p.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
+    p.add_argument(
+        "--exporter",
+        default="dynamo",
+        choices=["dynamo", "torchscript"],
+        help="torch.onnx exporter: dynamo (torch.export, the default) or torchscript (the legacy tracer)",
+    )
     p.add_argument("--results", type=Path, default=None, help="append a results row to this CSV")
     p.add_argument("--latency", action="store_true", help="also time dense vs pruned ONNX in onnxruntime")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for --latency (default 1)")

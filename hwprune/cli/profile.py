@@ -151,9 +151,9 @@ def _latency_arguments(p: argparse.ArgumentParser) -> None:
     model_options(p, "resnet18")
     p.add_argument("--lut", type=Path, default=None, help="(required) LUT from `hwprune profile-edges`")
     p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"latency backend (default {DEFAULT_BACKEND})")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--masks", type=int, default=30, help="random masks to measure (default 30)")
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement (default 20)")
 
 
 register(

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from hwprune.export.attention import PrunedMultiheadAttention, pruned_shifted_window_attention
+from hwprune.export.attention import pruned_shifted_window_attention
+from hwprune.graph_mapper.ops import module_resizer
 from hwprune.graph_mapper.rewrites import AttentionRewrite, KwargsRewrite, ShapeRewrite, SplitRewrite
 from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
@@ -116,7 +117,6 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
     # tensors about to be replaced are not copied: the copy gets an empty placeholder for each
     memo = {id(originals[name]): torch.empty(0) for name in by_tensor}
     gm = copy.deepcopy(graph.gm, memo)
-    touched = set()
     with torch.no_grad():
         for name, entries in by_tensor.items():
             owner_name, _, attr = name.rpartition(".")
@@ -127,10 +127,7 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
                 owner._parameters[attr] = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
             else:
                 owner._buffers[attr] = new.contiguous()
-            touched.add(owner_name)
-    for owner_name in touched:
-        _sync_attributes(gm.get_submodule(owner_name))
-    _replace_attention(gm, touched, by_tensor)
+    _resize_modules(gm, by_tensor)
     _rewrite_nodes(gm, graph, keep)
     gm.recompile()
     return gm
@@ -161,43 +158,23 @@ def shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Ten
     return t
 
 
-def _sync_attributes(m: nn.Module) -> None:
-    """Make a module's size attributes agree with its (new) parameter shapes."""
-    if isinstance(m, nn.modules.conv._ConvNd):
-        out_c = m.weight.shape[0]
-        if m.groups > 1 and m.in_channels == m.groups:  # depthwise: one input channel per group
-            mult = m.out_channels // m.groups
-            m.in_channels = m.groups = out_c // mult
-        else:
-            m.in_channels = m.weight.shape[1] * m.groups
-        m.out_channels = out_c
-    elif isinstance(m, nn.Linear):
-        m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, (nn.modules.batchnorm._NormBase,)):
-        m.num_features = (m.weight if m.weight is not None else m.running_mean).shape[0]
-    elif isinstance(m, nn.GroupNorm):
-        if m.num_groups == m.num_channels:  # per-channel: one group per kept channel
-            m.num_groups = m.weight.shape[0]
-        m.num_channels = m.weight.shape[0]
-    elif isinstance(m, nn.LayerNorm):
-        m.normalized_shape = (m.weight.shape[0],)
-    elif isinstance(m, nn.PReLU):
-        m.num_parameters = m.weight.shape[0]
+def _resize_modules(gm: fx.GraphModule, by_tensor: dict[str, list[tuple[Site, np.ndarray]]]) -> None:
+    """Give each module holding changed tensors its handler's compaction step (``resized_by``).
 
-
-def _replace_attention(gm: fx.GraphModule, touched: set[str], by_tensor: dict) -> None:
-    """An nn.MultiheadAttention that lost channels becomes a PrunedMultiheadAttention (same call)."""
-    for name, m in list(gm.named_modules()):
-        if not isinstance(m, nn.MultiheadAttention) or not {name, f"{name}.out_proj"} & touched:
+    Children go before their parents, so a parent that is replaced sees its children resized.
+    """
+    for name, module in reversed(list(gm.named_modules())):
+        resize = module_resizer(module)
+        if not name or resize is None:
             continue
-        rows = np.ones(3 * m.embed_dim, dtype=bool)
-        for site, k in by_tensor.get(f"{name}.in_proj_weight", []):
-            if site.axis == 0:
-                rows = k
-        e = m.embed_dim
-        owner_name, _, attr = name.rpartition(".")
-        new = PrunedMultiheadAttention.from_module(m, int(rows[:e].sum()), int(rows[2 * e :].sum()))
-        setattr(gm.get_submodule(owner_name), attr, new)
+        prefix = f"{name}."
+        shrunk = {t[len(prefix) :]: entries for t, entries in by_tensor.items() if t.startswith(prefix)}
+        if not shrunk:
+            continue
+        new = resize(module, shrunk)
+        if new is not None:
+            owner_name, _, attr = name.rpartition(".")
+            setattr(gm.get_submodule(owner_name), attr, new)
 
 
 def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) -> None:

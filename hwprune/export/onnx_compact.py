@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from hwprune.errors import EquivalenceError, VerificationError, first_line
 from hwprune.export.compact import changed_sites, keep_table, kept, kept_sizes, kept_split_sizes, shrink, zero_removed
@@ -34,7 +34,7 @@ from hwprune.graph_mapper.onnx_mapper import (
     remove_dead_code,
     running_statistics,
 )
-from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, SIZE_INPUT, attr
+from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, SIZE_INPUT, node_resizer, set_attr
 from hwprune.graph_mapper.rewrites import ShapeRewrite, SplitRewrite
 from hwprune.graph_mapper.types import ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
@@ -101,7 +101,7 @@ def compact_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
     for name, entries in _by_tensor(graph, keep).items():
         arrays[name] = shrink(torch.from_numpy(numpy_helper.to_array(inits[name]).copy()), entries).numpy()
     _set_initializers(model, arrays)
-    _sync_attributes(model, old_shapes, {n: a.shape for n, a in arrays.items()})
+    _resize_nodes(model, old_shapes, {n: a.shape for n, a in arrays.items()})
     _rewrite_nodes(model, graph, keep)
     remove_dead_code(model)  # the size initializers that were replaced
     del model.graph.value_info[:]
@@ -114,22 +114,12 @@ def compact_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
     return model
 
 
-def _sync_attributes(model: onnx.ModelProto, old: dict, new: dict) -> None:
-    """Attributes that count channels follow the new initializer shapes."""
+def _resize_nodes(model: onnx.ModelProto, old: dict, new: dict) -> None:
+    """Each node reading a changed initializer takes its handler's compaction step (``resized_by``)."""
     for node in model.graph.node:
-        if node.op_type == "Conv" and node.input[1] in new:
-            groups, rows = int(attr(node, "group", 1)), old[node.input[1]][0]
-            if groups > 1 and old[node.input[1]][1] == 1:  # depthwise: groups follow the kept channels
-                _set_attr(node, "group", new[node.input[1]][0] // (rows // groups))
-        elif node.op_type == "GroupNormalization" and node.input[1] in new:
-            if int(attr(node, "num_groups")) == old[node.input[1]][0]:  # one group per channel
-                _set_attr(node, "num_groups", new[node.input[1]][0])
-
-
-def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
-    kept_attrs = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend(kept_attrs + [helper.make_attribute(name, value)])
+        resize = node_resizer(node)
+        if resize is not None and any(name in new for name in node.input):
+            resize(node, old, new)
 
 
 def _const(model: onnx.ModelProto, name: str) -> np.ndarray:
@@ -177,7 +167,7 @@ def _rewrite_sizes(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray) 
 def _rewrite_split(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray, sizes) -> None:
     new = np.asarray(kept_split_sizes(k, sizes), dtype=np.int64)
     if opset_of(model) < 13:
-        _set_attr(node, "split", new.tolist())
+        set_attr(node, "split", new.tolist())
         return
     kept_attrs = [a for a in node.attribute if a.name != "num_outputs"]
     del node.attribute[:]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from hwprune.errors import EquivalenceError, HwpruneError, VerificationError
+from hwprune.errors import EquivalenceError, HwpruneError, VerificationError, first_line
 from hwprune.export.compact import compact_model, masked_model
 from hwprune.export.onnx_export import check_onnx, export_onnx, run_onnx
 from hwprune.export.verify import (
@@ -26,7 +26,7 @@ from hwprune.export.verify import (
     vacuity,
 )
 from hwprune.files import check_writable, temp_path_beside
-from hwprune.flops import count_flops
+from hwprune.graph_mapper.flops import count_flops
 from hwprune.graph_mapper.types import ChannelGraph
 from hwprune.prune.masks import ChannelMask
 
@@ -179,7 +179,15 @@ def prove_compaction(
         reference = oracle(example)
         del oracle  # a whole copy of the model: not kept while the randomised copies exist
         _require_finite_reference(reference, f"the masked {name}'s output on your weights")
-        proof.diff = diff = max_rel_diff(proof.compacted(example), reference)
+        try:
+            actual = proof.compacted(example)
+        except Exception as exc:  # a size attribute the compaction left stale fails here, in any op
+            raise EquivalenceError(
+                f"compacted {name} does not run ({first_line(exc)}): a layer keeps a channel count that its "
+                "op handler does not update (see `resized_by`); please report it with the model and mask",
+                float("inf"),
+            ) from exc
+        proof.diff = diff = max_rel_diff(actual, reference)
     if not diff <= tolerance:
         raise EquivalenceError(
             f"compacted {name} differs from the masked model by {diff:.2e} on your weights (relative, tolerance "

@@ -31,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from hwprune.export.attention import PrunedMultiheadAttention
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper.atoms import Frozen, fixed_label, labelled, right_align
 from hwprune.graph_mapper.ops import OPS
-from hwprune.graph_mapper.rewrites import AttentionRewrite, KwargsRewrite
+from hwprune.graph_mapper.rewrites import AttentionRewrite, KwargsRewrite, resized_by
 from hwprune.graph_mapper.types import CONSUMER, PRODUCER
 
 if TYPE_CHECKING:
@@ -59,7 +60,18 @@ def _unsupported(m: nn.MultiheadAttention, args: dict[str, object]) -> str | Non
     return None
 
 
+def _resize_multihead_attention(m: nn.MultiheadAttention, shrunk) -> PrunedMultiheadAttention:
+    """nn.MultiheadAttention derives head widths from ``embed_dim``: it becomes a module with explicit widths."""
+    rows = np.ones(3 * m.embed_dim, dtype=bool)
+    for site, k in shrunk.get("in_proj_weight", []):
+        if site.axis == 0:
+            rows = k
+    e = m.embed_dim
+    return PrunedMultiheadAttention.from_module(m, int(rows[:e].sum()), int(rows[2 * e :].sum()))
+
+
 @OPS.register(nn.MultiheadAttention)
+@resized_by(_resize_multihead_attention)
 def multihead_attention(ctx: MapContext, node: fx.Node):
     m = ctx.module(node)
     name = node.target

@@ -29,6 +29,7 @@ from hwprune.graph_mapper.atoms import (
     right_align,
     varying_dims,
 )
+from hwprune.graph_mapper.rewrites import resized_by
 from hwprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -52,6 +53,19 @@ def attr(node: onnx.NodeProto, name: str, default=None):
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    """Set (or replace) attribute ``name`` of ``node``."""
+    others = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend(others + [helper.make_attribute(name, value)])
+
+
+def node_resizer(node: onnx.NodeProto) -> Callable | None:
+    """The compaction step of the handler of ``node``'s op type, if it has one."""
+    handler = ONNX_OPS.find(op_label(node))
+    return getattr(handler, "resize", None)
 
 
 def input_at(node: onnx.NodeProto, i: int) -> str:
@@ -95,7 +109,17 @@ def _weights(ctx: OnnxContext, node: onnx.NodeProto, indices: tuple[int, ...]):
     return arrays
 
 
+def _resize_conv(node: onnx.NodeProto, old: dict, new: dict) -> None:
+    weight = node.input[1]
+    if weight not in new:
+        return
+    groups, rows = int(attr(node, "group", 1)), old[weight][0]
+    if groups > 1 and old[weight][1] == 1:  # depthwise: groups follow the kept channels
+        set_attr(node, "group", new[weight][0] // (rows // groups))
+
+
 @ONNX_OPS.register("Conv")
+@resized_by(_resize_conv)
 def conv(ctx: OnnxContext, node: onnx.NodeProto):
     arrays = _weights(ctx, node, (1, 2))
     if arrays is None:
@@ -225,7 +249,14 @@ def layer_norm(ctx: OnnxContext, node: onnx.NodeProto):
     return ctx.label(node.input[0])
 
 
+def _resize_group_norm(node: onnx.NodeProto, old: dict, new: dict) -> None:
+    scale = node.input[1]
+    if scale in new and int(attr(node, "num_groups")) == old[scale][0]:  # one group per channel
+        set_attr(node, "num_groups", new[scale][0])
+
+
 @ONNX_OPS.register("GroupNormalization")
+@resized_by(_resize_group_norm)
 def group_norm(ctx: OnnxContext, node: onnx.NodeProto):
     """GroupNorm: exact per channel (groups == channels); else inexact, equal count kept per group."""
     arrays = _weights(ctx, node, (1, 2))

@@ -20,6 +20,7 @@ from torch import fx, nn
 
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper.atoms import Frozen, compact, labelled, right_align, varying_dims
+from hwprune.graph_mapper.rewrites import resized_by
 from hwprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -30,6 +31,15 @@ Handler = Callable[["MapContext", fx.Node], Any]
 
 # handlers keyed by module type, function, or tensor-method name; duplicates are errors
 OPS: Registry[Handler] = Registry("fx op handler")
+
+
+def module_resizer(module: nn.Module) -> Callable | None:
+    """The compaction step of the handler of ``module``'s type (or its nearest registered base type), if any."""
+    for cls in type(module).__mro__:
+        handler = OPS.find(cls)
+        if handler is not None:
+            return getattr(handler, "resize", None)
+    return None
 
 
 def op_key(node: fx.Node, module: nn.Module | None) -> object:
@@ -90,12 +100,28 @@ def _per_channel(ctx: MapContext, node: fx.Node, dim: int, params: tuple[str, ..
     return ctx.label(node.args[0]), vec
 
 
+def _resize_conv(m: nn.modules.conv._ConvNd, shrunk) -> None:
+    out_c = m.weight.shape[0]
+    if m.groups > 1 and m.in_channels == m.groups:  # depthwise: one input channel per group
+        mult = m.out_channels // m.groups
+        m.in_channels = m.groups = out_c // mult
+    else:
+        m.in_channels = m.weight.shape[1] * m.groups
+    m.out_channels = out_c
+
+
 @OPS.register(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+@resized_by(_resize_conv)
 def conv(ctx: MapContext, node: fx.Node):
     return _conv(ctx, node)
 
 
+def _resize_linear(m: nn.Linear, shrunk) -> None:
+    m.out_features, m.in_features = m.weight.shape
+
+
 @OPS.register(nn.Linear)
+@resized_by(_resize_linear)
 def linear(ctx: MapContext, node: fx.Node):
     return _linear(ctx, node)
 
@@ -103,13 +129,25 @@ def linear(ctx: MapContext, node: fx.Node):
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
+def _resize_batch_norm(m: nn.modules.batchnorm._NormBase, shrunk) -> None:
+    m.num_features = (m.weight if m.weight is not None else m.running_mean).shape[0]
+
+
 @OPS.register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm2d)
+@resized_by(_resize_batch_norm)
 def batch_norm(ctx: MapContext, node: fx.Node):
     out = _per_channel(ctx, node, 1, BN_PARAMS, "batch norm")
     return out if isinstance(out, Frozen) else out[0]
 
 
+def _resize_group_norm(m: nn.GroupNorm, shrunk) -> None:
+    if m.num_groups == m.num_channels:  # per-channel: one group per kept channel
+        m.num_groups = m.weight.shape[0]
+    m.num_channels = m.weight.shape[0]
+
+
 @OPS.register(nn.GroupNorm)
+@resized_by(_resize_group_norm)
 def group_norm(ctx: MapContext, node: fx.Node):
     """GroupNorm: exact per channel (groups == channels); else inexact, with a block constraint.
 
@@ -117,8 +155,8 @@ def group_norm(ctx: MapContext, node: fx.Node):
     """
     m = ctx.module(node)
     per_channel = m.num_groups == m.num_channels
-    if not per_channel and not m.affine:
-        return ctx.unknown(node, f"GroupNorm {node.target} without affine parameters over several channels")
+    if not m.affine:  # no tensor would carry the new channel count to its num_groups/num_channels
+        return ctx.unknown(node, f"GroupNorm {node.target} without affine parameters")
     size = ctx.shape(node.args[0])[1]
     vec = ctx.channel_labels(node, node.args[0], dim=1, size=size, what="group norm")
     if vec is None:
@@ -129,11 +167,18 @@ def group_norm(ctx: MapContext, node: fx.Node):
     return ctx.label(node.args[0])
 
 
+def _resize_layer_norm(m: nn.LayerNorm, shrunk) -> None:
+    m.normalized_shape = (m.weight.shape[0],)
+
+
 @OPS.register(nn.LayerNorm)
+@resized_by(_resize_layer_norm)
 def layer_norm(ctx: MapContext, node: fx.Node):
     m = ctx.module(node)
     if len(m.normalized_shape) != 1:
         return ctx.unknown(node, f"LayerNorm {node.target} over several axes")
+    if m.weight is None:  # no tensor would carry the new channel count to its normalized_shape
+        return ctx.unknown(node, f"LayerNorm {node.target} without affine parameters")
     out = _per_channel(ctx, node, -1, ("weight", "bias"), "layer norm")
     if isinstance(out, Frozen):
         return out
@@ -141,7 +186,12 @@ def layer_norm(ctx: MapContext, node: fx.Node):
     return out[0]
 
 
+def _resize_prelu(m: nn.PReLU, shrunk) -> None:
+    m.num_parameters = m.weight.shape[0]
+
+
 @OPS.register(nn.PReLU)
+@resized_by(_resize_prelu)
 def prelu(ctx: MapContext, node: fx.Node):
     if ctx.module(node).num_parameters == 1:
         return ctx.label(node.args[0])
@@ -223,8 +273,6 @@ UNARY_METHODS = (
     "abs",
     "sqrt",
     "square",
-    "hardtanh",
-    "hardtanh_",
 )
 
 
@@ -519,7 +567,7 @@ def softmax(ctx: MapContext, node: fx.Node):
     return rules.normalise_over(ctx.atoms, label, nd, [dim], what)
 
 
-NON_TENSOR = ("size", "dim", "numel", getattr, torch._assert, "__getattr__")
+NON_TENSOR = ("size", "dim", "numel", getattr, torch._assert)
 
 
 @OPS.register(*NON_TENSOR)

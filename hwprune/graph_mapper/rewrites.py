@@ -86,3 +86,21 @@ class AttentionRewrite:
 
 
 Rewrite = ShapeRewrite | SplitRewrite | SliceRewrite | KwargsRewrite | AttentionRewrite
+
+
+def resized_by(resize: Callable) -> Callable:
+    """Decorator for an op handler: ``resize`` is its op's compaction step beyond slicing tensors.
+
+    The handler that maps an op is the one that knows which of its attributes count channels, so it
+    carries their fix-up (``handler.resize``) and the compactors find it through the op registry
+    instead of a type switch of their own. fx handlers of module types: ``resize(module, shrunk)``
+    with ``shrunk`` the module's changed tensors by relative name (each a list of ``(Site, kept)``),
+    returning a replacement module or None; ONNX handlers: ``resize(node, old_shapes, new_shapes)``
+    setting the node's attributes from its initializers' shapes before and after.
+    """
+
+    def attach(handler: Callable) -> Callable:
+        handler.resize = resize
+        return handler
+
+    return attach

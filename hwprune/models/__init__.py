@@ -1,4 +1,4 @@
-"""Model zoo: seed models (tested here), torchvision classification models, and timm if installed.
+"""Model zoo: hwprune's built-in models (tested here), torchvision classification models, and timm if installed.
 
 Public API: :func:`get_model`, :func:`model_spec`, :func:`list_models`, :func:`example_input`,
 :func:`min_input_size`, :func:`register_model` and :class:`ModelSpec`.

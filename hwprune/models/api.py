@@ -1,7 +1,7 @@
-"""Resolving a model name to a module: seed registry first, then torchvision, then timm.
+"""Resolving a model name to a module: built-in registry first, then torchvision, then timm.
 
-A name may carry a source prefix (``torchvision:vgg11``, ``timm:resnet18``, ``seed:vgg11``) to
-skip the seed models that shadow a torchvision name. Nothing is ever downloaded: torchvision models
+A name may carry a source prefix (``torchvision:vgg11``, ``timm:resnet18``, ``hwprune:vgg11``) to
+skip the built-in models that shadow a torchvision name. Nothing is ever downloaded: torchvision models
 are built with ``weights=None`` and timm models with ``pretrained=False``.
 """
 
@@ -16,9 +16,9 @@ from torch import nn
 
 from hwprune.errors import HwpruneError, UnknownNameError
 from hwprune.models import _torchvision
-from hwprune.models.registry import SEED_MODELS, ModelSpec
+from hwprune.models.registry import BUILTIN_MODELS, ModelSpec
 
-SOURCES = ("seed", "torchvision", "timm")
+SOURCES = ("hwprune", "torchvision", "timm")
 
 
 def _timm() -> Any:
@@ -38,8 +38,8 @@ def _resolve(name: str) -> tuple[str, str]:
     elif source not in SOURCES:
         choices = ", ".join(SOURCES)
         raise UnknownNameError(f"unknown model source {source!r} in {name!r}; use one of {choices}")
-    if source in ("", "seed") and bare in SEED_MODELS:
-        return "seed", bare
+    if source in ("", "hwprune") and bare in BUILTIN_MODELS:
+        return "hwprune", bare
     if source in ("", "torchvision") and bare in _torchvision.classification_names():
         return "torchvision", bare
     timm = _timm() if source in ("", "timm") else None
@@ -56,9 +56,9 @@ def list_models(source: str | None = None) -> list[str]:
     """List model names.
 
     Args:
-        source: ``None`` or ``"seed"`` for the seed models, ``"torchvision"`` for torchvision
+        source: ``None`` or ``"hwprune"`` for the built-in models, ``"torchvision"`` for torchvision
             classification models, ``"timm"`` for timm models (empty without timm), ``"all"`` for
-            all of them (seed first, each name once).
+            all of them (built-in first, each name once).
 
     Returns:
         The names, sorted within each source.
@@ -66,21 +66,21 @@ def list_models(source: str | None = None) -> list[str]:
     Raises:
         HwpruneError: If ``source`` is not one of those.
     """
-    if source in (None, "seed"):
-        return SEED_MODELS.names()
+    if source in (None, "hwprune"):
+        return BUILTIN_MODELS.names()
     if source == "torchvision":
         return sorted(_torchvision.classification_names())
     if source == "timm":
         timm = _timm()
         return sorted(timm.list_models()) if timm is not None else []
     if source == "all":
-        names = list_models("seed")
+        names = list_models("hwprune")
         seen = set(names)
         for src in ("torchvision", "timm"):
             names += [n for n in list_models(src) if n not in seen]
             seen.update(names)
         return names
-    raise HwpruneError(f"unknown model source {source!r}; use one of seed, torchvision, timm, all")
+    raise HwpruneError(f"unknown model source {source!r}; use one of hwprune, torchvision, timm, all")
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -96,8 +96,8 @@ def model_spec(name: str) -> ModelSpec:
         UnknownNameError: If no source knows ``name``.
     """
     source, bare = _resolve(name)
-    if source == "seed":
-        return SEED_MODELS.get(bare).spec
+    if source == "hwprune":
+        return BUILTIN_MODELS.get(bare).spec
     if source == "torchvision":
         return ModelSpec(bare, source, _torchvision.native_size(bare), 3, 1000)
     cfg = _timm_cfg(bare)
@@ -120,7 +120,7 @@ def _timm_cfg(name: str) -> dict[str, Any]:
 def min_input_size(name: str) -> int:
     """Return the smallest square input side the model accepts when built for that side.
 
-    Found by trying and hardcoded (see ``_torchvision._MIN_SIZE`` and each seed model's
+    Found by trying and hardcoded (see ``_torchvision._MIN_SIZE`` and each built-in model's
     registration); use it to keep tests fast. timm models report their native size.
 
     Args:
@@ -130,8 +130,8 @@ def min_input_size(name: str) -> int:
         The side ``s`` such that ``get_model(name, input_size=s)`` runs on an ``s x s`` input.
     """
     source, bare = _resolve(name)
-    if source == "seed":
-        return SEED_MODELS.get(bare).min_input_size
+    if source == "hwprune":
+        return BUILTIN_MODELS.get(bare).min_input_size
     if source == "torchvision":
         return _torchvision.min_size(bare)
     return model_spec(name).default_input_size
@@ -145,7 +145,7 @@ def get_model(
 ) -> nn.Module:
     """Build a model with random weights (never downloads), in the mode its builder leaves it.
 
-    Resolution order: seed registry, torchvision classification models, timm (when installed).
+    Resolution order: built-in registry, torchvision classification models, timm (when installed).
     torchvision models with ``in_channels != 3`` get their first Conv2d replaced.
 
     Args:
@@ -153,7 +153,7 @@ def get_model(
         num_classes: Output width; the spec's default when None.
         in_channels: Input channels; the spec's default when None.
         input_size: Square input side the model is built for; the spec's default when None.
-            Only models that fix their size at construction use it (flatten -> Linear seed
+            Only models that fix their size at construction use it (flatten -> Linear built-in
             models, torchvision ViT/MaxViT).
 
     Returns:
@@ -166,9 +166,9 @@ def get_model(
     spec = model_spec(name)
     num_classes = spec.num_classes if num_classes is None else num_classes
     in_channels = spec.in_channels if in_channels is None else in_channels
-    if source == "seed":
+    if source == "hwprune":
         size = spec.default_input_size if input_size is None else input_size
-        return SEED_MODELS.get(bare).builder(num_classes, in_channels, size)
+        return BUILTIN_MODELS.get(bare).builder(num_classes, in_channels, size)
     if source == "torchvision":
         return _torchvision.build(bare, num_classes, in_channels, input_size)
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}

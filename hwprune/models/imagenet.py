@@ -1,7 +1,7 @@
 """Seed ImageNet models that are torchvision's own definitions, built without weights.
 
 ResNet-18/34/50 and MobileNet v2 are the standard reference networks for pruning papers; the
-torchvision definitions are the standard ones, so the seed versions wrap them (weights=None) and
+torchvision definitions are the standard ones, so the built-in versions wrap them (weights=None) and
 only add a native ``in_channels`` by swapping the stem conv. The global pooling is adaptive, so
 they run at 16 px and up.
 """

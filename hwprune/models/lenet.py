@@ -1,4 +1,4 @@
-"""LeNet-5 (LeCun et al., 1998) with ReLU and max-pooling: the smallest seed model.
+"""LeNet-5 (LeCun et al., 1998) with ReLU and max-pooling: the smallest built-in model.
 
 conv5x5(6) - pool - conv5x5(16) - pool - fc120 - fc84 - fc. The convolutions are unpadded, so the
 flattened feature size depends on the input side; it is computed from ``input_size`` so the same

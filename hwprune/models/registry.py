@@ -1,4 +1,4 @@
-"""The seed-model registry: models hwprune ships and tests itself, with their default shapes.
+"""The built-in model registry: models hwprune ships and tests itself, with their default shapes.
 
 Seed models are registered by decorating a builder ``(num_classes, in_channels, input_size) ->
 nn.Module`` with :func:`register_model`. The registry also records each model's defaults
@@ -23,7 +23,7 @@ class ModelSpec:
 
     Attributes:
         name: The name given to :func:`hwprune.models.get_model`.
-        source: ``"seed"``, ``"torchvision"`` or ``"timm"``.
+        source: ``"hwprune"``, ``"torchvision"`` or ``"timm"``.
         default_input_size: Side of the square image the model is built for.
         in_channels: Channels of the input image.
         num_classes: Width of the output logits.
@@ -37,15 +37,15 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class SeedEntry:
-    """A registered seed builder, its default spec and smallest accepted input side."""
+class BuiltinModel:
+    """A registered built-in builder, its default spec and smallest accepted input side."""
 
     builder: Builder
     spec: ModelSpec
     min_input_size: int
 
 
-SEED_MODELS: Registry[SeedEntry] = Registry("model")
+BUILTIN_MODELS: Registry[BuiltinModel] = Registry("model")
 
 
 def register_model(
@@ -56,7 +56,7 @@ def register_model(
     input_size: int = 32,
     min_input_size: int | None = None,
 ) -> Callable[[Builder], Builder]:
-    """Register a seed-model builder under ``name`` (a second registration of a name is an error).
+    """Register a built-in model builder under ``name`` (a second registration of a name is an error).
 
     Args:
         name: Registry name.
@@ -72,10 +72,10 @@ def register_model(
     Raises:
         ValueError: If ``name`` is already registered.
     """
-    spec = ModelSpec(name, "seed", input_size, in_channels, num_classes)
+    spec = ModelSpec(name, "hwprune", input_size, in_channels, num_classes)
 
     def decorate(builder: Builder) -> Builder:
-        SEED_MODELS.add(name, SeedEntry(builder, spec, min_input_size or input_size))
+        BUILTIN_MODELS.add(name, BuiltinModel(builder, spec, min_input_size or input_size))
         return builder
 
     return decorate

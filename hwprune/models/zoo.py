@@ -2,7 +2,7 @@
 
 import os
 
-SEED_MODELS = [
+BUILTIN_ZOO = [
     "lenet5",
     "vgg11",
     "vgg13",
@@ -45,10 +45,10 @@ UNTRACEABLE = {"timm:mobilevit_xxs"}
 
 # over ~6 s to build, map, compact and export on one core (measured; marked slow, still run in CI)
 SLOW = {
-    "seed:vgg16",
-    "seed:vgg19",
-    "seed:resnet56",
-    "seed:resnet50",
+    "hwprune:vgg16",
+    "hwprune:vgg19",
+    "hwprune:resnet56",
+    "hwprune:resnet50",
     "torchvision:convnext_base",
     "torchvision:convnext_large",
     "torchvision:densenet121",
@@ -92,7 +92,7 @@ SLOW = {
 # ghost, CSP, DLA) through both front-ends. HWPRUNE_FULL_ZOO=1 tests every model, as the benchmarks do
 # (benchmarks/mapper.py, benchmarks/verification_power.py).
 CI_ZOO = {
-    *(f"seed:{n}" for n in ("lenet5", "vgg11", "resnet20", "resnet18", "mobilenet_v1", "mobilenet_v2")),
+    *(f"hwprune:{n}" for n in ("lenet5", "vgg11", "resnet20", "resnet18", "mobilenet_v1", "mobilenet_v2")),
     *(
         f"torchvision:{n}"
         for n in (
@@ -172,9 +172,9 @@ def zoo_case(qualified: str, size: int | None, batch: int = 2, seed: int = 0):
 
 
 def zoo_cases() -> list[tuple[str, int | None]]:
-    """(qualified name, input side) of every zoo model: seed, the whole torchvision zoo, timm set."""
-    seed = [(f"seed:{n}", None) for n in SEED_MODELS]
-    return seed + list(torchvision_zoo().values()) + list(timm_zoo().values())
+    """(qualified name, input side) of every zoo model: built-in, the whole torchvision zoo, timm set."""
+    builtin = [(f"hwprune:{n}", None) for n in BUILTIN_ZOO]
+    return builtin + list(torchvision_zoo().values()) + list(timm_zoo().values())
 
 
 def ci_zoo_cases() -> list[tuple[str, int | None]]:

@@ -1,7 +1,7 @@
 """Results: the run-record schema and the process-safe CSV store.
 
 This package must not import torch (tools and notebooks read results without it). FLOP counting,
-which needs torch, lives in :mod:`hwprune.flops`.
+which needs torch, lives in :mod:`hwprune.graph_mapper.flops`.
 """
 
 from hwprune.results.schema import COLUMNS, MASK_KINDS, TARGET_KINDS, RunRecord, current_git_sha, utc_now_iso

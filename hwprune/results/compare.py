@@ -1,6 +1,6 @@
-"""Seed-004 tables and curves from the results store (torch-free: reads the CSV only).
+"""Prune-at-init tables and curves from the results store (torch-free: reads the CSV only).
 
-From the rows :mod:`hwprune.sweep` writes (``mask_kind`` weight, ``target_kind`` density,
+From the rows :mod:`hwprune.at_init.sweep` writes (``mask_kind`` weight, ``target_kind`` density,
 ``extra.compression_mode`` set), for each (model, dataset, compression mode):
 
 - compression x method tables of test accuracy (top-1 and top-5, %), testing time (s) and effective
@@ -12,7 +12,7 @@ From the rows :mod:`hwprune.sweep` writes (``mask_kind`` weight, ``target_kind``
 - an architecture table (model x method top-1 at that compression) when the store holds several models;
 - ``index.md`` listing every file written.
 
-Weight histograms need the saved weights and torch: :mod:`hwprune.analysis` draws them.
+Weight histograms need the saved weights and torch: :mod:`hwprune.at_init.analysis` draws them.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def sweep_rows(records: Iterable[RunRecord]) -> list[SweepRow]:
 
 
 def ordered_methods(methods: Iterable[str]) -> list[str]:
-    """Seed-004 methods first in the seed's order (Rand, Mag, SNIP, GraSP, SynFlow), then the rest sorted."""
+    """The five classic prune-at-init methods first (Rand, Mag, SNIP, GraSP, SynFlow), then the rest sorted."""
     present = set(methods)
     return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
 

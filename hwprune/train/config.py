@@ -2,7 +2,7 @@
 
 Defaults follow the seeds' CIFAR recipe (SGD, momentum 0.9, cosine decay). The step schedule is the
 seeds' ``preset``: the lr is multiplied by ``gamma`` at each milestone epoch; without milestones they
-are placed at 50 % and 75 % of the epochs (GraSP/GCS code). Seed 001's final training ([80, 40, 40]
+are placed at 50 % and 75 % of the epochs (GraSP/GCS code). The prune+train method's final training ([80, 40, 40]
 epochs at lr [0.1, 0.01, 0.001]) is ``epochs=160, lr=0.1, schedule='step', milestones=(80, 120)``.
 """
 

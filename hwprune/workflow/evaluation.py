@@ -91,7 +91,7 @@ def evaluate_pruned(
     name: str = "model",
 ) -> Evaluation:
     """Evaluate ``model``, or with ``mask`` its compacted form (loaded with ``pruned_state`` when given)."""
-    from hwprune.flops import count_flops
+    from hwprune.graph_mapper.flops import count_flops
 
     dense = count_flops(model, example)
     evaluated, notes = model, []

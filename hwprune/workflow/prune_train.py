@@ -369,7 +369,7 @@ def ship_prune_train(
     """Export the pruned model as verified ONNX into ``out`` and append its results row (accuracy, size)."""
     from hwprune.export.onnx_export import DEFAULT_EXPORTER
     from hwprune.export.pipeline import export_verified
-    from hwprune.flops import count_flops
+    from hwprune.graph_mapper.flops import count_flops
     from hwprune.results import ResultsStore, RunRecord, current_git_sha
 
     result.params_before = sum(p.numel() for p in dense.parameters())

@@ -1,4 +1,4 @@
-"""GATOR channel gating (seed 003) on any architecture the mapper reads.
+"""GATOR channel gating (hardware-aware gates trained with a cost term) on any architecture the mapper reads.
 
 A hard gate per channel of every prunable group, trained with the task loss plus a FLOPs, memory or
 latency cost term, then converted to a ChannelMask that the existing export path compacts and

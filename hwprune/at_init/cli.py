@@ -1,4 +1,4 @@
-r"""Prune at initialization and train: the seed-004 sweep (pruner x compression x seed), one results row per run.
+r"""Prune at initialization and train: the sweep (pruner x compression x seed), one results row per run.
 
 Examples::
 
@@ -26,11 +26,11 @@ import sys
 import torch
 
 from hwprune import checks
+from hwprune.at_init.status import STATUSES
+from hwprune.at_init.sweep import SWEEP_COMPRESSIONS, SWEEP_PRUNERS, SYNFLOW_ROUNDS, run_sweep
 from hwprune.errors import HwpruneError, OneLineParser, first_line
 from hwprune.models.init import INITS
 from hwprune.prune.weight_masking import COMPRESSION_MODES, RULES, density_from
-from hwprune.sweep import SWEEP_COMPRESSIONS, SWEEP_PRUNERS, SYNFLOW_ROUNDS, run_sweep
-from hwprune.sweep_status import STATUSES
 from hwprune.train import add_train_args, config_from_args
 
 PROG = "hwprune prune-at-init"

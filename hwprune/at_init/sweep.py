@@ -1,4 +1,4 @@
-"""Prune-at-initialization sweeps (seed 004): pruner x compression x seed, one results row per run.
+"""Prune-at-initialization sweeps: pruner x compression x seed, one results row per run.
 
 For each run: build the model with the seed (re-drawn with Synaptic-Flow's initialisation unless
 ``init="model"``, :mod:`hwprune.models.init`), take the reference pruning set (``samples_per_class`` = 10
@@ -7,11 +7,11 @@ compression names (:func:`~hwprune.prune.weight_masking.density_from`: ``ratio``
 ``exponent`` x keeps 10^-x), count the input-to-output paths the mask leaves, train with the mask
 enforced, evaluate (top-1, top-5, testing time; with ``sparse_eval`` also through the CSR execution
 path of :mod:`hwprune.models.sparse_csr`), mark the run ``collapsed``, ``untrainable`` or ``ok``
-(:mod:`hwprune.sweep_status`), count the masked model's parameters and effective FLOPs, and append one
+(:mod:`hwprune.at_init.status`), count the masked model's parameters and effective FLOPs, and append one
 :class:`~hwprune.results.RunRecord` to the results store.
 
 FLOPs of a masked model (``flops`` column): the dense model is counted once with
-:func:`hwprune.flops.count_flops`; each layer whose weight is masked contributes its dense FLOPs times
+:func:`hwprune.graph_mapper.flops.count_flops`; each layer whose weight is masked contributes its dense FLOPs times
 the layer's kept-weight density (an unstructured zero removes exactly its multiply-adds, assuming a
 sparse kernel that skips zeros); layers without a mask and parameter-free ops (pooling, additions) count
 in full. ``flops_before`` is the dense count. ``params`` is the number of parameters the masked model
@@ -21,7 +21,7 @@ keeps (all parameters minus the masked-out weights), ``params_before`` the dense
 parameter. ``target_value`` is the compression exactly as given; ``extra.compression_mode`` says how to
 read it. ``extra`` also holds per-layer density and effective FLOPs, ``status``, ``collapsed`` (no
 input-to-output path), ``paths_log10`` and the layers keeping no weight, the logits' spread over the
-pruning set after masking (:func:`~hwprune.sweep_status.logit_spread`), the per-epoch training loss
+pruning set after masking (:func:`~hwprune.at_init.status.logit_spread`), the per-epoch training loss
 and test top-1, the testing time(s) and the pruning settings.
 
 Masks follow Synaptic-Flow's selection rule by default (``mask_rule="reference"``: remove the
@@ -44,9 +44,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hwprune.at_init.status import chance_ceiling, log10_paths, logit_spread, run_status
 from hwprune.data import dataset_info, get_dataset, make_loader
 from hwprune.errors import HwpruneError
-from hwprune.flops import count_flops
+from hwprune.graph_mapper.flops import count_flops
 from hwprune.models import get_model, model_spec
 from hwprune.models.init import INITS, reference_init
 from hwprune.models.sparse_csr import to_sparse_csr
@@ -61,7 +62,6 @@ from hwprune.prune.weight_masking import (
     prune_weights,
 )
 from hwprune.results import ResultsStore, RunRecord, current_git_sha
-from hwprune.sweep_status import chance_ceiling, log10_paths, logit_spread, run_status
 from hwprune.train import TrainConfig, evaluate, train
 
 log = logging.getLogger(__name__)

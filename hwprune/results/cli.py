@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 plots=not args.no_plots,
             )
             if histograms:
-                from hwprune.analysis import weight_histograms
+                from hwprune.at_init.analysis import weight_histograms
 
                 hist = weight_histograms(at, stage.path)
                 if hist:

@@ -7,7 +7,7 @@ that records the gating settings. Examples::
 
     hwprune gate --model resnet18 --data digits --gating-config cfg.json --epochs 10
     hwprune gate --model resnet18 --data digits --gating-config cfg.json --lut lut.json --target 0.5
-    torchrun --standalone --nproc_per_node 2 -m hwprune.gate_cli --model resnet18 --gating-config cfg.json
+    torchrun --standalone --nproc_per_node 2 -m hwprune.prune.gating.cli --model resnet18 --gating-config cfg.json
 
 The config is a JSON object with GATOR's keys (factor_type, criteria_weight, gradient_multiplier,
 gate_init_prob, static_total_cost, edge_multipliers) plus target and temperature; options given on
