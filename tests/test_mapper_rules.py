@@ -912,3 +912,83 @@ def test_affine_group_norm_per_channel_resizes():
     kept = int(mask.keep[group_of(graph, "0.weight").id].sum())
     norm = compacted.get_submodule("1")
     assert kept < 8 and norm.num_groups == norm.num_channels == kept
+
+
+# ----------------------------------------------------------------------------- decoders, tiling, stacking
+
+
+class ShuffleNet(nn.Module):
+    """Sub-pixel upsampling then its inverse: channels move between the channel axis and space."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1, self.up = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.PixelShuffle(2)
+        self.c2, self.down, self.c3 = nn.Conv2d(4, 8, 3), nn.PixelUnshuffle(2), nn.Conv2d(32, 5, 1)
+
+    def forward(self, x):
+        return self.c3(self.down(self.c2(F.relu(self.up(self.b1(self.c1(x)))))))
+
+
+def test_pixel_shuffle_groups_each_output_channel_with_its_four_inputs():
+    model, x, graph = _build(ShuffleNet())
+    assert_well_formed(graph)
+    shuffled = group_of(graph, "c1.weight")
+    assert shuffled.size == 4 and shuffled.prunable and slice_of(shuffled, "c1.weight", 0).inner == 4
+    assert slice_of(shuffled, "c2.weight", 1).inner == 1  # c2 reads the 4 shuffled channels
+    unshuffled = group_of(graph, "c2.weight")
+    assert unshuffled.size == 8 and slice_of(unshuffled, "c3.weight", 1).inner == 4  # each feeds 4 columns
+    mask, compacted = assert_compacts_exactly(model, x, graph)
+    assert compacted.c1.out_channels == 4 * compacted.c2.in_channels
+
+
+class Decoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Conv2d(3, 16, 3, stride=2), nn.ConvTranspose2d(16, 12, 3, stride=2, output_padding=1)
+        self.bn, self.head = nn.BatchNorm2d(12), nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.bn(self.dec(F.relu(self.enc(x))))))
+
+
+def test_conv_transpose_reads_rows_and_writes_columns():
+    model, x, graph = _build(Decoder(), (2, 3, 9, 9))
+    assert_well_formed(graph)
+    assert tensors(group_of(graph, "enc.weight"), CONSUMER) == {("dec.weight", 0)}
+    dec = group_of(graph, "dec.weight", axis=1)
+    assert tensors(dec, PRODUCER) == {("dec.weight", 1), ("dec.bias", 0)} and dec.prunable
+    mask, compacted = assert_compacts_exactly(model, x, graph)
+    assert (compacted.dec.in_channels, compacted.dec.out_channels) == tuple(compacted.dec.weight.shape[:2])
+
+
+def test_grouped_conv_transpose_fails_closed():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ConvTranspose2d(8, 8, 2, groups=2), nn.Conv2d(8, 4, 1))
+    model, x, graph = _build(model)
+    assert not group_of(graph, "0.weight").prunable
+    assert "ConvTranspose2d 1 with 2 groups" in group_of(graph, "0.weight").reason
+
+
+class StackRepeat(nn.Module):
+    """Two branches stacked on a new axis, one repeated along channels, one reshaped to the other's shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.wide, self.head = nn.Conv2d(16, 6, 1), nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        pair = torch.stack([a, b], 1).amax(1)  # a and b meet position by position: one group
+        tiled = self.wide(a.repeat(1, 2, 1, 1))  # a's channels twice along the channel axis
+        same = self.c(x).reshape_as(pair)  # c's channels tied to the stacked pair's
+        return self.head(pair + same) + tiled.mean(1, keepdim=True)
+
+
+def test_stack_repeat_and_reshape_as_tie_and_tile_channels():
+    model, x, graph = _build(StackRepeat(), (2, 3, 6, 6))
+    assert_well_formed(graph)
+    tied = group_of(graph, "a.weight")
+    assert tied is group_of(graph, "b.weight") is group_of(graph, "c.weight")
+    assert tied.size == 8 and tied.prunable and slice_of(tied, "wide.weight", 1).inner == 2  # tiled twice
+    mask, compacted = assert_compacts_exactly(model, x, graph)
+    assert compacted.wide.in_channels == 2 * compacted.a.out_channels

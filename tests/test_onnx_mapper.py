@@ -324,7 +324,7 @@ def _two_input_model(dims):
     nodes = [helper.make_node("Add", ["a", "b"], ["s"]), helper.make_node("MatMul", ["s", "w"], ["y"])]
     weight = numpy_helper.from_array(np.ones((4, 3), dtype=np.float32), "w")
     graph = helper.make_graph(nodes, "two", inputs, [helper.make_tensor_value_info("y", 1, None)], [weight])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 
 
 def test_input_shapes_that_cannot_be_determined_are_refused():
@@ -393,3 +393,61 @@ def test_cli_onnx_errors(argv, message, exported, tmp_path, monkeypatch, capsys)
     (tmp_path / "m.onnx").write_bytes(path.read_bytes())
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- space <-> depth, tiling
+
+
+def _space_depth_model(mode: str) -> onnx.ModelProto:
+    """conv1 (16) -> DepthToSpace(2, mode) -> conv2 (8) -> SpaceToDepth(2) -> conv3 (5)."""
+    rng = np.random.default_rng(0)
+    shapes = {"w1": (16, 3, 1, 1), "b1": (16,), "w2": (8, 4, 3, 3), "w3": (5, 32, 1, 1)}
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in shapes.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["a"], name="conv1"),
+        helper.make_node("DepthToSpace", ["a"], ["b"], name="d2s", blocksize=2, mode=mode),
+        helper.make_node("Conv", ["b", "w2"], ["c"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("SpaceToDepth", ["c"], ["d"], name="s2d", blocksize=2),
+        helper.make_node("Conv", ["d", "w3"], ["y"], name="conv3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "space_depth",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_and_back_compact_exactly(mode, tmp_path):
+    graph = build_onnx_channel_graph(_space_depth_model(mode))
+    shuffled, unshuffled = (_by_producer(graph)[w] for w in ("w1", "w2"))
+    assert shuffled.prunable and shuffled.size == 4  # 16 conv outputs, 4 per output channel
+    assert unshuffled.prunable and unshuffled.size == 8  # each feeds 4 columns of conv3
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=1), ratio=0.5)
+    assert set(mask.pruned_groups()) == {shuffled.id, unshuffled.id}
+    feeds = random_feeds(graph.gm, seed=1)
+    reference = _run(masked_onnx(graph, mask), feeds, tmp_path / "masked.onnx")
+    compacted = compact_onnx(graph, mask)
+    assert max_rel_diff(_run(compacted, feeds, tmp_path / "compacted.onnx"), reference) <= 1e-4
+    kept = {t.name: tuple(t.dims) for t in compacted.graph.initializer}
+    assert kept["w1"][0] == 4 * kept["w2"][1] == 8 and kept["w3"][1] == 4 * kept["w2"][0] == 16
+
+
+def test_pixel_shuffle_tile_and_stack_exported_by_dynamo_compact_exactly(tmp_path):
+    from tests.test_mapper_rules import ShuffleNet, StackRepeat
+
+    for net, shape in ((ShuffleNet(), (2, 3, 8, 8)), (StackRepeat(), (2, 3, 6, 6))):
+        model, x = randomize_for_check(net).eval(), torch.randn(*shape)
+        path = tmp_path / f"{type(net).__name__}.onnx"
+        export_onnx(model, x, path, "dynamo")
+        graph = build_onnx_channel_graph(path)
+        ops = {n.op_type for n in graph.gm.graph.node}
+        assert {"DepthToSpace"} <= ops if isinstance(net, ShuffleNet) else {"Tile", "Concat"} <= ops
+        assert sum(g.prunable for g in graph.groups) == 2 if isinstance(net, ShuffleNet) else 1
+        mask = uniform_channel_mask(graph, random_scores(graph, seed=1), ratio=0.5)
+        feeds = random_feeds(graph.gm, seed=1)
+        reference = _run(masked_onnx(graph, mask), feeds, tmp_path / "masked.onnx")
+        assert max_rel_diff(_run(compact_onnx(graph, mask), feeds, tmp_path / "compacted.onnx"), reference) <= 1e-4

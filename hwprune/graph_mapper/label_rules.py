@@ -244,6 +244,26 @@ def concat(atoms: AtomTable, labels: list, shapes: list, dim: int, out_shape, wh
     return channel_shaped(vec, nd, dim)
 
 
+def merge_blocks(atoms: AtomTable, blocks: np.ndarray, what: str) -> np.ndarray | Frozen:
+    """Depth-to-space: the atoms of each row of ``blocks`` become one output channel (one atom per row).
+
+    A row that mixes fixed and prunable positions cannot shrink as a whole: everything is frozen.
+    """
+    if ((blocks < 0).any(axis=1) & (blocks >= 0).any(axis=1)).any():
+        reason = f"{what} merges fixed and prunable channels"
+        atoms.freeze(blocks, reason)
+        return Frozen(reason)
+    for i in range(1, blocks.shape[1]):
+        atoms.union(blocks[:, 0], blocks[:, i])
+    return blocks[:, 0].copy()
+
+
+def tile(label: np.ndarray, reps) -> np.ndarray:
+    """Tiling: an axis where channels vary carries them ``reps[d]`` times; the factors never change."""
+    label = right_align(label, len(reps))
+    return np.tile(label, [r if label.shape[d] > 1 else 1 for d, r in enumerate(reps)])
+
+
 def split(label: np.ndarray, in_shape, dim: int, sizes: list[int]):
     """Pieces of a split along ``dim`` and the channel vector there (None when channels are elsewhere).
 

@@ -525,6 +525,40 @@ def expand(ctx: OnnxContext, node: onnx.NodeProto):
     return out
 
 
+@ONNX_OPS.register("Tile")
+def tile(ctx: OnnxContext, node: onnx.NodeProto):
+    label = ctx.label(node.input[0])
+    if isinstance(label, Frozen):
+        return label
+    reps = ctx.const(node.input[1])
+    if reps is None:
+        return ctx.unknown(node, f"Tile {node.name} with computed repeats")
+    return rules.tile(label, [int(r) for r in reps])
+
+
+@ONNX_OPS.register("DepthToSpace")
+def depth_to_space(ctx: OnnxContext, node: onnx.NodeProto):
+    """Blocks of r*r input channels become one output channel: consecutive (CRD) or strided by C (DCR)."""
+    r, x = int(attr(node, "blocksize")), node.input[0]
+    crd = attr(node, "mode", b"DCR") in (b"CRD", "CRD")
+    vec = ctx.channel_labels(node, x, dim=1, size=ctx.shape(x)[1], what="depth to space")
+    if vec is None:
+        return Frozen(f"depth to space {node.name} sees frozen channels")
+    blocks = vec.reshape(-1, r * r) if crd else vec.reshape(r * r, -1).T
+    out = rules.merge_blocks(ctx.atoms, blocks, f"DepthToSpace {node.name}")
+    return out if isinstance(out, Frozen) else rules.channel_shaped(out, 4)
+
+
+@ONNX_OPS.register("SpaceToDepth")
+def space_to_depth(ctx: OnnxContext, node: onnx.NodeProto):
+    """Input channel c becomes output channels k*C + c, one per block offset k."""
+    r, x = int(attr(node, "blocksize")), node.input[0]
+    vec = ctx.channel_labels(node, x, dim=1, size=ctx.shape(x)[1], what="space to depth")
+    if vec is None:
+        return Frozen(f"space to depth {node.name} sees frozen channels")
+    return rules.channel_shaped(np.tile(vec, r * r), 4)
+
+
 # ----------------------------------------------------------------------------- spatial, reductions
 
 

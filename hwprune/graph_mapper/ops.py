@@ -126,6 +126,25 @@ def linear(ctx: MapContext, node: fx.Node):
     return _linear(ctx, node)
 
 
+def _resize_conv_transpose(m: nn.modules.conv._ConvTransposeNd, shrunk) -> None:
+    m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+
+
+@OPS.register(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+@resized_by(_resize_conv_transpose)
+def conv_transpose(ctx: MapContext, node: fx.Node):
+    """A transposed conv with one group: inputs on the weight's rows, outputs on its columns."""
+    m = ctx.module(node)
+    if m.groups != 1:
+        return ctx.unknown(node, f"{type(m).__name__} {node.target} with {m.groups} groups")
+    name, in_shape, out_shape = node.target, ctx.shape(node.args[0]), ctx.shape(node)
+    macs = m.weight.numel() * math.prod(in_shape[2:])
+    vec = ctx.channel_labels(node, node.args[0], dim=1, size=m.in_channels, what="transposed conv input")
+    bias = (f"{name}.bias", 0) if m.bias is not None else None
+    out = rules.linear_sites(ctx, node, vec, f"{name}.weight", 1, m.out_channels, macs, bias)
+    return rules.channel_shaped(out, len(out_shape))
+
+
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
 
 
@@ -359,6 +378,74 @@ def reshape(ctx: MapContext, node: fx.Node):
     if node.target in SIZED_RESHAPES and labelled(out):
         ctx.record_shape_rewrite(node, out)
     return out
+
+
+@OPS.register("reshape_as", "view_as")
+def reshape_as(ctx: MapContext, node: fx.Node):
+    """Reshape to another tensor's shape: no size literal, so that tensor's channels are tied to the result's."""
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen):
+        return label
+    out_shape = ctx.shape(node)
+    out = rules.reshape(ctx.atoms, label, ctx.shape(node.args[0]), out_shape, f"view {node.name}")
+    if isinstance(out, Frozen):
+        return out
+    return rules.align(ctx.atoms, [(out, out_shape), (ctx.label(node.args[1]), out_shape)], out_shape, _what(ctx, node))
+
+
+@OPS.register(torch.stack)
+def stack(ctx: MapContext, node: fx.Node):
+    """Stack = concatenate along a new axis: the operands' channels (on other axes) are tied position by position."""
+    tensors = node.args[0]
+    dim = _arg(node, 1, "dim") or 0
+    out_shape = ctx.shape(node)
+    dim %= len(out_shape)
+    labels = [ctx.label(t) for t in tensors]
+    if not all(isinstance(lab, np.ndarray) for lab in labels):
+        return rules.concat(ctx.atoms, labels, [None] * len(labels), dim, out_shape, f"stack {node.name}")
+    labels = [np.expand_dims(right_align(lab, len(out_shape) - 1), dim) for lab in labels]
+    shapes = [out_shape[:dim] + (1,) + out_shape[dim + 1 :] for _ in labels]
+    return rules.concat(ctx.atoms, labels, shapes, dim, out_shape, f"stack {node.name}")
+
+
+@OPS.register("repeat")
+def repeat(ctx: MapContext, node: fx.Node):
+    """Tile: a channel axis repeated r times carries its channels r times (factors need no rewrite)."""
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen):
+        return label
+    reps = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (tuple, list)) else node.args[1:]
+    if not all(isinstance(r, int) for r in reps):
+        return ctx.unknown(node, f"repeat {node.name} with computed factors")
+    return rules.tile(label, reps)
+
+
+def _pixel_shuffle_factor(ctx: MapContext, node: fx.Node, attr: str, name: str) -> int:
+    m = ctx.module_or_none(node)
+    return getattr(m, attr) if m is not None else _arg(node, 1, name)
+
+
+@OPS.register(nn.PixelShuffle, F.pixel_shuffle)
+def pixel_shuffle(ctx: MapContext, node: fx.Node):
+    """[N, C*r*r, H, W] -> [N, C, H*r, W*r]: the r*r input channels of output channel c are one channel."""
+    r = _pixel_shuffle_factor(ctx, node, "upscale_factor", "upscale_factor")
+    in_shape = ctx.shape(node.args[0])
+    vec = ctx.channel_labels(node, node.args[0], dim=-3, size=in_shape[-3], what="pixel shuffle")
+    if vec is None:
+        return Frozen(f"pixel shuffle {node.name} sees frozen channels")
+    out = rules.merge_blocks(ctx.atoms, vec.reshape(-1, r * r), f"pixel shuffle {node.name}")
+    return out if isinstance(out, Frozen) else rules.channel_shaped(out, len(ctx.shape(node)), -3)
+
+
+@OPS.register(nn.PixelUnshuffle, F.pixel_unshuffle)
+def pixel_unshuffle(ctx: MapContext, node: fx.Node):
+    """[N, C, H*r, W*r] -> [N, C*r*r, H, W]: input channel c becomes r*r consecutive output channels."""
+    r = _pixel_shuffle_factor(ctx, node, "downscale_factor", "downscale_factor")
+    in_shape = ctx.shape(node.args[0])
+    vec = ctx.channel_labels(node, node.args[0], dim=-3, size=in_shape[-3], what="pixel unshuffle")
+    if vec is None:
+        return Frozen(f"pixel unshuffle {node.name} sees frozen channels")
+    return rules.channel_shaped(np.repeat(vec, r * r), len(ctx.shape(node)), -3)
 
 
 @OPS.register("expand", "expand_as")
