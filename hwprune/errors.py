@@ -19,6 +19,10 @@ class UnknownNameError(HwpruneError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class HwpruneWarning(UserWarning):
+    """Something the user should know that does not stop the job (the CLI prints it as one line)."""
+
+
 class MaskMismatchError(HwpruneError):
     """A mask does not fit the model or graph it is applied to."""
 

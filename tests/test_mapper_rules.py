@@ -992,3 +992,56 @@ def test_stack_repeat_and_reshape_as_tie_and_tile_channels():
     assert tied.size == 8 and tied.prunable and slice_of(tied, "wide.weight", 1).inner == 2  # tiled twice
     mask, compacted = assert_compacts_exactly(model, x, graph)
     assert compacted.wide.in_channels == 2 * compacted.a.out_channels
+
+
+# ----------------------------------------------------------------------------- coverage counts what is pruned
+
+
+class NormOnly(nn.Module):
+    """Linear -> LayerNorm -> Linear: the only prunable group is inexact (the norm mixes its channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.norm, self.b = nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(self.norm(self.a(x)))
+
+
+def test_coverage_counts_only_exact_groups():
+    model, x, graph = _build(NormOnly(), (2, 6))
+    group = group_of(graph, "a.weight")
+    assert group.prunable and not group.exact
+    assert graph.prunable_macs_share() == 0.0  # was 1.0: an inexact group is not pruned by default
+    assert "0% of conv/linear MACs prunable" in graph.summary()
+
+
+def test_coverage_keeps_frozen_weighted_ops_in_the_denominator():
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 1), nn.ConvTranspose2d(8, 8, 2, groups=2), nn.Conv2d(8, 4, 1)
+    )
+    model, x, graph = _build(net)  # input 8x8: the transposed conv doubles it to 9x9
+    conv0, conv1 = 8 * 3 * 64, 8 * 8 * 64  # weight x output positions
+    conv_t, conv3 = 8 * 4 * 4 * 81, 4 * 8 * 81  # grouped transposed conv: no handler for 2 groups
+    assert graph.unmapped_macs == conv_t
+    assert graph.prunable_macs_share() == pytest.approx((conv0 + conv1) / (conv0 + conv1 + conv_t + conv3))
+
+
+def test_a_mask_that_removes_nothing_warns_in_one_line(tmp_path, capsys):
+    from hwprune.cli import main
+    from hwprune.errors import HwpruneWarning
+    from hwprune.export.onnx_export import export_onnx
+    from hwprune.workflow.inputs import ModelInput
+    from hwprune.workflow.scoring import make_mask
+
+    model, x, graph = _build(NormOnly(), (2, 6))
+    with pytest.warns(HwpruneWarning, match="nothing is pruned in NormOnly: its 1 prunable group"):
+        mask = make_mask(ModelInput("NormOnly", model, x), graph, "l1", 0.5)
+    assert not mask.pruned_groups()
+    export_onnx(model, x, tmp_path / "norm_only.onnx")
+    capsys.readouterr()
+    code = main(
+        ["mask", "--onnx", str(tmp_path / "norm_only.onnx"), "--ratio", "0.5", "--out", str(tmp_path / "m.json")]
+    )
+    err = capsys.readouterr().err
+    assert code == 0 and err.count("\n") == 1 and err.startswith("hwprune: warning: nothing is pruned")

@@ -17,11 +17,20 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from pathlib import Path
 
 from hwprune import checks
 from hwprune.cli.registry import COMMANDS
-from hwprune.errors import HwpruneError, Interrupted, OneLineParser, current_stage, first_line, set_stage
+from hwprune.errors import (
+    HwpruneError,
+    HwpruneWarning,
+    Interrupted,
+    OneLineParser,
+    current_stage,
+    first_line,
+    set_stage,
+)
 
 # subcommands with parsers of their own (their --help is theirs): hwprune NAME ARGS -> module.main(ARGS)
 DELEGATED = {
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("HWPRUNE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     set_stage("reading the command line")
-    with _signals_as_interrupts():
+    with _signals_as_interrupts(), _one_line_warnings():
         try:
             return _run(argv)
         except HwpruneError as exc:
@@ -149,6 +158,24 @@ def _run(argv: list[str]) -> int:
         command.check(args)
     set_stage(f"running hwprune {args.command}")
     return command.run(args) or 0
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Print HwpruneWarnings as one line (``hwprune: warning: ...``), others as Python prints them."""
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, HwpruneWarning):
+            print(f"hwprune: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original
 
 
 @contextlib.contextmanager

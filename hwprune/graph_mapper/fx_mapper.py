@@ -62,6 +62,9 @@ class MapContext(LabelRecorder):
         reason = reason or f"no handler for op {op_name(node, self.module_or_none(node))} (node {node.name})"
         self.freeze_inputs(node, reason)
         shapes = self.shapes(node)
+        weight = getattr(self.module_or_none(node), "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            self.record_unmapped(node, weight.numel(), shapes if isinstance(shapes, tuple) else None)
         if shapes is None:
             return None
         if isinstance(shapes, tuple):
@@ -124,6 +127,7 @@ def build_channel_graph(model: nn.Module, example_input: torch.Tensor, name: str
     finally:
         for m, mode in modes.items():
             m.training = mode
+    graph.unmapped_macs = sum(ctx.unmapped_macs.values())
     graph.build_s = time.perf_counter() - start
     return graph
 

@@ -9,6 +9,7 @@ rewrite records that compaction reads.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,7 +42,16 @@ class LabelRecorder:
         self.sites: list[RawSite] = []
         self.rewrites: dict[str, Rewrite] = {}
         self.block_constraints: list[tuple[str, np.ndarray]] = []
+        self.unmapped_macs: dict[str, int] = {}  # weighted ops no handler mapped: they still count in coverage
         self._site_index: dict[tuple[str, int], int] = {}
+
+    def record_unmapped(self, node, weight_numel: int, out_shape) -> None:
+        """Count an op with a weight that no handler mapped (weight x output positions multiply-adds).
+
+        They stay in the coverage denominator, so freezing an op never makes the prunable share look larger.
+        """
+        positions = math.prod(out_shape[2:]) if out_shape is not None and len(out_shape) > 2 else 1
+        self.unmapped_macs[node.name] = int(weight_numel) * positions
 
     def label(self, arg):
         raise NotImplementedError

@@ -368,6 +368,10 @@ class OnnxContext(LabelRecorder):
         """Fail closed: freeze every channel reaching the node; its outputs carry nothing prunable."""
         reason = reason or f"no handler for ONNX op {op_label(node)} (node {node.name})"
         self.freeze_inputs(node, reason)
+        weights = [self.initializers[i].dims for i in node.input if i in self.initializers]
+        weights = [dims for dims in weights if len(dims) >= 2]
+        if weights and node.output:
+            self.record_unmapped(node, max(math.prod(d) for d in weights), self.shape(node.output[0]))
         return tuple(Frozen(reason) for _ in node.output)
 
     def finish(self) -> None:
@@ -455,6 +459,7 @@ def build_onnx_channel_graph(source, name: str | None = None, input_shape=None, 
     numel = {t.name: math.prod(t.dims) for t in model.graph.initializer}
     first = model.graph.input[0].name
     graph = assemble(ctx.atoms, ctx.sites, numel, _node_labels(ctx), ctx.rewrites, name, prop.shapes[first], model)
+    graph.unmapped_macs = sum(ctx.unmapped_macs.values())
     graph.build_s = time.perf_counter() - start
     return graph
 

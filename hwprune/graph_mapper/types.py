@@ -149,6 +149,7 @@ class ChannelGraph:
     rewrites: dict[str, object] = field(default_factory=dict, repr=False)  # node -> rewrite record
     build_s: float = 0.0
     total_macs: int = 0
+    unmapped_macs: int = 0  # multiply-adds of weighted ops no handler mapped (frozen, not in total_macs)
 
     def group(self, gid: int) -> ChannelGroup:
         return self.groups[gid]
@@ -176,12 +177,13 @@ class ChannelGraph:
         return hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:16]
 
     def prunable_macs_share(self, total_macs: float | None = None) -> float:
-        """Share of conv/linear multiply-adds in ops with at least one prunable channel axis.
+        """Share of conv/linear multiply-adds in ops that lose channels when pruned by default.
 
-        The denominator defaults to the conv/linear ops the mapper saw; pass a counter's total
-        (e.g. fvcore's conv+linear+matmul) to include ops hidden inside modules it froze.
+        Only exact prunable groups count (inexact ones are pruned only on request). The denominator
+        defaults to every weighted op the mapper saw, mapped or not (``unmapped_macs``); pass a
+        counter's total (e.g. fvcore's conv+linear+matmul) to include ops hidden inside frozen modules.
         """
-        prunable_roots = {r for g in self.groups if g.prunable and g.size > 1 for r in g.roots}
+        prunable_roots = {r for g in self.groups if g.prunable and g.exact and g.size > 1 for r in g.roots}
         seen: dict[str, tuple[int, bool]] = {}
         for site in self.sites:
             if site.macs <= 0:
@@ -189,7 +191,7 @@ class ChannelGraph:
             hit = bool(prunable_roots.intersection(np.unique(site.roots).tolist()))
             macs, before = seen.get(site.tensor, (site.macs, False))
             seen[site.tensor] = (macs, before or hit)
-        total = total_macs or sum(m for m, _ in seen.values())
+        total = total_macs or sum(m for m, _ in seen.values()) + self.unmapped_macs
         return sum(m for m, hit in seen.values() if hit) / total if total else 0.0
 
     def summary(self) -> str:

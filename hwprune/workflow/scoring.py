@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from hwprune.errors import HwpruneError
+from hwprune.errors import HwpruneError, HwpruneWarning
 from hwprune.graph_mapper import ChannelGraph
 from hwprune.prune.channel import uniform_channel_mask
 from hwprune.prune.importance import CHANNEL_IMPORTANCES
@@ -68,6 +70,21 @@ def first_samples(batches, samples: int) -> list:
     return out
 
 
+def warn_nothing_pruned(graph: ChannelGraph) -> None:
+    """Say so when a mask removes nothing: an export would otherwise 'succeed' with the model unchanged."""
+    inexact = sum(g.prunable and not g.exact for g in graph.groups)
+    why = (
+        f"its {inexact} prunable group(s) are inexact (a norm mixes their channels; pruned only on request)"
+        if inexact
+        else "no channel group is prunable"
+    )
+    warnings.warn(
+        f"nothing is pruned in {graph.model_name}: {why}; `hwprune map` lists why each group is frozen",
+        HwpruneWarning,
+        stacklevel=2,
+    )
+
+
 def make_mask(
     job: ModelInput | OnnxInput,
     graph: ChannelGraph,
@@ -83,6 +100,8 @@ def make_mask(
         raise HwpruneError(f"--ratio is the share of channels to remove per group, in [0, 1) (got {ratio})")
     scores = importance_scores(job, graph, method, data, data_dir, seed=seed, samples=imp_samples)
     mask = uniform_channel_mask(graph, scores, ratio)
+    if ratio > 0 and not mask.pruned_groups():
+        warn_nothing_pruned(graph)
     mask.meta.update({"method": method, "ratio": ratio, "input_shape": list(job.example.shape)})
     if CHANNEL_IMPORTANCES.get(method).needs_data:
         mask.meta.update({"data": data, "imp_samples": imp_samples})
