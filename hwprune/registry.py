@@ -57,9 +57,19 @@ class Registry(Generic[T]):
         return iter(self.keys())
 
     def keys(self) -> list[object]:
-        """Every key, sorted by its text."""
-        return sorted(self._items, key=str)
+        """Every key, sorted by its name (ties in registration order: the same order in every process)."""
+        return sorted(self._items, key=key_name)
 
     def names(self) -> list[str]:
         """Every key as text, sorted (a type or function key shows its qualified name)."""
-        return sorted(k if isinstance(k, str) else getattr(k, "__qualname__", str(k)) for k in self._items)
+        return sorted(key_name(k) for k in self._items)
+
+
+def key_name(key: object) -> str:
+    """A key as text: a name as is, a type or function by its module and qualified name (never an address)."""
+    if isinstance(key, str):
+        return key
+    qualname = getattr(key, "__qualname__", None)
+    if qualname is None:
+        return repr(key)
+    return f"{getattr(key, '__module__', None) or type(key).__name__}.{qualname}"

@@ -19,6 +19,7 @@ from hwprune.cli.registry import COMMANDS, Command
 from hwprune.graph_mapper import fx_mapper  # noqa: F401  (registers every fx handler, attention included)
 from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, ONNX_OPS
 from hwprune.graph_mapper.ops import OPS
+from hwprune.registry import key_name
 
 
 def _takes(fn, n: int) -> bool:
@@ -64,7 +65,7 @@ def onnx_entry_problem(op_type, handler) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("key", OPS.keys(), ids=str)
+@pytest.mark.parametrize("key", OPS.keys(), ids=[key_name(k) for k in OPS.keys()])
 def test_fx_op_handler_contract(key):
     assert fx_entry_problem(key, OPS.find(key)) is None
 

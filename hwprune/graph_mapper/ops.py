@@ -420,17 +420,18 @@ def repeat(ctx: MapContext, node: fx.Node):
     return rules.tile(label, reps)
 
 
-def _pixel_shuffle_factor(ctx: MapContext, node: fx.Node, attr: str, name: str) -> int:
+def _pixel_channels(ctx: MapContext, node: fx.Node, factor: str, what: str) -> tuple[int, np.ndarray | None]:
+    """The block factor of a pixel (un)shuffle (module attribute or argument) and its input's channel atoms."""
     m = ctx.module_or_none(node)
-    return getattr(m, attr) if m is not None else _arg(node, 1, name)
+    r = getattr(m, factor) if m is not None else _arg(node, 1, factor)
+    size = ctx.shape(node.args[0])[-3]
+    return r, ctx.channel_labels(node, node.args[0], dim=-3, size=size, what=what)
 
 
 @OPS.register(nn.PixelShuffle, F.pixel_shuffle)
 def pixel_shuffle(ctx: MapContext, node: fx.Node):
     """[N, C*r*r, H, W] -> [N, C, H*r, W*r]: the r*r input channels of output channel c are one channel."""
-    r = _pixel_shuffle_factor(ctx, node, "upscale_factor", "upscale_factor")
-    in_shape = ctx.shape(node.args[0])
-    vec = ctx.channel_labels(node, node.args[0], dim=-3, size=in_shape[-3], what="pixel shuffle")
+    r, vec = _pixel_channels(ctx, node, "upscale_factor", "pixel shuffle")
     if vec is None:
         return Frozen(f"pixel shuffle {node.name} sees frozen channels")
     out = rules.merge_blocks(ctx.atoms, vec.reshape(-1, r * r), f"pixel shuffle {node.name}")
@@ -440,9 +441,7 @@ def pixel_shuffle(ctx: MapContext, node: fx.Node):
 @OPS.register(nn.PixelUnshuffle, F.pixel_unshuffle)
 def pixel_unshuffle(ctx: MapContext, node: fx.Node):
     """[N, C, H*r, W*r] -> [N, C*r*r, H, W]: input channel c becomes r*r consecutive output channels."""
-    r = _pixel_shuffle_factor(ctx, node, "downscale_factor", "downscale_factor")
-    in_shape = ctx.shape(node.args[0])
-    vec = ctx.channel_labels(node, node.args[0], dim=-3, size=in_shape[-3], what="pixel unshuffle")
+    r, vec = _pixel_channels(ctx, node, "downscale_factor", "pixel unshuffle")
     if vec is None:
         return Frozen(f"pixel unshuffle {node.name} sees frozen channels")
     return rules.channel_shaped(np.repeat(vec, r * r), len(ctx.shape(node)), -3)
