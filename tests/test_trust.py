@@ -407,3 +407,22 @@ def test_mask_and_export_accept_data_for_gradient_importances(tmp_path, capsys):
     assert mask.meta["imp_samples"] == 200 and mask.meta["data"] == "digits" and mask.pruned_groups()
     assert main(["export", *args, "--out", str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+@pytest.mark.onnx
+def test_a_loop_step_timed_on_a_busy_host_is_timed_again(tmp_path, monkeypatch, capsys):
+    calls = spy_measure(monkeypatch)
+    verdicts = []
+
+    def busy_once(load):  # the first step's first timing reads as contended, every later one as quiet
+        verdicts.append(not verdicts)
+        return verdicts[-1]
+
+    monkeypatch.setattr(budget_stage, "host_busy", busy_once)
+    out = tmp_path / "p"
+    main(prune_args(out))
+    loop_calls = len(calls) - 1  # the last call times the shipped file
+    [row] = ResultsStore(tmp_path / "results.csv").records()
+    steps = json.loads(row.extra)["iterations"]
+    assert verdicts[:2] == [True, False] and loop_calls == len(steps) + 1  # one retake, then one timing a step
+    assert all("other_load_cores" in step for step in steps)

@@ -20,13 +20,17 @@ from hwprune.latency import measure_ratio
 from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND, onnx_backends, require_available
 from hwprune.latency.measurement import SESSIONS
 from hwprune.results import ResultsStore
-from hwprune.workflow.closed_loop import BudgetOutcome, budget_verdict, closed_loop
+from hwprune.workflow.closed_loop import BudgetOutcome, budget_verdict, closed_loop, host_busy
 from hwprune.workflow.inputs import ModelInput, OnnxInput
 from hwprune.workflow.recovery import BN_SAMPLES, recover_and_reexport
 from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, importance_scores
 from hwprune.workflow.ship import prune_export_measure
 
 BUDGET_POINTS = (0.25, 0.5, 0.75)  # kept fractions profiled when prune has to profile: little extrapolation
+
+# times a closed-loop step is timed again when other processes kept the host busy (budget.csv: one
+# step timed under test load stopped resnet50 0.3 at 0.301 where the shipped file timed 0.289)
+LOOP_RETAKES = 2
 
 
 def latency_cost(
@@ -162,17 +166,25 @@ def prune_to_budget(
         if target_kind == "latency":
             dense = baseline_for(graph, job.example, backend, Path(tmp), exporter)
 
+            loop_loads: list[float | None] = []
+
             def measured_ratio(sol):
-                return measure_ratio(
-                    backend,
-                    dense,
-                    timing_candidate(graph, sol.mask),
-                    job.example,
-                    sessions=sessions,
-                    threads=threads,
-                    repeats=repeats,
-                    exporter=exporter,
-                ).ratio
+                candidate = timing_candidate(graph, sol.mask)
+                for _ in range(LOOP_RETAKES + 1):  # a step timed under contention is biased: take it again
+                    timing = measure_ratio(
+                        backend,
+                        dense,
+                        candidate,
+                        job.example,
+                        sessions=sessions,
+                        threads=threads,
+                        repeats=repeats,
+                        exporter=exporter,
+                    )
+                    if not host_busy(timing.other_load):
+                        break
+                loop_loads.append(timing.other_load)
+                return timing.ratio
         else:
 
             def measured_ratio(sol):
@@ -185,6 +197,9 @@ def prune_to_budget(
             tolerance,
             max_iterations if target_kind == "latency" else 1,  # a FLOPs/params budget is a cap, met at once
         )
+        if target_kind == "latency":
+            for step, load in zip(iterations, loop_loads, strict=True):
+                step["other_load_cores"] = load
     predicted = sol.ratio
     sol.mask.meta.update(
         {"method": importance, "target_kind": target_kind, "target": target, "input_shape": list(job.example.shape)}
