@@ -125,6 +125,7 @@ def main():
     parser.add_argument("--profile-repeats", type=int, default=20, help="repeats of the profile-cost runs")
     parser.add_argument("--profile-passes", type=int, default=1, help="passes of the profile-cost runs")
     parser.add_argument("--only", choices=["budget", "profile-cost"], default=None, help="only this table")
+    parser.add_argument("--targets", default="0.3,0.5,0.7", help="latency targets of the budget table")
     args = parser.parse_args()
     args.only_profile_cost = args.only == "profile-cost"
     if args.only_profile_cost:
@@ -196,7 +197,7 @@ def main():
             lut_path = Path(tmp) / "lut.json"
             lut.save(lut_path)
             job = ModelInput(name, model, x)
-            for target in (0.3, 0.5, 0.7):
+            for target in [float(t) for t in args.targets.split(",")]:
                 row = budget_row(job, lut_path, target, backend, args.threads, Path(tmp) / f"budget-{target}")
                 budget_rows.append(dict(model=name, backend=backend, **row))
                 print(budget_rows[-1], flush=True)
