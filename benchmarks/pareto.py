@@ -1,7 +1,7 @@
 """Accuracy against measured latency on trained models: hwprune's methods and its peers, side by side.
 
     python benchmarks/pareto.py [--models resnet18,mobilenet_v2] [--targets 0.3,0.5,0.7] [--seeds 0,1,2]
-                                [--methods uniform,flops-aware,latency-aware,prune-train,torch-pruning]
+                                [--methods uniform,flops-aware,...,torch-pruning,modelopt]
                                 [--phase search|finetune|all]
 
 One dense model per architecture is trained on digits (at --image-size, cached). Each method then prunes
@@ -14,9 +14,15 @@ same training budget per seed (BatchNorm statistics re-estimated on 512 examples
 of SGD, cosine lr); prune-train spends its budget inside its rounds (one epoch per round).
 
 Methods: ``uniform`` (every group loses the same share, L1, Torch-Pruning's default policy), ``flops-aware``
-(the budget solver with the FLOPs cost, L1), ``latency-aware`` (the solver on the measured edge profile, L1),
-``prune-train`` (rounds of prune + one epoch, L1, the removed share searched), ``torch-pruning`` (Torch-Pruning's
-MetaPruner, global, Taylor importance; a benchmark-only dependency: benchmarks/requirements-peers.txt).
+(the budget solver with the FLOPs cost, L1, each group's scores rescaled to a mean of 1: the default),
+``flops-aware-raw`` (the same, scores compared unnormalised, i.e. global L1) and ``flops-aware-share`` (each
+group's scores rescaled to sum to its FLOPs share): the three normalisations of the importance study;
+``latency-aware`` (the solver on the measured edge profile, L1; ``latency-aware-share`` with the share
+normalisation), ``prune-train`` (rounds of prune + one epoch, reaching a FLOPs ratio over the rounds with the
+solver and the share normalisation, BatchNorm re-estimated after each compaction, cosine lr; the FLOPs ratio
+searched), ``torch-pruning`` (Torch-Pruning's MetaPruner, global, Taylor
+importance) and ``modelopt`` (NVIDIA ModelOpt's FastNAS under a FLOPs constraint, scored by accuracy on
+training images); the peers are benchmark-only dependencies: benchmarks/requirements-peers.txt.
 hwprune's methods keep channel counts in multiples of the backend's alignment (16 on ort-cpu).
 
 The search phase times models: run it alone on a quiet machine (the table records other processes' load).
@@ -68,7 +74,11 @@ COLUMNS = [
     "model", "method", "target_latency", "measured_latency_ratio", "flops_ratio", "params_ratio", "top1_mean",
     "top1_std", "seeds", "finetune_epochs",
 ]  # fmt: skip
-METHODS = ("uniform", "flops-aware", "latency-aware", "prune-train", "torch-pruning")
+METHODS = (
+    "uniform", "flops-aware", "flops-aware-raw", "flops-aware-share", "latency-aware", "latency-aware-share",
+    "prune-train", "torch-pruning", "modelopt",
+)  # fmt: skip
+NORMALISED = {"flops-aware": "mean", "flops-aware-raw": "none", "flops-aware-share": "cost"}  # importance study
 
 
 def arguments() -> argparse.Namespace:
@@ -151,6 +161,7 @@ class Candidate:
     ratio: float  # the method's own figure at this knob (kept fraction, FLOPs ratio, ...)
     reachable: bool = True
     mask: ChannelMask | None = None  # on the dense model's graph; None for a peer's model
+    architecture: dict | None = None  # ModelOpt's state (the searched widths), to rebuild its model
 
 
 def stem(name: str, method: str, target: float, seed: int | None) -> str:
@@ -163,17 +174,25 @@ def save_pruned(candidate: Candidate, stem_: str) -> None:
     torch.save(candidate.model.state_dict(), WORK / f"{stem_}.pt")
     if candidate.mask is not None:
         candidate.mask.save(WORK / f"{stem_}.mask.json")
+    if candidate.architecture is not None:
+        torch.save(candidate.architecture, WORK / f"{stem_}.modelopt.pt")
 
 
 def load_pruned(stem_: str, dense: nn.Module, args, knob: float | None) -> nn.Module:
     """The pruned model saved by :func:`save_pruned`, in eval mode.
 
-    hwprune's models are the dense one compacted by the saved mask; Torch-Pruning's is pruned again at its
-    ``knob`` (deterministic: same weights, same batches), and loading the saved tensors checks every shape.
+    hwprune's models are the dense one compacted by the saved mask; ModelOpt's is rebuilt from its saved state;
+    Torch-Pruning's is pruned again at its ``knob`` (deterministic: same weights, same batches), and loading the
+    saved tensors checks every shape.
     """
     if (WORK / f"{stem_}.mask.json").exists():
         graph = build_channel_graph(dense, timing_example(args), "dense")
         model = compact_model(graph, ChannelMask.load(WORK / f"{stem_}.mask.json"))
+    elif (WORK / f"{stem_}.modelopt.pt").exists():
+        import modelopt.torch.opt as mto
+
+        state = torch.load(WORK / f"{stem_}.modelopt.pt", weights_only=True)
+        model = mto.restore_from_modelopt_state(copy.deepcopy(dense), state)
     else:
         model = torch_pruning_at(dense, args)(knob).model
     model.load_state_dict(torch.load(WORK / f"{stem_}.pt", weights_only=True))
@@ -199,9 +218,15 @@ def uniform_mask(graph, scores, kept: float, round_to: int):
     return mask, kept, kept > 0
 
 
-def flops_mask(graph, scores, budget: float, round_to: int):
-    sol = solve(graph, profiled_groups(graph, round_to), scores, CostFn.macs(graph), budget, round_to=round_to)
-    return sol.mask, sol.ratio, sol.reachable
+def flops_mask(normalise: str):
+    """The budget solver with the FLOPs cost, importance compared across groups as ``normalise`` says."""
+
+    def masked(graph, scores, budget: float, round_to: int):
+        groups = profiled_groups(graph, round_to)
+        sol = solve(graph, groups, scores, CostFn.macs(graph), budget, round_to=round_to, normalise=normalise)
+        return sol.mask, sol.ratio, sol.reachable
+
+    return masked
 
 
 def torch_pruning_at(dense: nn.Module, args) -> Callable[[float], Candidate]:
@@ -234,6 +259,46 @@ def torch_pruning_at(dense: nn.Module, args) -> Callable[[float], Candidate]:
     return at
 
 
+def modelopt_at(name: str, dense: nn.Module, args) -> Callable[[float], Candidate]:
+    """NVIDIA ModelOpt's FastNAS at a FLOPs constraint (a ratio of the dense FLOPs at the training size).
+
+    BatchNorm calibration on 512 training examples, candidates scored by top-1 on 320 other training images;
+    the search's pre-computed statistics are cached per model, so each new constraint costs seconds.
+    """
+    try:
+        import modelopt.torch.opt as mto
+        import modelopt.torch.prune as mtp
+    except ImportError:
+        raise HwpruneError("nvidia-modelopt is not installed: see benchmarks/requirements-peers.txt") from None
+    train_loader, _ = loaders(args)
+    batches = [b for _, b in zip(range(BN_SAMPLES // args.batch_size + 5), train_loader, strict=False)]
+    calibration, scoring = batches[:-5], batches[-5:]
+
+    def score(model: nn.Module) -> float:
+        with torch.no_grad():
+            hits = sum(int((model(x).argmax(1) == y).sum()) for x, y in scoring)
+        return hits / sum(len(y) for _, y in scoring)
+
+    def at(flops: float) -> Candidate:
+        torch.manual_seed(0)
+        model, _ = mtp.prune(
+            copy.deepcopy(dense),
+            "fastnas",
+            {"flops": f"{100.0 * min(1.0, max(0.01, flops)):.3f}%"},
+            torch.randn(1, 3, args.image_size, args.image_size),
+            config={
+                "data_loader": calibration,
+                "collect_func": lambda batch: batch[0],
+                "score_func": score,
+                "checkpoint": str(WORK / f"{name}_modelopt_search.pth"),
+                "verbose": False,
+            },
+        )
+        return Candidate(model.eval(), flops, True, architecture=mto.modelopt_state(model))
+
+    return at
+
+
 def searched(name: str, method: str, target: float, at, judge: LatencyJudge, args) -> tuple[Candidate, dict]:
     """The method's knob moved until its shipped file's measured latency ratio is within tolerance."""
     path = WORK / f"{name}_{method}_t{target}.onnx"
@@ -244,7 +309,7 @@ def searched(name: str, method: str, target: float, at, judge: LatencyJudge, arg
     return sol, {"knob": knob, "loop_ratio": ratio, "iterations": iterations}
 
 
-def latency_aware(name: str, dense: nn.Module, target: float, args) -> tuple[Candidate, dict]:
+def latency_aware(name: str, dense: nn.Module, target: float, args, normalise: str = "mean") -> tuple[Candidate, dict]:
     """``hwprune.prune(latency=target)``: edge profile (shared over targets), solver, its own closed loop."""
     import hwprune
 
@@ -258,9 +323,10 @@ def latency_aware(name: str, dense: nn.Module, target: float, args) -> tuple[Can
         threads=args.threads,
         repeats=args.repeats,
         tolerance=args.tolerance,
-        out=WORK / f"{name}_latency-aware_t{target}",
+        out=WORK / f"{name}_latency-aware_{normalise}_t{target}",
         name=name,
         progress=False,
+        normalise=normalise,
     )
     report = result.report
     info = {"loop_ratio": report.loop_ratio, "iterations": report.iterations, "status": report.status}
@@ -268,23 +334,30 @@ def latency_aware(name: str, dense: nn.Module, target: float, args) -> tuple[Can
 
 
 def prune_train_at(name: str, dense: nn.Module, args, seed: int) -> Callable[[float], Candidate]:
-    """Prune+train rounds (one epoch each, the fine-tuning budget) at a kept fraction of channels."""
+    """Prune+train rounds (one epoch each, the fine-tuning budget) reaching a FLOPs ratio over the rounds.
+
+    Each round: L1 scores, the budget solver (importance normalised by FLOPs share: see
+    ``flops-aware-share``) to the round's share of the FLOPs cut, compaction, BatchNorm
+    re-estimated on 512 examples, one epoch; the lr decays by one cosine over the rounds (as the others' fine-tuning).
+    """
     from hwprune.workflow.prune_train import PruneTrainConfig, prune_train
 
     train_loader, test_loader = loaders(args, seed)
 
-    def at(kept: float) -> Candidate:
+    def at(flops: float) -> Candidate:
         config = PruneTrainConfig(
             importance="l1",
-            prune_percent=100.0 * min(0.99, max(0.0, 1.0 - kept)),
+            flops=min(1.0, max(0.01, flops)),
             n_rounds=args.finetune_epochs,
             epochs_per_round=1,
             lr=args.finetune_lr,
             lr_prune=args.finetune_lr,
+            bn_samples=BN_SAMPLES,
+            normalise="cost",
             seed=seed,
         )
         result = prune_train(copy.deepcopy(dense), timing_example(args), train_loader, None, config, name=name)
-        return Candidate(result.model.eval(), kept, kept > 0, result.mask)
+        return Candidate(result.model.eval(), result.rounds[-1]["flops_ratio"], True, result.mask)
 
     return at
 
@@ -308,13 +381,17 @@ def search_phase(name: str, dense: nn.Module, methods: list[str], targets: list[
                     continue
                 start = time.perf_counter()
                 try:
-                    if method == "latency-aware":
-                        candidate, info = latency_aware(name, dense, target, args)
+                    if method.startswith("latency-aware"):
+                        normalise = "cost" if method == "latency-aware-share" else "mean"
+                        candidate, info = latency_aware(name, dense, target, args, normalise)
                     else:
                         at = {
                             "uniform": lambda: hwprune_masked(dense, args, uniform_mask),
-                            "flops-aware": lambda: hwprune_masked(dense, args, flops_mask),
+                            **{
+                                m: lambda n=n: hwprune_masked(dense, args, flops_mask(n)) for m, n in NORMALISED.items()
+                            },
                             "torch-pruning": lambda: torch_pruning_at(dense, args),
+                            "modelopt": lambda: modelopt_at(name, dense, args),
                             "prune-train": lambda s=seed: prune_train_at(name, dense, args, s),
                         }[method]()
                         knob = first_knob.get((method, target))

@@ -271,3 +271,32 @@ def test_op_classes_tell_depthwise_from_a_one_channel_input_conv():
     graph = build_channel_graph(net, torch.randn(1, 1, 4, 4), "dw")
     kinds = op_classes(graph)
     assert [kinds[f"{i}.weight"] for i in (0, 1, 2, 4)] == ["conv", "depthwise", "pointwise", "linear"]
+
+
+def kept_per_group(sol):
+    return {g: int(k.sum()) for g, k in sol.mask.keep.items()}
+
+
+def test_importance_normalisations_compare_groups_as_documented(setup):
+    """mean: a group's score scale does not matter; none: it decides; cost: each group's total is its cost share."""
+    from hwprune.prune.budget import normalised
+
+    model, x, graph = setup
+    groups = profiled_groups(graph)
+    cost = CostFn.macs(graph)
+    scores = norm_scores(graph, model)
+    pruned = solve(graph, groups, scores, cost, 0.5, normalise="mean")
+    big = next(gid for gid, keep in pruned.mask.keep.items() if not keep.all())  # a group the default cuts
+    scaled = {**scores, big: scores[big] * 1000.0}
+    for how in ("mean", "cost"):  # both divide the group's own scale away: same solution
+        a = solve(graph, groups, scores, cost, 0.5, normalise=how)
+        b = solve(graph, groups, scaled, cost, 0.5, normalise=how)
+        assert kept_per_group(a) == kept_per_group(b), how
+    raw = solve(graph, groups, scaled, cost, 0.5, normalise="none")
+    assert raw.mask.keep.get(big, np.ones(1, bool)).all()  # negative control: unnormalised, the loud group stays whole
+    norm = normalised(groups, scores, "cost", cost, cost.total({}))
+    for g in groups:
+        share = -cost.change({}, g.id, 0.0) / cost.total({})
+        assert norm[g.id].sum() == pytest.approx(share * np.sign(scores[g.id].sum()))
+    with pytest.raises(HwpruneError, match="normalisation is one of"):
+        solve(graph, groups, scores, cost, 0.5, normalise="max")

@@ -131,6 +131,12 @@ def test_tracked_importance_is_the_exponential_average_of_per_batch_scores():
         ({"prune_percent": 100}, "--prune-percent"),
         ({"importance": "l11"}, "did you mean"),
         ({"alpha": 1.0}, "--alpha"),
+        ({"schedule": "linear"}, "--schedule"),
+        ({"flops": 0.0}, "--flops"),
+        ({"flops": 0.5, "thresholds": [10, 20, 30]}, "--thresholds are channel percents"),
+        ({"normalise": "max"}, "--normalise"),
+        ({"distill": -1.0}, "--distill"),
+        ({"bn_samples": -1}, "--bn-samples"),
     ],
 )
 def test_bad_settings_are_one_clear_error(options, message):
@@ -156,3 +162,72 @@ def test_prune_train_command_ships_verified_onnx_and_a_results_row(tmp_path, cap
     assert (tmp_path / "run" / "resnet20_pruned.onnx").stat().st_size > 0
     assert main([*argv[:-5], "--thresholds", "[10, 200]", "--out", str(tmp_path / "bad")]) == 2
     assert "--thresholds" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_cosine_schedule_decays_over_all_pruning_epochs_and_the_constant_one_is_the_seeds():
+    model, x = resnet20()
+    cfg = PruneTrainConfig(**{**FAST, "n_rounds": 2, "epochs_per_round": 2, "final_epochs": 2, "lr": 0.04})
+    result = prune_train(model, x, digits("train"), None, cfg)
+    lrs = [e["lr"] for e in result.stats["pruning"]]
+    # four pruning epochs, one cosine from lr_prune: 0.05 * (1 + cos(pi * e / 4)) / 2
+    np.testing.assert_allclose(lrs, [0.05, 0.05 * (1 + 2**-0.5) / 2, 0.025, 0.05 * (1 - 2**-0.5) / 2], rtol=1e-9)
+    np.testing.assert_allclose([e["lr"] for e in result.stats["final"]], [0.04, 0.02], rtol=1e-9)
+    seed = prune_train(model, x, digits("train"), None, PruneTrainConfig(**{**FAST, "schedule": "constant"}))
+    assert [e["lr"] for e in seed.stats["pruning"]] == [0.05, 0.05]
+
+
+def test_batchnorm_statistics_are_re_estimated_after_each_compaction():
+    """With no training in the rounds, the result's BN statistics are those of the first bn_samples examples."""
+    from hwprune.export.compact import compact_model
+    from hwprune.workflow.recovery import recalibrate_batchnorm
+
+    model, x = resnet20()
+    with torch.no_grad():  # informative dense statistics, far from what the pruned net sees
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-3, 3)
+                m.running_var.uniform_(5, 9)
+    cfg = dict(FAST, n_rounds=1, epochs_per_round=0, bn_samples=128)
+    result = prune_train(model, x, digits("train"), digits("test"), PruneTrainConfig(**cfg))
+    want = compact_model(build_channel_graph(model, x, "m"), result.mask)
+    recalibrate_batchnorm(want, digits("train"), 128)
+    got, kept_dense = result.model.state_dict(), compact_model(build_channel_graph(model, x, "m"), result.mask)
+    stats = [k for k in got if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for key in stats:
+        torch.testing.assert_close(got[key], want.state_dict()[key], rtol=1e-5, atol=1e-6)
+    assert result.rounds[0]["test_top1_after_bn"] == pytest.approx(accuracy(result.model, digits("test")))
+    stale = prune_train(model, x, digits("train"), None, PruneTrainConfig(**{**cfg, "bn_samples": 0}))
+    for key in stats:  # negative control: without re-estimation the dense statistics are kept (sliced)
+        torch.testing.assert_close(stale.model.state_dict()[key], kept_dense.state_dict()[key])
+        assert not torch.allclose(stale.model.state_dict()[key], got[key], atol=1e-3)
+
+
+def test_a_flops_budget_is_reached_over_the_rounds():
+    from hwprune.graph_mapper.flops import count_flops
+
+    model, x = resnet20()
+    cfg = PruneTrainConfig(**{**FAST, "flops": 0.4, "n_rounds": 2, "epochs_per_round": 0})
+    result = prune_train(model, x, digits("train"), None, cfg)
+    ratios = [r["flops_ratio"] for r in result.rounds]
+    assert ratios[0] <= 0.7 + 1e-9 and ratios[0] > 0.65  # round 0 keeps 1 - 0.6 / 2 of the dense MACs
+    assert ratios[1] <= 0.4 + 1e-9 and ratios[1] > 0.37
+    counted = count_flops(result.model, x).flops / count_flops(model, x).flops  # an independent counter agrees
+    assert counted == pytest.approx(ratios[1], abs=0.02)
+
+
+def test_distillation_adds_the_weighted_soft_target_loss():
+    from hwprune.workflow.prune_train import Teacher
+
+    torch.manual_seed(0)
+    teacher_net, x = nn.Linear(6, 5), torch.randn(4, 6)
+    student_logits = torch.randn(4, 5)
+    teacher = Teacher(teacher_net, weight=0.3, temperature=2.0)
+    p_t = torch.softmax(teacher_net(x).detach() / 2.0, 1)
+    log_p_s = torch.log_softmax(student_logits / 2.0, 1)
+    hand = 0.3 * 4.0 * (p_t * (p_t.log() - log_p_s)).sum(1).mean()
+    assert float(teacher.loss(x, student_logits)) == pytest.approx(float(hand), rel=1e-6)
+    model, ex = resnet20()
+    plain = prune_train(model, ex, digits("train"), None, PruneTrainConfig(**FAST))
+    distilled = prune_train(model, ex, digits("train"), None, PruneTrainConfig(**FAST, distill=1.0))
+    assert distilled.stats["pruning"][0]["loss"] > plain.stats["pruning"][0]["loss"]  # the extra term is in the loss

@@ -52,6 +52,12 @@ def cmd_prune_train(args) -> None:
         grasp_T=args.grasp_T,
         T=args.T,
         seed=args.seed,
+        schedule=args.schedule,
+        bn_samples=args.bn_samples,
+        flops=args.flops,
+        normalise=args.normalise,
+        distill=args.distill,
+        distill_temperature=args.distill_temperature,
         results=args.results,
         dataset=args.data,
     )
@@ -128,6 +134,7 @@ def _check_evaluate(args) -> None:
 
 
 def _prune_train_arguments(p: argparse.ArgumentParser) -> None:
+    from hwprune.prune.budget import NORMALISATIONS
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
     from hwprune.workflow.prune_train import PruneTrainConfig
 
@@ -182,6 +189,43 @@ def _prune_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--grasp-T", type=float, default=d.grasp_T, help="temperature of grasp/grad_preserve (%(default)s)")
     p.add_argument("--T", type=float, default=d.T, help="training temperature, logits / T (default %(default)s)")
+    p.add_argument(
+        "--schedule",
+        default=d.schedule,
+        choices=("cosine", "constant"),
+        help="lr over the rounds: cosine from --lr-prune to 0 over all pruning epochs (and from --lr over the "
+        "final ones), or constant (the seed's fixed rates); default %(default)s",
+    )
+    p.add_argument(
+        "--bn-samples",
+        type=int,
+        default=d.bn_samples,
+        help="training examples BatchNorm statistics are re-estimated on after each compaction (0: off; "
+        "default %(default)s)",
+    )
+    p.add_argument(
+        "--flops",
+        type=float,
+        default=None,
+        help="reach this ratio of the dense FLOPs over the rounds (budget solver, least importance per FLOP "
+        "first) instead of --prune-percent of the channels",
+    )
+    p.add_argument(
+        "--normalise",
+        default=d.normalise,
+        choices=NORMALISATIONS,
+        help="with --flops: how importance is compared across groups: mean (each group's mean = 1), none "
+        "(raw, global), cost (each group's total = its FLOPs share); default %(default)s",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=d.distill,
+        help="weight of the distillation term (soft targets of the dense model) in every epoch (0: off)",
+    )
+    p.add_argument(
+        "--distill-temperature", type=float, default=d.distill_temperature, help="distillation temperature T"
+    )
     p.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
     p.add_argument("--track-stats", action="store_true", help="print train/test accuracy of every epoch")
     p.add_argument("--out", type=Path, default=None, help="(required) run folder: checkpoints, ONNX")

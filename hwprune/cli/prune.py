@@ -65,6 +65,7 @@ def cmd_prune(args) -> None:
             bn_samples=args.bn_samples,
             distill=args.distill,
             distill_temperature=args.distill_temperature,
+            normalise=args.normalise,
         )
         set_stage(f"moving the outputs into {args.out}")
         unstage(result.outcome, stage)
@@ -154,6 +155,7 @@ def _check_prune(args) -> None:
 def _prune_arguments(p: argparse.ArgumentParser) -> None:
     from hwprune.latency.backends import BACKENDS, DEFAULT_BACKEND, available_backends, onnx_backends
     from hwprune.latency.measurement import SESSIONS
+    from hwprune.prune.budget import NORMALISATIONS
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
     from hwprune.workflow.recovery import BN_SAMPLES
 
@@ -221,6 +223,13 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="keep channel counts multiples of this (default: for --latency per backend, 16 on CPU and 8 on GPU, "
         "where smaller groups stay whole; for --flops/--params 1)",
+    )
+    p.add_argument(
+        "--normalise",
+        default="mean",
+        choices=NORMALISATIONS,
+        help="how importance is compared across groups: mean (each group's channels rescaled to a mean of 1), "
+        "none (raw scores, global), cost (each group's total = its share of the budgeted cost); default mean",
     )
     p.add_argument("--out", type=Path, default=Path("out/prune"), help="output folder (default out/prune)")
     p.add_argument("--results", type=Path, default=Path("runs/results.csv"), help="results store to append to")

@@ -5,6 +5,11 @@ least-important channels (whole conv-group blocks at a time, never below the min
 the chunk that loses the least importance per unit of cost saved is removed. Chunks shrink to
 single units near the budget, so FLOPs and params budgets are met to within one unit. Cost is
 exact MACs or params (product formula over the graph) or a LatencyModel's prediction.
+
+Importance is compared across groups after a normalisation (``NORMALISATIONS``): ``mean`` (each group's
+channels rescaled to a mean of 1, the default), ``none`` (raw scores, global as Torch-Pruning's global
+pruning), or ``cost`` (each group's scores rescaled to sum to the group's share of the dense cost, so
+importance lost per cost saved is a channel's score relative to its own group: close to uniform pruning).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ def solve(
     chunk_fraction: float = 0.05,
     round_to: int = 1,
     rank_by: CostFn | None = None,
+    normalise: str = "mean",
 ) -> Solution:
     """Remove channels until ``cost <= budget_ratio * cost(dense)``, least importance per cost first.
 
@@ -84,13 +90,9 @@ def solve(
         raise HwpruneError(f"a budget is a ratio of the dense model's cost in (0, 1] (got {budget_ratio})")
     shares: dict[int, float] = {}
     kept = {g.id: g.size for g in groups}
-    order = {}  # per group, channels from least to most important (by block round-robin when blocked)
-    norm = {}
-    for g in groups:
-        s = np.asarray(scores[g.id], dtype=float)
-        norm[g.id] = s / (np.abs(s).mean() or 1.0)  # comparable across groups: mean channel = 1
-        order[g.id] = _removal_order(g, norm[g.id])
     base = cost.total({})
+    norm = normalised(groups, scores, normalise, cost, base)
+    order = {g.id: _removal_order(g, norm[g.id]) for g in groups}  # least important first (blocks: round-robin)
     budget = budget_ratio * base
     current = base
     steps = 0
@@ -137,6 +139,26 @@ def solve(
     reachable = current <= budget * (1 + 1e-9)
     notes = [] if reachable else [f"budget {budget_ratio:.3f} unreachable: best reachable ratio {current / base:.3f}"]
     return Solution(mask, current, base, budget, reachable, importance, steps, notes)
+
+
+NORMALISATIONS = ("mean", "none", "cost")
+
+
+def normalised(groups, scores: dict[int, np.ndarray], how: str, cost: CostFn, base: float) -> dict[int, np.ndarray]:
+    """Scores made comparable across groups, as ``how`` says (see the module docstring)."""
+    if how not in NORMALISATIONS:
+        raise HwpruneError(f"importance normalisation is one of {', '.join(NORMALISATIONS)} (got {how!r})")
+    norm = {}
+    for g in groups:
+        s = np.asarray(scores[g.id], dtype=float)
+        if how == "mean":
+            norm[g.id] = s / (np.abs(s).mean() or 1.0)
+        elif how == "none":
+            norm[g.id] = s
+        else:
+            share = max(0.0, -cost.change({}, g.id, 0.0)) / (base or 1.0)
+            norm[g.id] = s / (np.abs(s).sum() or 1.0) * share
+    return norm
 
 
 def _fill(by_id, units, kept, shares, order, norm, cost, current, budget) -> float:

@@ -119,6 +119,7 @@ def prune_to_budget(
     bn_samples: int = BN_SAMPLES,
     distill: float = 0.0,
     distill_temperature: float = 4.0,
+    normalise: str = "mean",
 ) -> BudgetOutcome:
     """Solve for a mask within a FLOPs/params/latency budget, close the loop on measurement, export.
 
@@ -130,7 +131,8 @@ def prune_to_budget(
     With ``data``, BatchNorm statistics are re-estimated on ``bn_samples`` examples (0: not) and the dense and
     pruned top-1 before and after recovery go to the results row. ``distill`` > 0 distills the built-in
     fine-tuning from the dense model (weight of the soft-target term, at ``distill_temperature``). Every latency
-    ratio is the mean over ``sessions`` fresh session pairs (:class:`hwprune.latency.LatencyRatio`).
+    ratio is the mean over ``sessions`` fresh session pairs (:class:`hwprune.latency.LatencyRatio`). ``normalise``
+    says how the solver compares importance across groups (``hwprune.prune.budget.NORMALISATIONS``).
     """
     from hwprune.latency.profiler import baseline_for, profiled_groups, timing_candidate
     from hwprune.prune.budget import CostFn, solve
@@ -191,7 +193,7 @@ def prune_to_budget(
                 return sol.ratio  # exact: the cost formula is the count, and the budget a hard cap
 
         sol, loop_ratio, iterations = closed_loop(
-            lambda budget: solve(graph, groups, scores, cost, budget, round_to=round_to),
+            lambda budget: solve(graph, groups, scores, cost, budget, round_to=round_to, normalise=normalise),
             measured_ratio,
             target,
             tolerance,

@@ -4,15 +4,23 @@ Pruning is spread over ``n_rounds``: before each round the channel importances a
 ``imp_samples`` examples, or tracked as an exponential average over ``track_batches`` mini-batches), the
 least important channels over all prunable groups are removed until the round's cumulative threshold of
 the *original* channels is gone, the model is physically compacted (so training gets faster as it goes),
-and it trains ``epochs_per_round`` epochs at ``lr_prune``. The SGD momentum of kept channels is carried
-through compaction with ``preserve_momentum`` (sliced exactly as the weights are). Each round ends with a
+its BatchNorm statistics are re-estimated on ``bn_samples`` training examples (the removed channels shifted
+every later layer's input), and it trains ``epochs_per_round`` epochs at ``lr_prune`` (``schedule`` cosine:
+decaying to 0 over all pruning epochs, and from ``lr`` over the final epochs; constant: the seed's fixed
+rates). With ``flops`` the rounds reach a FLOPs budget instead of a channel percent: round r keeps
+``1 - (1 - flops)(r + 1) / n_rounds`` of the dense MACs, chosen by the budget solver (least importance per
+MAC saved). ``distill`` > 0 adds the soft-target loss against the dense model to every epoch. The SGD
+momentum of kept channels is carried through compaction with ``preserve_momentum`` (sliced exactly as the
+weights are). Each round ends with a
 checkpoint (weights, optimizer state, the cumulative mask on the original model, the statistics), from
 which an interrupted run resumes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,9 +33,14 @@ from torch import nn
 from hwprune.errors import HwpruneError
 from hwprune.export.compact import compact_model, shrink_like_parameters
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
+from hwprune.graph_mapper.cost import CostModel
+from hwprune.latency.profiler import profiled_groups
+from hwprune.prune.budget import NORMALISATIONS, CostFn, solve
 from hwprune.prune.channel import unit_of
 from hwprune.prune.importance import CHANNEL_IMPORTANCES
 from hwprune.prune.masks import ChannelMask
+from hwprune.train.distill import distillation_loss
+from hwprune.workflow.recovery import BN_SAMPLES, recalibrate_batchnorm
 from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, first_samples
 
 CHECKPOINT = "prune_train_state"
@@ -55,6 +68,12 @@ class PruneTrainConfig:
     grasp_T: float = 200.0
     T: float = 1.0  # training temperature (logits / T)
     seed: int = 0
+    schedule: str = "cosine"  # or "constant" (the seed: lr_prune in the rounds, lr in the final epochs)
+    bn_samples: int = BN_SAMPLES  # BatchNorm re-estimated after each compaction (0: statistics kept)
+    flops: float | None = None  # a FLOPs budget (ratio of the dense MACs) reached over the rounds
+    normalise: str = "mean"  # how the budget solver compares importance across groups (with flops)
+    distill: float = 0.0  # weight of the soft-target loss against the dense model
+    distill_temperature: float = 4.0
 
     def round_thresholds(self) -> list[float]:
         """Cumulative percent of the original prunable channels removed after each round."""
@@ -79,6 +98,29 @@ class PruneTrainConfig:
             raise HwpruneError(f"--thresholds stay below 100 % (got {t[-1]})")
         if not 0 <= self.alpha < 1 or self.track_batches < 0:
             raise HwpruneError("--alpha is in [0, 1) and --track-batches at least 0")
+        if self.schedule not in ("cosine", "constant"):
+            raise HwpruneError(f"--schedule is cosine or constant (got {self.schedule!r})")
+        if self.bn_samples < 0:
+            raise HwpruneError(f"--bn-samples is at least 0 (got {self.bn_samples})")
+        if self.flops is not None and not 0 < self.flops <= 1:
+            raise HwpruneError(f"--flops is a ratio of the dense model's FLOPs in (0, 1] (got {self.flops})")
+        if self.flops is not None and self.thresholds is not None:
+            raise HwpruneError("--thresholds are channel percents: with --flops the rounds cut the FLOPs evenly")
+        if self.normalise not in NORMALISATIONS:
+            raise HwpruneError(f"--normalise is one of {', '.join(NORMALISATIONS)} (got {self.normalise!r})")
+        if not self.distill >= 0 or not self.distill_temperature > 0:
+            raise HwpruneError("--distill is a weight >= 0 and --distill-temperature a temperature > 0")
+
+    def round_flops(self, r: int) -> float:
+        """With ``flops``: the ratio of the dense MACs kept after round ``r``."""
+        return 1.0 - (1.0 - self.flops) * (r + 1) / self.n_rounds
+
+    def lr_at(self, phase: str, epoch: int, epochs: int) -> float:
+        """The lr of ``epoch`` of a phase's ``epochs`` (pruning: all rounds' epochs counted together)."""
+        lr = self.lr_prune if phase == "pruning" else self.lr
+        if self.schedule == "constant" or phase == "warmup":
+            return lr
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
 
 
 @dataclass
@@ -107,11 +149,14 @@ class PruneTrainResult:
         return None
 
     def table(self, every_epoch: bool = False) -> str:
-        lines = ["## prune+train rounds", "", "| round | cumulative % removed | channels kept | params |"]
-        lines.append("|---:|---:|---:|---:|")
+        lines = ["## prune+train rounds", ""]
+        lines.append("| round | cumulative % removed | channels kept | params | FLOPs ratio | test top-1 after BN |")
+        lines.append("|---:|---:|---:|---:|---:|---:|")
         for r in self.rounds:
+            after_bn = "" if r.get("test_top1_after_bn") is None else f"{r['test_top1_after_bn']:.4f}"
             lines.append(
-                f"| {r['round']} | {r['threshold']:.1f} | {r['kept_channels']} / {r['of']} | {r['params']:,} |"
+                f"| {r['round']} | {r['threshold']:.1f} | {r['kept_channels']} / {r['of']} | {r['params']:,} "
+                f"| {r.get('flops_ratio', float('nan')):.3f} | {after_bn} |"
             )
         shown = {k: (v if every_epoch else v[-1:]) for k, v in self.stats.items() if v}
         if shown:
@@ -174,6 +219,14 @@ def global_mask(graph: ChannelGraph, scores: dict[int, np.ndarray], keep_total: 
     return mask
 
 
+def flops_round_mask(graph: ChannelGraph, scores: dict[int, np.ndarray], keep_macs: float, normalise: str):
+    """The budget solver's mask keeping ``keep_macs`` multiply-adds of ``graph`` (least importance per MAC first)."""
+    cost = CostFn.macs(graph)
+    groups = [g for g in profiled_groups(graph) if g.id in scores]
+    ratio = min(1.0, max(keep_macs / (cost.total({}) or 1.0), 1e-6))
+    return solve(graph, groups, scores, cost, ratio, normalise=normalise).mask
+
+
 def _optimizer(model: nn.Module, lr: float, cfg: PruneTrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.moment, weight_decay=cfg.weight_decay)
 
@@ -183,14 +236,28 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _train_epoch(model, optimizer, loader, T: float) -> tuple[float, float]:
-    """One epoch of SGD on cross-entropy of logits / T; returns (mean loss, train top-1)."""
+class Teacher:
+    """The dense model's soft targets for distillation (eval mode, no gradients), with weight and temperature."""
+
+    def __init__(self, model: nn.Module, weight: float, temperature: float):
+        self.model, self.weight, self.temperature = model.eval(), weight, temperature
+
+    def loss(self, x: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = self.model(x)
+        return self.weight * distillation_loss(student_logits, teacher_logits, self.temperature)
+
+
+def _train_epoch(model, optimizer, loader, T: float, teacher: Teacher | None = None) -> tuple[float, float]:
+    """One epoch of SGD on cross-entropy of logits / T (+ distillation); returns (mean loss, train top-1)."""
     model.train()
     loss_sum = hits = n = 0.0
     for x, y in loader:
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
         loss = F.cross_entropy(out / T, y)
+        if teacher is not None:
+            loss = loss + teacher.loss(x, out)
         loss.backward()
         optimizer.step()
         loss_sum += loss.item() * len(y)
@@ -199,10 +266,11 @@ def _train_epoch(model, optimizer, loader, T: float) -> tuple[float, float]:
     return loss_sum / max(n, 1), hits / max(n, 1)
 
 
-def _epoch(record: list, model, optimizer, train_loader, test_loader, T: float, **tags) -> None:
-    """Train one epoch and append its figures (loss, train and test top-1) to ``record``."""
-    loss, top1 = _train_epoch(model, optimizer, train_loader, T)
-    record.append({**tags, "loss": loss, "train_top1": top1, "test_top1": _test_top1(model, test_loader)})
+def _epoch(record: list, model, optimizer, train_loader, test_loader, T: float, teacher=None, **tags) -> None:
+    """Train one epoch and append its figures (loss, lr, train and test top-1) to ``record``."""
+    lr = optimizer.param_groups[0]["lr"]
+    loss, top1 = _train_epoch(model, optimizer, train_loader, T, teacher)
+    record.append({**tags, "lr": lr, "loss": loss, "train_top1": top1, "test_top1": _test_top1(model, test_loader)})
 
 
 def _test_top1(model, loader) -> float | None:
@@ -293,13 +361,16 @@ def prune_train(
     elif out is not None:
         out.mkdir(parents=True, exist_ok=True)
 
+    teacher = Teacher(copy.deepcopy(model), cfg.distill, cfg.distill_temperature) if cfg.distill else None
     if start_round == 0 and not stats["warmup"]:
         _set_lr(optimizer, cfg.lr)
         for epoch in range(cfg.warmup_epochs):
-            _epoch(stats["warmup"], current, optimizer, train_loader, test_loader, cfg.T, epoch=epoch)
+            _epoch(stats["warmup"], current, optimizer, train_loader, test_loader, cfg.T, teacher, epoch=epoch)
 
     by_key = {_group_key(g): g.id for g in original.groups}
     thresholds = cfg.round_thresholds()
+    dense_macs = CostModel(original).total_macs
+    pruning_epochs = cfg.n_rounds * cfg.epochs_per_round
     for r in range(start_round, cfg.n_rounds):
         graph = build_channel_graph(current, example, name)
         opts = {"T": cfg.grasp_T} if cfg.importance in ("grasp", "grad_preserve") else {}
@@ -310,22 +381,31 @@ def prune_train(
             scorer = CHANNEL_IMPORTANCES.get(cfg.importance)
             data = first_samples(train_loader, cfg.imp_samples) if scorer.needs_data else None
             scores = scorer(current, graph, data, **opts)
-        keep_total = int(round(total * (1 - thresholds[r] / 100)))
-        mask = global_mask(graph, scores, keep_total)
+        if cfg.flops is not None:
+            mask = flops_round_mask(graph, scores, cfg.round_flops(r) * dense_macs, cfg.normalise)
+        else:
+            mask = global_mask(graph, scores, int(round(total * (1 - thresholds[r] / 100))))
         for g in graph.prunable_groups:  # compose with what earlier rounds removed, in original indices
             gid = by_key[_group_key(g)]
-            kept_idx[gid] = kept_idx[gid][mask.keep[g.id]]
+            kept_idx[gid] = kept_idx[gid][mask.keep.get(g.id, np.ones(g.size, dtype=bool))]
         current, optimizer = compact_with_momentum(current, graph, mask, optimizer, cfg.lr_prune, cfg)
+        recalibrate_batchnorm(current, train_loader, cfg.bn_samples)
+        after_bn = _test_top1(current, test_loader)
         for epoch in range(cfg.epochs_per_round):
-            _epoch(stats["pruning"], current, optimizer, train_loader, test_loader, cfg.T, round=r, epoch=epoch)
+            _set_lr(optimizer, cfg.lr_at("pruning", r * cfg.epochs_per_round + epoch, pruning_epochs))
+            _epoch(
+                stats["pruning"], current, optimizer, train_loader, test_loader, cfg.T, teacher, round=r, epoch=epoch
+            )
         kept = int(sum(len(i) for i in kept_idx.values()))
         rounds.append(
             {
                 "round": r,
-                "threshold": thresholds[r],
+                "threshold": thresholds[r] if cfg.flops is None else 100.0 * (1 - kept / total),
                 "kept_channels": kept,
                 "of": total,
                 "params": sum(p.numel() for p in current.parameters()),
+                "flops_ratio": CostModel(build_channel_graph(current, example, name)).total_macs / dense_macs,
+                "test_top1_after_bn": after_bn,
             }
         )
         if out is not None:
@@ -334,9 +414,9 @@ def prune_train(
         if on_round is not None:
             on_round(r, current)
 
-    _set_lr(optimizer, cfg.lr)
     for epoch in range(cfg.final_epochs):
-        _epoch(stats["final"], current, optimizer, train_loader, test_loader, cfg.T, epoch=epoch)
+        _set_lr(optimizer, cfg.lr_at("final", epoch, cfg.final_epochs))
+        _epoch(stats["final"], current, optimizer, train_loader, test_loader, cfg.T, teacher, epoch=epoch)
     current.eval()
     return PruneTrainResult(current, _compose(original, kept_idx), cfg, stats, rounds)
 
@@ -387,8 +467,10 @@ def ship_prune_train(
                 dataset=dataset,
                 method=f"prune-train:{result.config.importance}",
                 mask_kind="channel",
-                target_kind="density",
-                target_value=1 - result.config.prune_percent / 100,
+                target_kind="density" if result.config.flops is None else "flops",
+                target_value=1 - result.config.prune_percent / 100
+                if result.config.flops is None
+                else result.config.flops,
                 density=kept,
                 density_whole_model=after.params / before.params,
                 params=after.params,
