@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -87,7 +88,12 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--targets", default="0.3,0.5,0.7", help="latency ratios of the dense ONNX file")
     p.add_argument("--seeds", default="0,1,2", help="fine-tuning seeds (and prune-train's rounds)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--phase", choices=("search", "finetune", "all"), default="all")
+    p.add_argument(
+        "--phase",
+        choices=("search", "finetune", "all", "tables"),
+        default="all",
+        help="tables: only rewrite the tables from the journal (after runs of the phases with other settings)",
+    )
     p.add_argument("--image-size", type=int, default=32, help="training and test input side (digits)")
     p.add_argument("--export-size", type=int, default=224, help="input side of every ONNX file timed")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
@@ -512,6 +518,18 @@ def table(journal: Journal, args) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS).round(4)
 
 
+def winners(frame: pd.DataFrame) -> str:
+    """Per model and target: the most accurate method, and each method's distance to it (points of top-1)."""
+    lines = ["| model | target | best | top-1 | " + " | ".join(f"{m}" for m in METHODS) + " |"]
+    lines.append("|---|---:|---|---:|" + "---:|" * len(METHODS))
+    for (model, target), g in frame.groupby(["model", "target_latency"], sort=False):
+        best = g.loc[g.top1_mean.idxmax()]
+        gaps = {r.method: 100 * (r.top1_mean - best.top1_mean) for r in g.itertuples()}
+        cells = [f"{gaps[m]:+.2f}" if m in gaps else "" for m in METHODS]
+        lines.append(f"| {model} | {target} | {best.method} | {100 * best.top1_mean:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(frame: pd.DataFrame, dense_top1: dict[str, float]) -> None:
     import matplotlib
 
@@ -544,10 +562,12 @@ def write(journal: Journal, args) -> None:
     runs = pd.DataFrame([r for r in journal if r["phase"] in ("timed", "finetune")]).round(4)
     search = pd.DataFrame([{k: v for k, v in r.items() if k != "iterations"} for r in journal
                            if r["phase"] == "search"]).round(4)  # fmt: skip
-    command = "python benchmarks/pareto.py " + " ".join(sys.argv[1:])
+    runs_of = [r for r in journal if r["phase"] == "command"] or [{"command": invocation(), "settings": vars(args)}]
+    commands = "\n".join(f"- `{r['command']}` (settings: {json.dumps(r['settings'])})" for r in runs_of)
     note = (
         "# Accuracy against measured latency on trained models (digits, ONNX Runtime CPU)\n\n"
-        f"Command: `OMP_NUM_THREADS=1 {command.strip()}` (settings: {json.dumps(vars(args))}).\n\n"
+        f"Commands (in order; the journal out/pareto/journal.jsonl resumes, `--phase tables` rewrites these files):\n"
+        f"{commands}\n\n"
         f"Dense models trained on digits at {args.image_size} px ({args.dense_epochs} epochs, top-1: "
         f"{json.dumps({k: round(v, 4) for k, v in dense_top1.items()})}). Latency: ONNX files exported at "
         f"{args.export_size} px, batch 1, {args.threads} onnxruntime thread(s); every pruned file of a model timed "
@@ -557,10 +577,16 @@ def write(journal: Journal, args) -> None:
         "epoch each), mean and std over seeds.\n"
     )
     (RESULTS / "pareto.md").write_text(
-        f"{note}\n{frame.to_markdown(index=False)}\n\n## Every run\n\n{runs.to_markdown(index=False)}\n\n"
+        f"{note}\n{frame.to_markdown(index=False)}\n\n## Best method per target (points of top-1 behind it)\n\n"
+        f"{winners(frame)}\n\n## Every run\n\n{runs.to_markdown(index=False)}\n\n"
         f"## Search (knob moved until the measured latency matched)\n\n{search.to_markdown(index=False)}\n"
     )
     print(frame.to_markdown(index=False), flush=True)
+
+
+def invocation() -> str:
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return (f"OMP_NUM_THREADS={threads} " if threads else "") + " ".join(["python", *sys.argv]).strip()
 
 
 def main() -> None:
@@ -568,16 +594,22 @@ def main() -> None:
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
     journal = Journal(WORK / "journal.jsonl")
+    if args.phase != "tables":
+        journal.record(phase="command", command=invocation(), settings=vars(args))
     methods = args.methods.split(",")
     targets = [float(t) for t in args.targets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     for name in args.models.split(","):
+        if args.phase == "tables":
+            break
         dense = dense_model(name, args, journal)
         if args.phase in ("search", "all"):
             search_phase(name, dense, methods, targets, seeds, args, journal)
             side_by_side(name, dense, journal, args)
         if args.phase in ("finetune", "all"):
             finetune_phase(name, dense, seeds, journal, args)
+        write(journal, args)
+    if args.phase == "tables":
         write(journal, args)
 
 

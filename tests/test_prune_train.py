@@ -231,3 +231,17 @@ def test_distillation_adds_the_weighted_soft_target_loss():
     plain = prune_train(model, ex, digits("train"), None, PruneTrainConfig(**FAST))
     distilled = prune_train(model, ex, digits("train"), None, PruneTrainConfig(**FAST, distill=1.0))
     assert distilled.stats["pruning"][0]["loss"] > plain.stats["pruning"][0]["loss"]  # the extra term is in the loss
+
+
+def test_a_flops_prune_train_row_is_a_budget_row_with_dense_and_pruned_top1(tmp_path):
+    import hwprune
+    from hwprune.results import ResultsStore
+    from hwprune.results.budget_runs import budget_rows
+
+    model, x = resnet20()
+    options = dict(importance="l1", flops=0.5, n_rounds=1, lr=0.05, lr_prune=0.05)
+    result = hwprune.prune_train(model, x, digits("train", True), digits("test"), results=tmp_path / "r.csv", **options)
+    [row] = budget_rows(ResultsStore(tmp_path / "r.csv").records())  # what `hwprune compare` tabulates
+    assert row.target_kind == "flops" and row.target == 0.5 and row.status == "met"
+    assert row.top1_dense == pytest.approx(accuracy(model, digits("test")))
+    assert row.top1 == result.final_top1() and row.flops_ratio == pytest.approx(0.5, abs=0.03)

@@ -245,6 +245,7 @@ def prune_to_budget(
             "status": status,
             "iterations": iterations,
             "notes": sol.notes,
+            "normalise": normalise,
             **accuracy,
         }
     )

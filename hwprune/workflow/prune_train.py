@@ -133,6 +133,7 @@ class PruneTrainResult:
     stats: dict = field(default_factory=dict)  # phase -> list of {"epoch", "train_top1", "test_top1", ...}
     rounds: list[dict] = field(default_factory=list)  # per round: threshold, kept channels, params
 
+    top1_dense: float | None = None  # the dense model's test top-1 (None without test data)
     onnx_path: Path | None = None
     onnx_max_rel_diff: float | None = None
     params_before: int = 0
@@ -351,6 +352,7 @@ def prune_train(
     total = sum(g.size for g in original.prunable_groups)
     full = ChannelMask.full(original)
     current = compact_model(original, full)  # a trainable copy; the user's module stays as it was
+    top1_dense = _test_top1(current, test_loader)
     optimizer = _optimizer(current, cfg.lr, cfg)
     kept_idx = {g.id: np.arange(g.size) for g in original.prunable_groups}
     stats: dict[str, list] = {"warmup": [], "pruning": [], "final": []}
@@ -418,7 +420,7 @@ def prune_train(
         _set_lr(optimizer, cfg.lr_at("final", epoch, cfg.final_epochs))
         _epoch(stats["final"], current, optimizer, train_loader, test_loader, cfg.T, teacher, epoch=epoch)
     current.eval()
-    return PruneTrainResult(current, _compose(original, kept_idx), cfg, stats, rounds)
+    return PruneTrainResult(current, _compose(original, kept_idx), cfg, stats, rounds, top1_dense)
 
 
 def _resume(out: Path, original: ChannelGraph, cfg: PruneTrainConfig):
@@ -435,6 +437,13 @@ def _resume(out: Path, original: ChannelGraph, cfg: PruneTrainConfig):
     optimizer.load_state_dict(torch.load(out / f"{CHECKPOINT}.optim.pt", weights_only=True))
     kept_idx = {g.id: np.flatnonzero(mask.keep.get(g.id, np.ones(g.size, bool))) for g in original.prunable_groups}
     return current, optimizer, kept_idx, state["stats"], state["rounds"], state["round"] + 1
+
+
+def _flops_status(result: PruneTrainResult) -> str:
+    """With a FLOPs budget: met when the last round's conv/linear MACs are within it (the solver's cap)."""
+    if result.config.flops is None or not result.rounds:
+        return ""
+    return "met" if result.rounds[-1]["flops_ratio"] <= result.config.flops + 1e-9 else "missed"
 
 
 def ship_prune_train(
@@ -480,7 +489,15 @@ def ship_prune_train(
                 flops_counter=after.counter,
                 accuracy_top1=result.final_top1(),
                 artifacts=json.dumps({"onnx": str(result.onnx_path)} if result.onnx_path else {}),
-                extra=json.dumps({"rounds": result.rounds, "stats": result.stats, "config": asdict(result.config)}),
+                extra=json.dumps(
+                    {
+                        "rounds": result.rounds,
+                        "stats": result.stats,
+                        "config": asdict(result.config),
+                        "top1_dense": result.top1_dense,
+                        "status": _flops_status(result),
+                    }
+                ),
             )
         )
     return result
