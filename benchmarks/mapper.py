@@ -4,13 +4,15 @@ Writes benchmarks/results/mapper_coverage.csv (+ .md): per model, both front-end
 40 % mask, compact, export, verify; ONNX: map the dense export, compact the ONNX file, verify in
 onnxruntime), groups, prunable groups, the share of conv/linear/matmul FLOPs in ops with a prunable
 channel axis (denominator: fvcore), graph build time, and a "N/M models pass" line. And
-benchmarks/results/mapper_speed.csv (+ .md): warm min-of-7 timings at the input sizes of the
-Torch-Pruning reference numbers given in the foundation issue.
+benchmarks/results/mapper_speed.csv (+ .md): hwprune and Torch-Pruning timed side by side in this
+process, alternating, same model instance, input and threads, warm, min over rounds (Torch-Pruning is a
+benchmark-only dependency: benchmarks/requirements-peers.txt; run this script with that environment).
 
-    python benchmarks/mapper.py [--models resnet18,resnet50] [--skip-speed]
+    python benchmarks/mapper.py [--models resnet18,resnet50] [--skip-speed] [--skip-coverage] [--threads 1]
 """
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -45,14 +47,20 @@ MATMUL_OPS = {
     "_native_multi_head_attention",
 }
 
-# Torch-Pruning 1.6.1 reference timings from the foundation issue (same machine class, warm, min of 5)
-SPEED_CASES = [
-    # model, input size, TP DependencyGraph build + grouping (s), TP pruner construction + step (s)
-    ("torchvision:resnet50", 224, 0.14, None),
-    ("torchvision:densenet121", 64, 1.0, 18.0),
-    ("torchvision:mobilenet_v2", 224, 0.05, None),
-    ("torchvision:resnet50", 64, None, 0.28),
+SPEED_CASES = [  # model, input side
+    ("torchvision:resnet50", 224),
+    ("torchvision:mobilenet_v2", 224),
+    ("torchvision:densenet121", 64),
+    ("torchvision:resnet50", 64),
+    ("torchvision:efficientnet_b0", 64),
+    ("torchvision:regnet_y_400mf", 64),
+    ("torchvision:convnext_tiny", 64),
+    ("torchvision:vit_b_16", 224),
 ]
+SPEED_ROUNDS = 5
+SPEED_COLUMNS = [
+    "model", "input", "build_s", "tp_build_s", "build_ratio", "map_mask_compact_s", "tp_prune_s", "prune_ratio",
+]  # fmt: skip
 
 
 def conv_linear_flops(model, x):
@@ -112,27 +120,60 @@ def coverage_row(qualified, size, tmp: Path):
     return row
 
 
-def speed_row(qualified, size, tp_build, tp_prune):
+def speed_row(qualified, size):
+    """hwprune and Torch-Pruning on one model instance, alternating step by step, min over SPEED_ROUNDS rounds.
+
+    Builds: hwprune's channel graph vs Torch-Pruning's DependencyGraph + all groups. Pruning: hwprune's build
+    + L1 scores + a 50 % uniform mask + compaction (a new module) vs Torch-Pruning's MetaPruner construction
+    (L1 magnitude, 50 %, classifier ignored) + step on a copy (copied outside the timed region).
+    """
+    import torch_pruning as tp
+
     model = get_model(qualified).eval()
     x = torch.randn(1, 3, size, size)
-    build_channel_graph(model, x, qualified)
-    build_s = min_time(lambda: build_channel_graph(model, x, qualified), 7)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
 
-    def map_mask_compact():
+    def hw_build():
+        build_channel_graph(model, x, qualified)
+
+    def tp_build():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+        list(graph.get_all_groups())
+
+    def hw_prune():
         graph = build_channel_graph(model, x, qualified)
         compact_model(graph, uniform_channel_mask(graph, norm_scores(graph, model), 0.5))
 
-    full_s = min_time(map_mask_compact, 7)
-    return dict(
-        model=qualified,
-        input=size,
-        build_s=round(build_s, 4),
-        tp_build_s=tp_build,
-        build_goal_met=None if tp_build is None else build_s <= tp_build,
-        map_mask_compact_s=round(full_s, 4),
-        tp_prune_s=tp_prune,
-        prune_goal_met=None if tp_prune is None else full_s <= tp_prune / 2,
-    )
+    def tp_prune(victim):
+        importance = tp.importance.MagnitudeImportance(p=1)
+        tp.pruner.MetaPruner(victim, x, importance, pruning_ratio=0.5, ignored_layers=[victim_head(victim)]).step()
+
+    def victim_head(victim):
+        return dict(victim.named_modules())[next(n for n, m in model.named_modules() if m is head)]
+
+    times = {k: [] for k in ("build_s", "tp_build_s", "map_mask_compact_s", "tp_prune_s")}
+    errors = {}
+    hw_build(), tp_build()  # warm (Torch-Pruning traces autograd: no torch.no_grad here)
+    for _ in range(SPEED_ROUNDS):
+        for key, fn in (("build_s", hw_build), ("tp_build_s", tp_build), ("map_mask_compact_s", hw_prune)):
+            times[key].append(timed(fn))
+        if "tp_prune_s" not in errors:
+            victim = copy.deepcopy(model)
+            try:
+                times["tp_prune_s"].append(timed(lambda v=victim: tp_prune(v)))
+            except Exception as exc:  # a peer that cannot prune this model is recorded, not fatal
+                errors["tp_prune_s"] = str(exc).splitlines()[0][:120]
+    row = {"model": qualified, "input": size, **{k: round(min(v), 4) if v else None for k, v in times.items()}}
+    row["build_ratio"] = round(row["build_s"] / row["tp_build_s"], 3)
+    row["prune_ratio"] = round(row["map_mask_compact_s"] / row["tp_prune_s"], 3) if row["tp_prune_s"] else None
+    row["note"] = "; ".join(f"Torch-Pruning failed: {e}" for e in errors.values())
+    return row
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 COVERAGE_COLUMNS = [
@@ -161,22 +202,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=None, help="comma-separated subset of the zoo")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-coverage", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both tools")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cases = zoo_cases()
     if args.models:
         wanted = set(args.models.split(","))
         cases = [c for c in cases if c[0].split(":")[-1] in wanted or c[0] in wanted]
     if not args.skip_speed:  # first: a fresh process times most steadily
-        speed = pd.DataFrame([speed_row(*case) for case in SPEED_CASES])
+        import torch_pruning as tp
+
+        speed = pd.DataFrame([speed_row(*case) for case in tqdm(SPEED_CASES, desc="mapper speed", unit="model")])
         write(
             speed,
             "mapper_speed",
-            "# Mapper speed (warm, min of 7, batch 1, 2 threads)\n\nbuild_s: trace + shape propagation + "
-            "groups. map_mask_compact_s: build + L1 scores + mask (50 %) + compaction. Goals from the "
-            "foundation issue: build_s <= Torch-Pruning's DependencyGraph build + grouping (tp_build_s); "
-            "map_mask_compact_s <= half of Torch-Pruning's pruner construction + step (tp_prune_s).",
+            f"# Mapper speed: hwprune and Torch-Pruning {tp.__version__} side by side\n\nCommand: "
+            f"`python benchmarks/mapper.py --skip-coverage --threads {args.threads}` (torch {torch.__version__}, "
+            f"{args.threads} thread(s), batch 1, warm, min of {SPEED_ROUNDS} rounds; in each round the four steps "
+            "run one after the other on the same model instance and input). build_s: hwprune's trace + shape "
+            "propagation + groups; tp_build_s: Torch-Pruning's DependencyGraph build + get_all_groups. "
+            "map_mask_compact_s: build + L1 scores + 50 % uniform mask + compaction into a new module; tp_prune_s: "
+            "MetaPruner construction (L1 magnitude, ratio 0.5, classifier ignored) + step on a copy. Goals "
+            "(issue 15): build_ratio <= 1.0 and prune_ratio <= 0.5 on every row.",
+            SPEED_COLUMNS,
         )
+    if args.skip_coverage:
+        return
 
     rows = []
     for qualified, size in tqdm(cases, desc="mapper coverage", unit="model"):
