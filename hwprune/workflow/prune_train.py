@@ -18,6 +18,7 @@ which an interrupted run resumes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -33,13 +34,13 @@ from torch import nn
 from hwprune.errors import HwpruneError
 from hwprune.export.compact import compact_model, shrink_like_parameters
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
-from hwprune.graph_mapper.cost import CostModel
+from hwprune.graph_mapper.cost import CostModel, kept_shares
 from hwprune.latency.profiler import profiled_groups
 from hwprune.prune.budget import NORMALISATIONS, CostFn, solve
 from hwprune.prune.channel import unit_of
 from hwprune.prune.importance import CHANNEL_IMPORTANCES
 from hwprune.prune.masks import ChannelMask
-from hwprune.train.distill import distillation_loss
+from hwprune.train.distill import Distillation
 from hwprune.workflow.recovery import BN_SAMPLES, recalibrate_batchnorm
 from hwprune.workflow.scoring import IMPORTANCE_SAMPLES, first_samples
 
@@ -237,40 +238,30 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-class Teacher:
-    """The dense model's soft targets for distillation (eval mode, no gradients), with weight and temperature."""
-
-    def __init__(self, model: nn.Module, weight: float, temperature: float):
-        self.model, self.weight, self.temperature = model.eval(), weight, temperature
-
-    def loss(self, x: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            teacher_logits = self.model(x)
-        return self.weight * distillation_loss(student_logits, teacher_logits, self.temperature)
-
-
-def _train_epoch(model, optimizer, loader, T: float, teacher: Teacher | None = None) -> tuple[float, float]:
+def _train_epoch(model, optimizer, loader, T: float, teacher: nn.Module | None, cfg) -> tuple[float, float]:
     """One epoch of SGD on cross-entropy of logits / T (+ distillation); returns (mean loss, train top-1)."""
     model.train()
     loss_sum = hits = n = 0.0
-    for x, y in loader:
-        optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = F.cross_entropy(out / T, y)
-        if teacher is not None:
-            loss = loss + teacher.loss(x, out)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.item() * len(y)
-        hits += int((out.argmax(1) == y).sum())
-        n += len(y)
+    distill = Distillation(model, teacher, cfg.distill, cfg.distill_temperature) if teacher is not None else None
+    with distill or contextlib.nullcontext():
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = F.cross_entropy(out / T, y)
+            if distill is not None:
+                loss = loss + distill.extra_loss()
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(y)
+            hits += int((out.argmax(1) == y).sum())
+            n += len(y)
     return loss_sum / max(n, 1), hits / max(n, 1)
 
 
-def _epoch(record: list, model, optimizer, train_loader, test_loader, T: float, teacher=None, **tags) -> None:
+def _epoch(record: list, model, optimizer, train_loader, test_loader, cfg, teacher=None, **tags) -> None:
     """Train one epoch and append its figures (loss, lr, train and test top-1) to ``record``."""
     lr = optimizer.param_groups[0]["lr"]
-    loss, top1 = _train_epoch(model, optimizer, train_loader, T, teacher)
+    loss, top1 = _train_epoch(model, optimizer, train_loader, cfg.T, teacher, cfg)
     record.append({**tags, "lr": lr, "loss": loss, "train_top1": top1, "test_top1": _test_top1(model, test_loader)})
 
 
@@ -363,11 +354,11 @@ def prune_train(
     elif out is not None:
         out.mkdir(parents=True, exist_ok=True)
 
-    teacher = Teacher(copy.deepcopy(model), cfg.distill, cfg.distill_temperature) if cfg.distill else None
+    teacher = copy.deepcopy(model) if cfg.distill else None  # the dense model's soft targets
     if start_round == 0 and not stats["warmup"]:
         _set_lr(optimizer, cfg.lr)
         for epoch in range(cfg.warmup_epochs):
-            _epoch(stats["warmup"], current, optimizer, train_loader, test_loader, cfg.T, teacher, epoch=epoch)
+            _epoch(stats["warmup"], current, optimizer, train_loader, test_loader, cfg, teacher, epoch=epoch)
 
     by_key = {_group_key(g): g.id for g in original.groups}
     thresholds = cfg.round_thresholds()
@@ -375,6 +366,7 @@ def prune_train(
     pruning_epochs = cfg.n_rounds * cfg.epochs_per_round
     for r in range(start_round, cfg.n_rounds):
         graph = build_channel_graph(current, example, name)
+        costs = CostModel(graph)
         opts = {"T": cfg.grasp_T} if cfg.importance in ("grasp", "grad_preserve") else {}
         if cfg.track_batches:
             batches = [b for _, b in zip(range(cfg.track_batches), train_loader, strict=False)]
@@ -395,9 +387,7 @@ def prune_train(
         after_bn = _test_top1(current, test_loader)
         for epoch in range(cfg.epochs_per_round):
             _set_lr(optimizer, cfg.lr_at("pruning", r * cfg.epochs_per_round + epoch, pruning_epochs))
-            _epoch(
-                stats["pruning"], current, optimizer, train_loader, test_loader, cfg.T, teacher, round=r, epoch=epoch
-            )
+            _epoch(stats["pruning"], current, optimizer, train_loader, test_loader, cfg, teacher, round=r, epoch=epoch)
         kept = int(sum(len(i) for i in kept_idx.values()))
         rounds.append(
             {
@@ -406,7 +396,7 @@ def prune_train(
                 "kept_channels": kept,
                 "of": total,
                 "params": sum(p.numel() for p in current.parameters()),
-                "flops_ratio": CostModel(build_channel_graph(current, example, name)).total_macs / dense_macs,
+                "flops_ratio": costs.cost(kept_shares(graph, mask))[0] / dense_macs,
                 "test_top1_after_bn": after_bn,
             }
         )
@@ -418,7 +408,7 @@ def prune_train(
 
     for epoch in range(cfg.final_epochs):
         _set_lr(optimizer, cfg.lr_at("final", epoch, cfg.final_epochs))
-        _epoch(stats["final"], current, optimizer, train_loader, test_loader, cfg.T, teacher, epoch=epoch)
+        _epoch(stats["final"], current, optimizer, train_loader, test_loader, cfg, teacher, epoch=epoch)
     current.eval()
     return PruneTrainResult(current, _compose(original, kept_idx), cfg, stats, rounds, top1_dense)
 
