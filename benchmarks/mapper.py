@@ -236,11 +236,16 @@ def main():
             rows.append(coverage_row(qualified, size, Path(tmp)))
         tqdm.write(str(rows[-1]))
     frame = pd.DataFrame(rows)
+    earlier = RESULTS / "mapper_coverage.csv"
+    if args.models and earlier.exists():  # a subset rerun replaces those models' rows, keeps the others
+        kept = pd.read_csv(earlier)
+        frame = pd.concat([kept[~kept.model.isin(frame.model)], frame], ignore_index=True)
     n_ok = int(frame.ok.sum())
     write(
         frame,
         "mapper_coverage",
         f"# Mapper coverage ({torch.__version__}, 2 threads)\n\n{n_ok}/{len(frame)} models pass.\n\n"
+        "Command: `python benchmarks/mapper.py --skip-speed` (`--models a,b` reruns those rows and keeps the rest). "
         "Seed models, every torchvision classification model, the timm set. fx_ok: the fx front-end maps "
         "the model, a random 40 % channel mask on every prunable exact group compacts it with "
         "max_rel_diff (compacted vs masked model) and export_rel_diff (onnxruntime vs compacted) within "

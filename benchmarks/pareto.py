@@ -14,13 +14,13 @@ same training budget per seed (BatchNorm statistics re-estimated on 512 examples
 of SGD, cosine lr); prune-train spends its budget inside its rounds (one epoch per round).
 
 Methods: ``uniform`` (every group loses the same share, L1, Torch-Pruning's default policy), ``flops-aware``
-(the budget solver with the FLOPs cost, L1, each group's scores rescaled to a mean of 1: the default),
-``flops-aware-raw`` (the same, scores compared unnormalised, i.e. global L1) and ``flops-aware-share`` (each
-group's scores rescaled to sum to its FLOPs share): the three normalisations of the importance study;
-``latency-aware`` (the solver on the measured edge profile, L1; ``latency-aware-share`` with the share
-normalisation), ``prune-train`` (rounds of prune + one epoch, reaching a FLOPs ratio over the rounds with the
-solver and the share normalisation, BatchNorm re-estimated after each compaction, cosine lr; the FLOPs ratio
-searched), ``torch-pruning`` (Torch-Pruning's MetaPruner, global, Taylor
+(the budget solver with the FLOPs cost, L1, each group's scores rescaled to sum to its FLOPs share: the
+default), ``flops-aware-mean`` (the same, each group's scores rescaled to a mean of 1: the default until issue
+13's study) and ``flops-aware-raw`` (scores compared unnormalised, i.e. global L1): the three normalisations of
+the importance study; ``latency-aware`` (``hwprune.prune(latency=...)``: the solver on the measured edge
+profile, L1, default normalisation; ``latency-aware-mean`` with the mean normalisation), ``prune-train`` (rounds
+of prune + one epoch, reaching a FLOPs ratio over the rounds with the solver, BatchNorm re-estimated after each
+compaction, cosine lr; the FLOPs ratio searched), ``torch-pruning`` (Torch-Pruning's MetaPruner, global, Taylor
 importance) and ``modelopt`` (NVIDIA ModelOpt's FastNAS under a FLOPs constraint, scored by accuracy on
 training images); the peers are benchmark-only dependencies: benchmarks/requirements-peers.txt.
 hwprune's methods keep channel counts in multiples of the backend's alignment (16 on ort-cpu).
@@ -61,7 +61,7 @@ from hwprune.latency.measurement import paired_ratio
 from hwprune.latency.profiler import profiled_groups
 from hwprune.models import get_model
 from hwprune.prune.budget import CostFn, solve
-from hwprune.prune.channel import uniform_channel_mask
+from hwprune.prune.channel import COUNTED_MIN_STEPS, uniform_channel_mask
 from hwprune.prune.importance import CHANNEL_IMPORTANCES
 from hwprune.prune.masks import ChannelMask
 from hwprune.train import TrainConfig, evaluate, train
@@ -76,10 +76,10 @@ COLUMNS = [
     "top1_std", "seeds", "finetune_epochs",
 ]  # fmt: skip
 METHODS = (
-    "uniform", "flops-aware", "flops-aware-raw", "flops-aware-share", "latency-aware", "latency-aware-share",
+    "uniform", "flops-aware", "flops-aware-mean", "flops-aware-raw", "latency-aware", "latency-aware-mean",
     "prune-train", "torch-pruning", "modelopt",
 )  # fmt: skip
-NORMALISED = {"flops-aware": "mean", "flops-aware-raw": "none", "flops-aware-share": "cost"}  # importance study
+NORMALISED = {"flops-aware": "cost", "flops-aware-mean": "mean", "flops-aware-raw": "none"}  # importance study
 
 
 def arguments() -> argparse.Namespace:
@@ -228,8 +228,9 @@ def flops_mask(normalise: str):
     """The budget solver with the FLOPs cost, importance compared across groups as ``normalise`` says."""
 
     def masked(graph, scores, budget: float, round_to: int):
-        groups = profiled_groups(graph, round_to)
-        sol = solve(graph, groups, scores, CostFn.macs(graph), budget, round_to=round_to, normalise=normalise)
+        groups = profiled_groups(graph, round_to, COUNTED_MIN_STEPS)  # as `prune --flops` aligns
+        sol = solve(graph, groups, scores, CostFn.macs(graph), budget, round_to=round_to, normalise=normalise,
+                    min_steps=COUNTED_MIN_STEPS)  # fmt: skip
         return sol.mask, sol.ratio, sol.reachable
 
     return masked
@@ -315,7 +316,7 @@ def searched(name: str, method: str, target: float, at, judge: LatencyJudge, arg
     return sol, {"knob": knob, "loop_ratio": ratio, "iterations": iterations}
 
 
-def latency_aware(name: str, dense: nn.Module, target: float, args, normalise: str = "mean") -> tuple[Candidate, dict]:
+def latency_aware(name: str, dense: nn.Module, target: float, args, normalise: str = "cost") -> tuple[Candidate, dict]:
     """``hwprune.prune(latency=target)``: edge profile (shared over targets), solver, its own closed loop."""
     import hwprune
 
@@ -342,9 +343,9 @@ def latency_aware(name: str, dense: nn.Module, target: float, args, normalise: s
 def prune_train_at(name: str, dense: nn.Module, args, seed: int) -> Callable[[float], Candidate]:
     """Prune+train rounds (one epoch each, the fine-tuning budget) reaching a FLOPs ratio over the rounds.
 
-    Each round: L1 scores, the budget solver (importance normalised by FLOPs share: see
-    ``flops-aware-share``) to the round's share of the FLOPs cut, compaction, BatchNorm
-    re-estimated on 512 examples, one epoch; the lr decays by one cosine over the rounds (as the others' fine-tuning).
+    Each round: L1 scores, the budget solver (prune-train's defaults: importance normalised by FLOPs share, kept
+    counts in multiples of 16) to the round's share of the FLOPs cut, compaction, BatchNorm re-estimated on 512
+    examples, one epoch; the lr decays by one cosine over the rounds (as the others' fine-tuning).
     """
     from hwprune.workflow.prune_train import PruneTrainConfig, prune_train
 
@@ -359,7 +360,6 @@ def prune_train_at(name: str, dense: nn.Module, args, seed: int) -> Callable[[fl
             lr=args.finetune_lr,
             lr_prune=args.finetune_lr,
             bn_samples=BN_SAMPLES,
-            normalise="cost",
             seed=seed,
         )
         result = prune_train(copy.deepcopy(dense), timing_example(args), train_loader, None, config, name=name)
@@ -388,7 +388,7 @@ def search_phase(name: str, dense: nn.Module, methods: list[str], targets: list[
                 start = time.perf_counter()
                 try:
                     if method.startswith("latency-aware"):
-                        normalise = "cost" if method == "latency-aware-share" else "mean"
+                        normalise = "mean" if method == "latency-aware-mean" else "cost"
                         candidate, info = latency_aware(name, dense, target, args, normalise)
                     else:
                         at = {
@@ -554,6 +554,13 @@ def plot(frame: pd.DataFrame, dense_top1: dict[str, float]) -> None:
 
 def write(journal: Journal, args) -> None:
     frame = table(journal, args)
+    earlier = RESULTS / "pareto.csv"
+    kept_models: list[str] = []
+    if earlier.exists():  # a run on some models replaces their rows and keeps the other models' rows
+        old = pd.read_csv(earlier)
+        old = old[~old.model.isin(frame.model)]
+        kept_models = list(dict.fromkeys(old.model))
+        frame = pd.concat([old, frame], ignore_index=True) if not frame.empty else old
     RESULTS.mkdir(parents=True, exist_ok=True)
     frame.to_csv(RESULTS / "pareto.csv", index=False)
     dense_top1 = {r["model"]: r["top1"] for r in journal if r["phase"] == "dense"}
@@ -576,6 +583,11 @@ def write(journal: Journal, args) -> None:
         f"BatchNorm re-estimation and {args.finetune_epochs} epochs of fine-tuning (prune-train: its rounds, one "
         "epoch each), mean and std over seeds.\n"
     )
+    if kept_models:
+        note += (
+            f"\nRows of {', '.join(kept_models)}: kept from the file's earlier run (the journal below holds only this "
+            "run; the earlier run's commands, every run and search are in git history of this file).\n"
+        )
     (RESULTS / "pareto.md").write_text(
         f"{note}\n{frame.to_markdown(index=False)}\n\n## Best method per target (points of top-1 behind it)\n\n"
         f"{winners(frame)}\n\n## Every run\n\n{runs.to_markdown(index=False)}\n\n"

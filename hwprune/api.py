@@ -149,7 +149,7 @@ def prune(
     out: str | Path | None = None,
     name: str | None = None,
     progress: bool = True,
-    normalise: str = "mean",
+    normalise: str = "cost",
 ) -> PruneResult:
     """Prune ``model`` to one budget, a ratio of the dense model: ``latency``, ``flops`` or ``params``.
 
@@ -161,8 +161,10 @@ def prune(
     of the built-in trainer on ``data``, or your own ``fn(model)``) trains the compacted model afterwards, after
     BatchNorm statistics are re-estimated on ``bn_samples`` examples of ``data`` (0: keep the dense ones);
     ``distill`` > 0 adds ``distill`` x the soft-target loss against the dense model to the built-in fine-tuning.
-    ``normalise`` is how importance is compared across groups: ``mean`` (each group's mean = 1), ``none`` (raw
-    scores) or ``cost`` (each group's total = its share of the budgeted cost).
+    ``normalise`` is how importance is compared across groups: ``cost`` (each group's total = its share of the
+    budgeted cost; kept the most accuracy in benchmarks/results/pareto.md), ``mean`` (each group's mean = 1) or
+    ``none`` (raw scores). Channel counts are multiples of ``round_to`` (default: the backend's alignment; for
+    FLOPs/params budgets halved in small groups so each can shrink).
     ``out`` keeps mask.json, the LUT and the verified ONNX file; without it they live in a temporary folder.
     ``model`` may be an ONNX file's path (``example_inputs`` then optional: it fixes the input shape); it is
     pruned, timed and shipped as ONNX on an onnxruntime backend, with weight-based importances.

@@ -752,7 +752,7 @@ def onnx_file(path: Any, input_shape_given: bool, name: str = "--onnx") -> None:
     if not model.graph.node or not model.opset_import:
         raise HwpruneError(f"{name} {path} is not an ONNX model (no graph nodes or opset)")
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path))  # from the file: a model over 2 GB keeps its weights beside it
     except Exception as exc:
         raise HwpruneError(
             f"{name} {path} is not a valid ONNX model ({first_line(exc)}): fix or re-export the file"
@@ -783,7 +783,9 @@ def onnx_file(path: Any, input_shape_given: bool, name: str = "--onnx") -> None:
 # ----------------------------------------------------------------------------- budgets
 
 
-def reachable_budget(graph: Any, groups: list, cost: Any, target: float, kind: str, round_to: int) -> None:
+def reachable_budget(
+    graph: Any, groups: list, cost: Any, target: float, kind: str, round_to: int, min_steps: int = 1
+) -> None:
     """Refuse a FLOPs/params budget below what the solver can reach, naming the floor and what binds it.
 
     The floor: every group the solver acts on at its minimum kept channels (``prune.budget``'s
@@ -796,7 +798,7 @@ def reachable_budget(graph: Any, groups: list, cost: Any, target: float, kind: s
     base = cost.total({})
     if not base > 0:
         return
-    at_min = {g.id: _min_keep(g, unit_of(g, round_to), MIN_FRACTION) / g.size for g in groups}
+    at_min = {g.id: _min_keep(g, unit_of(g, round_to, min_steps), MIN_FRACTION) / g.size for g in groups}
     floor = cost.total(at_min) / base
     if target >= floor - 1e-9:
         return

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from hwprune.errors import HwpruneError
@@ -25,10 +28,21 @@ def write_atomically(path: str | Path, data: bytes) -> None:
         raise HwpruneError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
 
 
-def temp_path_beside(path: str | Path) -> Path:
-    """A temporary name next to ``path`` (same folder, so the final rename is atomic)."""
+@contextlib.contextmanager
+def staged(path: str | Path) -> Iterator[Path]:
+    """A path named as ``path`` in a hidden folder beside it, moved into place only when the block ends normally.
+
+    Every file written in the folder moves (side files first, e.g. an ONNX model's external weights, whose name
+    the model records); when the block raises, nothing does.
+    """
     path = Path(path)
-    return path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield folder / path.name
+        for f in sorted(folder.iterdir(), key=lambda f: f.name == path.name):
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def check_writable(path: str | Path) -> Path:

@@ -1,5 +1,6 @@
 """Edge profiler (resume, journal), LUT refusal, latency model, budget solver."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -256,6 +257,46 @@ def test_group_no_larger_than_the_alignment_step_is_left_whole(setup):
     sol = solve(graph, profiled_groups(graph, 32), norm_scores(graph, model), CostFn.macs(graph), 0.3, round_to=32)
     for gid, keep in sol.mask.keep.items():
         assert gid in aligned and keep.sum() == 32
+
+
+def test_counted_budgets_halve_the_alignment_only_where_a_group_could_not_shrink():
+    """min_steps=4 (FLOPs/params budgets): lenet5's 6- and 16-channel convs step by 1 and 4, its 120/84 by 16."""
+    from hwprune.models import get_model
+
+    net = get_model("lenet5").eval()
+    graph = build_channel_graph(net, torch.randn(1, 1, 28, 28), "lenet5")
+    by_size = {g.size: g for g in graph.prunable_groups}
+    assert {s: unit_of(g, 16, 4) for s, g in by_size.items()} == {6: 1, 16: 4, 120: 16, 84: 16}
+    assert {s: unit_of(g, 16) for s, g in by_size.items()} == {6: 6, 16: 16, 120: 16, 84: 16}  # latency: whole
+    wide = by_size[120]
+    assert unit_of(dataclasses.replace(wide, size=16, round_to=8), 16, 4) == 8  # a group's own step is never halved
+
+
+def test_flops_budget_ships_aligned_widths_through_the_api():
+    """hwprune.prune(flops=) keeps counts in the backend's alignment (16 on CPU, halved for small groups);
+    the negative control, the solver at round_to 1, ships widths off that grid."""
+    import hwprune
+    from hwprune.models import get_model
+    from hwprune.prune.channel import COUNTED_MIN_STEPS
+
+    torch.manual_seed(0)
+    net = get_model("resnet20").eval()
+    x = torch.randn(1, 3, 32, 32)
+    result = hwprune.prune(net, x, flops=0.5, backend="torch-cpu", repeats=3, sessions=1, progress=False)
+    assert result.report.status == "met"
+
+    def off_grid(mask):
+        return {
+            gid: int(keep.sum())
+            for gid, keep in mask.keep.items()
+            if keep.sum() % unit_of(result.graph.groups[gid], 16, COUNTED_MIN_STEPS)
+        }
+
+    cut = [gid for gid, keep in result.mask.keep.items() if not keep.all()]
+    assert cut and any(result.graph.groups[g].size >= 64 for g in cut) and off_grid(result.mask) == {}
+    graph = result.graph
+    unaligned = solve(graph, profiled_groups(graph), norm_scores(graph, net), CostFn.macs(graph), 0.5)
+    assert off_grid(unaligned.mask)  # negative control: the check sees unaligned widths
 
 
 def test_op_classes_tell_depthwise_from_a_one_channel_input_conv():

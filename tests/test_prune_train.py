@@ -135,6 +135,8 @@ def test_tracked_importance_is_the_exponential_average_of_per_batch_scores():
         ({"flops": 0.0}, "--flops"),
         ({"flops": 0.5, "thresholds": [10, 20, 30]}, "--thresholds are channel percents"),
         ({"normalise": "max"}, "--normalise"),
+        ({"round_to": 0}, "--round-to"),
+        ({"round_to": 2.5}, "--round-to"),
         ({"distill": -1.0}, "--distill"),
         ({"bn_samples": -1}, "--bn-samples"),
     ],
@@ -204,14 +206,20 @@ def test_batchnorm_statistics_are_re_estimated_after_each_compaction():
 
 
 def test_a_flops_budget_is_reached_over_the_rounds():
+    from hwprune.graph_mapper import build_channel_graph
     from hwprune.graph_mapper.flops import count_flops
+    from hwprune.prune.channel import COUNTED_MIN_STEPS, unit_of
 
     model, x = resnet20()
     cfg = PruneTrainConfig(**{**FAST, "flops": 0.4, "n_rounds": 2, "epochs_per_round": 0})
     result = prune_train(model, x, digits("train"), None, cfg)
     ratios = [r["flops_ratio"] for r in result.rounds]
-    assert ratios[0] <= 0.7 + 1e-9 and ratios[0] > 0.65  # round 0 keeps 1 - 0.6 / 2 of the dense MACs
+    assert [cfg.round_flops(r) for r in (0, 1)] == pytest.approx([0.4**0.5, 0.4])  # geometric: same share per round
+    assert ratios[0] <= 0.4**0.5 + 1e-9 and ratios[0] > 0.4**0.5 - 0.03
     assert ratios[1] <= 0.4 + 1e-9 and ratios[1] > 0.37
+    kept = {gid: int(keep.sum()) for gid, keep in result.mask.keep.items()}  # aligned: 16, halved in small groups
+    graph = build_channel_graph(model, x, "resnet20")
+    assert all(n % unit_of(graph.groups[gid], 16, COUNTED_MIN_STEPS) == 0 for gid, n in kept.items())
     counted = count_flops(result.model, x).flops / count_flops(model, x).flops  # an independent counter agrees
     assert counted == pytest.approx(ratios[1], abs=0.02)
 

@@ -56,6 +56,7 @@ def cmd_prune_train(args) -> None:
         bn_samples=args.bn_samples,
         flops=args.flops,
         normalise=args.normalise,
+        round_to=args.round_to,
         distill=args.distill,
         distill_temperature=args.distill_temperature,
         results=args.results,
@@ -211,11 +212,18 @@ def _prune_train_arguments(p: argparse.ArgumentParser) -> None:
         "first) instead of --prune-percent of the channels",
     )
     p.add_argument(
+        "--round-to",
+        type=int,
+        default=d.round_to,
+        help="with --flops: kept channel counts are multiples of this, halved for groups of fewer than 4 steps "
+        "(default %(default)s, ONNX Runtime CPU's alignment; 8 for GPUs, 1: any count)",
+    )
+    p.add_argument(
         "--normalise",
         default=d.normalise,
         choices=NORMALISATIONS,
-        help="with --flops: how importance is compared across groups: mean (each group's mean = 1), none "
-        "(raw, global), cost (each group's total = its FLOPs share); default %(default)s",
+        help="with --flops: how importance is compared across groups: cost (each group's total = its FLOPs "
+        "share), mean (each group's mean = 1), none (raw, global); default %(default)s",
     )
     p.add_argument(
         "--distill",

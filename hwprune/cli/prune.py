@@ -221,15 +221,15 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
         "--round-to",
         type=int,
         default=None,
-        help="keep channel counts multiples of this (default: for --latency per backend, 16 on CPU and 8 on GPU, "
-        "where smaller groups stay whole; for --flops/--params 1)",
+        help="keep channel counts multiples of this (default per backend: 16 on CPU, 8 on GPU; with --latency "
+        "smaller groups stay whole, with --flops/--params it is halved for groups of fewer than 4 steps)",
     )
     p.add_argument(
         "--normalise",
-        default="mean",
+        default=NORMALISATIONS[0],
         choices=NORMALISATIONS,
-        help="how importance is compared across groups: mean (each group's channels rescaled to a mean of 1), "
-        "none (raw scores, global), cost (each group's total = its share of the budgeted cost); default mean",
+        help="how importance is compared across groups: cost (each group's total = its share of the budgeted cost), "
+        "mean (each group's channels rescaled to a mean of 1), none (raw scores, global); default %(default)s",
     )
     p.add_argument("--out", type=Path, default=Path("out/prune"), help="output folder (default out/prune)")
     p.add_argument("--results", type=Path, default=Path("runs/results.csv"), help="results store to append to")

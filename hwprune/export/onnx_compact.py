@@ -11,7 +11,6 @@ GroupNormalization's ``num_groups``) and rewrites the size arguments the mapper 
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -24,9 +23,10 @@ from onnx import numpy_helper
 
 from hwprune.errors import EquivalenceError, VerificationError, first_line
 from hwprune.export.compact import changed_sites, keep_table, kept, kept_sizes, kept_split_sizes, shrink, zero_removed
+from hwprune.export.large_onnx import check_model, infer_shapes, save_onnx
 from hwprune.export.onnx_export import ort_session
 from hwprune.export.verify import DEFAULT_TOLERANCE, max_rel_diff, nonfinite_summary, vacuity
-from hwprune.files import check_writable, temp_path_beside
+from hwprune.files import check_writable, staged
 from hwprune.graph_mapper.onnx_mapper import (
     build_onnx_channel_graph,
     opset_of,
@@ -107,8 +107,8 @@ def compact_onnx(graph: ChannelGraph, mask: ChannelMask) -> onnx.ModelProto:
     del model.graph.value_info[:]
     strict = all(n.domain in DEFAULT_DOMAINS for n in model.graph.node)  # custom ops have no shape functions
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=strict)
-        onnx.checker.check_model(model)
+        model = infer_shapes(model, strict_mode=strict)
+        check_model(model)
     except Exception as exc:  # checker and inference raise several types
         raise VerificationError(f"compacted {graph.model_name} is not a valid ONNX model: {first_line(exc)}") from exc
     return model
@@ -334,11 +334,10 @@ def prune_onnx_file(
     compacted = compact_onnx(graph, mask)
     inexact = [graph.groups[g].name for g in mask.pruned_groups() if not graph.groups[g].exact]
     feeds = random_feeds(graph.gm, seed)
-    tmp = temp_path_beside(dst)
     diff, random_diff, notes = None, None, []
     name = graph.model_name
-    try:
-        onnx.save(compacted, str(tmp))
+    with staged(dst) as tmp:
+        save_onnx(compacted, tmp)
         if inexact:
             notes.append(f"inexact groups pruned ({', '.join(inexact[:3])}): not compared with the masked model")
         else:
@@ -362,9 +361,6 @@ def prune_onnx_file(
                     f"cannot verify compacted {name}: the masked model's output on your weights is {vacuous}, so no "
                     "comparison against it can fail; nothing was written"
                 )
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return OnnxPruneReport(
         model=name,
         onnx_path=str(dst),
@@ -395,7 +391,7 @@ def _compare_with_masked(
     """Compacted file vs the masked model on the file's weights: the difference and why it is vacuous (or None)."""
     with tempfile.TemporaryDirectory(prefix="hwprune-onnx-") as tmp:
         masked_path = Path(tmp) / "masked.onnx"
-        onnx.save(masked_onnx(graph, mask), str(masked_path))
+        save_onnx(masked_onnx(graph, mask), masked_path)
         actual, reference = _run_pair(graph.model_name, compacted_path, masked_path, feeds)
     bad = nonfinite_summary(reference)
     if bad:
@@ -412,8 +408,8 @@ def _compare_randomized(graph: ChannelGraph, mask: ChannelMask, feeds: dict, tol
     random_graph = randomized_onnx_graph(graph, seed)
     with tempfile.TemporaryDirectory(prefix="hwprune-onnx-") as tmp:
         compacted_path, masked_path = Path(tmp) / "compacted.onnx", Path(tmp) / "masked.onnx"
-        onnx.save(compact_onnx(random_graph, mask), str(compacted_path))
-        onnx.save(masked_onnx(random_graph, mask), str(masked_path))
+        save_onnx(compact_onnx(random_graph, mask), compacted_path)
+        save_onnx(masked_onnx(random_graph, mask), masked_path)
         actual, reference = _run_pair(name, compacted_path, masked_path, feeds)
     vacuous = vacuity(reference, tolerance)
     if vacuous:

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 
 from hwprune.errors import HwpruneError, first_line
+from hwprune.export import large_onnx
+from hwprune.export.large_onnx import session_source
 
 EXPORTERS = ("dynamo", "torchscript")
 # the one exporter of the shipped file, hence of every latency measurement that decides about it (profile,
@@ -24,13 +26,16 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, expor
     """Write ``model`` traced at ``example`` to ``path``; returns the exporter that succeeded.
 
     The dynamo exporter is torch's default; if it fails on a model the TorchScript exporter is
-    tried, and the one used is reported so a result can always be traced back.
+    tried, and the one used is reported so a result can always be traced back. A model whose weights come near
+    protobuf's 2 GB limit is written with its weights in ``<path>.data`` (:mod:`hwprune.export.large_onnx`).
     """
     if exporter not in EXPORTERS:
         raise HwpruneError(f"unknown ONNX exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     # the dynamo exporter logs a warning per torchvision op it registers; they are not about this model
     logging.getLogger("torch.onnx._internal.exporter._schemas").setLevel(logging.ERROR)
     order = [exporter] + [e for e in EXPORTERS if e != exporter]
+    weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    large = weight_bytes > large_onnx.EXPORT_LIMIT
     errors = []
     model.eval()
     for name in order:
@@ -43,7 +48,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, expor
                         (example,),
                         str(path),
                         dynamo=True,
-                        external_data=False,
+                        external_data=large,  # one file, or the weights in <path>.data beside it
                         input_names=["input"],
                         output_names=["output"],
                         verbose=False,
@@ -73,11 +78,6 @@ def check_onnx(path: str | Path) -> None:
         raise HwpruneError(f"onnx.checker rejects {path}: {str(exc).splitlines()[0]}") from exc
 
 
-def onnx_source(model) -> str | bytes:
-    """What ``onnxruntime.InferenceSession`` takes: a file path, or an in-memory ``onnx.ModelProto`` serialised."""
-    return model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
-
-
 def ort_session(path, intra_threads: int = 1, inter_threads: int = 1):
     """An onnxruntime CPU session with explicit thread counts (never the machine-wide default).
 
@@ -92,7 +92,8 @@ def ort_session(path, intra_threads: int = 1, inter_threads: int = 1):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(onnx_source(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    with session_source(path) as source:
+        return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(path_or_session, example: torch.Tensor) -> list[np.ndarray]:

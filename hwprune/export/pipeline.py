@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from hwprune.export.verify import (
     randomize_for_check,
     vacuity,
 )
-from hwprune.files import check_writable, temp_path_beside
+from hwprune.files import check_writable, staged
 from hwprune.graph_mapper.flops import count_flops
 from hwprune.graph_mapper.types import ChannelGraph
 from hwprune.prune.masks import ChannelMask
@@ -343,8 +342,7 @@ def export_pruned(
     onnx_diff, onnx_random_diff, used = None, None, None
     name = graph.model_name
     if onnx_path is not None:
-        tmp = temp_path_beside(onnx_path)
-        try:
+        with staged(onnx_path) as tmp:
             used = export_onnx(compacted, example, tmp, exporter)
             check_onnx(tmp)
             onnx_diff, vacuous = _onnx_diff(
@@ -369,9 +367,6 @@ def export_pruned(
                         f"the compacted model's output on your weights is {vacuous}, so the onnxruntime comparison "
                         "of the shipped file could not fail; the export path is proved on randomised weights"
                     )
-            os.replace(tmp, onnx_path)
-        finally:
-            tmp.unlink(missing_ok=True)
     report = ExportReport(
         model=name,
         onnx_path=str(onnx_path) if onnx_path else None,
@@ -428,15 +423,11 @@ def export_verified(module: nn.Module, example: torch.Tensor, path: str | Path, 
     model, fine-tuned or not) whose ONNX file must be rewritten.
     """
     path = Path(path)
-    tmp = temp_path_beside(path)
-    try:
+    with staged(path) as tmp:
         used = export_onnx(module, example, tmp, exporter)
         check_onnx(tmp)
         with torch.no_grad():
             diff = max_rel_diff(run_onnx(tmp, example), module.eval()(example))
         if not diff <= DEFAULT_TOLERANCE:
             raise HwpruneError(f"ONNX export differs from the model by {diff:.2e}; nothing was written to {path}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return used, diff

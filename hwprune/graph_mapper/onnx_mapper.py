@@ -26,6 +26,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from hwprune.errors import HwpruneError, first_line
+from hwprune.export.large_onnx import infer_shapes, save_onnx
 from hwprune.graph_mapper.assemble import assemble
 from hwprune.graph_mapper.atoms import Frozen, fixed_label, labelled
 from hwprune.graph_mapper.label_rules import LabelRecorder
@@ -224,7 +225,7 @@ def _run_everything(model: onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray
         probe.graph.output.extend(onnx.ValueInfoProto(name=o) for o in node.output if o and o not in have)
     with tempfile.TemporaryDirectory(prefix="hwprune-onnx-") as tmp:
         path = Path(tmp) / "probe.onnx"
-        onnx.save(probe, str(path))
+        save_onnx(probe, path)
         session = ort_session(path)
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, feeds), strict=True))
@@ -240,7 +241,7 @@ def _inferred_shapes(model: onnx.ModelProto, specs: dict) -> dict[str, tuple[int
             d.Clear()
             d.dim_value = size
     try:
-        probe = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+        probe = infer_shapes(probe, strict_mode=False, data_prop=True)
     except Exception:  # inference gives up on some graphs: every shape is then unknown
         return {}
     shapes = {}

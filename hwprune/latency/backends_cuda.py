@@ -130,11 +130,12 @@ class OrtCuda(LatencyBackend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         device_id = torch.cuda.current_device()
-        from hwprune.export.onnx_export import onnx_source
+        from hwprune.export.large_onnx import session_source
 
-        session = ort.InferenceSession(
-            onnx_source(model), sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id})]
-        )
+        with session_source(model) as source:
+            session = ort.InferenceSession(
+                source, sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id})]
+            )
         if session.get_providers()[0] != "CUDAExecutionProvider":  # ort falls back to CPU when CUDA libs are missing
             raise HwpruneError(
                 f"latency backend 'ort-cuda' is unavailable: onnxruntime fell back to {session.get_providers()[0]} "

@@ -30,9 +30,9 @@ from hwprune.prune.channel import norm_scores, top_k_mask, unit_of
 from hwprune.prune.masks import ChannelMask
 
 
-def profiled_groups(graph: ChannelGraph, round_to: int = 1) -> list[ChannelGroup]:
+def profiled_groups(graph: ChannelGraph, round_to: int = 1, min_steps: int = 1) -> list[ChannelGroup]:
     """Groups the profiler and the solver act on: prunable, exact, able to shrink by a whole step."""
-    return [g for g in graph.prunable_groups if g.exact and unit_of(g, round_to) < g.size]
+    return [g for g in graph.prunable_groups if g.exact and unit_of(g, round_to, min_steps) < g.size]
 
 
 def kept_for(group: ChannelGroup, point: float, round_to: int = 1) -> int:
@@ -220,8 +220,13 @@ def profile_edges(
     try:
         with tempfile.TemporaryDirectory(prefix="hwprune-profile-") as tmp:
             baseline = baseline_for(graph, example, backend, Path(tmp), exporter)
-            bar = tqdm(todo, desc=f"profiling {graph.model_name} on {backend}", unit="edge", disable=not progress)
-            for group, point, pass_ in bar:
+            rng = np.random.default_rng(seed)
+            masks = [random_mask(graph, rng, round_to=round_to) for _ in range(calibration_masks)]
+            remaining = masks[len(calibration) :]
+            # one bar over edges and calibration masks: the whole profile, never silent for minutes
+            bar = tqdm(total=len(todo) + len(remaining), desc=f"profiling {graph.model_name} on {backend}",
+                       unit="point", disable=not progress)  # fmt: skip
+            for group, point, pass_ in todo:
                 kept = kept_for(group, point, round_to)
                 mask = ChannelMask.full(graph)
                 mask.keep[group.id] = top_k_mask(group, scores[group.id], kept)
@@ -246,9 +251,9 @@ def profile_edges(
                 done.append(record)
                 if fh:
                     _append(fh, record)
-            rng = np.random.default_rng(seed)
-            masks = [random_mask(graph, rng, round_to=round_to) for _ in range(calibration_masks)]
-            for i, mask in enumerate(masks[len(calibration) :], start=len(calibration)):
+                bar.update()
+            bar.set_postfix_str("calibration masks")
+            for i, mask in enumerate(remaining, start=len(calibration)):
                 base, cand, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter)
                 record = {
                     "kind": "calibration",
@@ -262,6 +267,8 @@ def profile_edges(
                 calibration.append(record)
                 if fh:
                     _append(fh, record)
+                bar.update()
+            bar.close()
     finally:
         if fh:
             fh.close()

@@ -11,17 +11,25 @@ from torch import nn
 from hwprune.graph_mapper.types import ChannelGraph, ChannelGroup
 from hwprune.prune.masks import ChannelMask
 
+COUNTED_MIN_STEPS = 4  # FLOPs/params budgets: alignment halved until every group spans this many steps
 
-def unit_of(group: ChannelGroup, round_to: int = 1) -> int:
+
+def unit_of(group: ChannelGroup, round_to: int = 1, min_steps: int = 1) -> int:
     """The step in which a group's kept count may change.
 
     A multiple of the number of conv-group blocks (equal count per block) and of ``round_to``
     (hardware alignment: on ONNX Runtime CPU a conv with 24 channels can be slower than one with 32).
     A group no larger than its step cannot shrink aligned and is left whole (the step is its size):
     mobilenet_v2's 16-channel group cut to 12 made the whole network 6 % slower on ONNX Runtime.
+    ``min_steps`` > 1 halves the alignment (never the group's own ``round_to``) until the group spans that
+    many steps: a FLOPs or params budget asks for fewer operations, and a small model whose groups all stay
+    whole could not meet it (lenet5's 6- and 16-channel convolutions under 16-alignment).
     """
+    align = max(1, round_to)
+    while min_steps > 1 and align > 1 and group.size < min_steps * align:
+        align //= 2
     blocks = len(group.blocks) if group.blocks else 1
-    return min(group.size, math.lcm(blocks, max(1, round_to, group.round_to)))
+    return min(group.size, math.lcm(blocks, max(align, group.round_to)))
 
 
 def channels_kept(group: ChannelGroup, ratio: float, round_to: int = 1) -> int:

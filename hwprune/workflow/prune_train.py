@@ -8,8 +8,9 @@ its BatchNorm statistics are re-estimated on ``bn_samples`` training examples (t
 every later layer's input), and it trains ``epochs_per_round`` epochs at ``lr_prune`` (``schedule`` cosine:
 decaying to 0 over all pruning epochs, and from ``lr`` over the final epochs; constant: the seed's fixed
 rates). With ``flops`` the rounds reach a FLOPs budget instead of a channel percent: round r keeps
-``1 - (1 - flops)(r + 1) / n_rounds`` of the dense MACs, chosen by the budget solver (least importance per
-MAC saved). ``distill`` > 0 adds the soft-target loss against the dense model to every epoch. The SGD
+``flops ** ((r + 1) / n_rounds)`` of the dense MACs (each round removes the same fraction of what is left),
+chosen by the budget solver (least importance per MAC saved), in widths aligned to ``round_to``.
+``distill`` > 0 adds the soft-target loss against the dense model to every epoch. The SGD
 momentum of kept channels is carried through compaction with ``preserve_momentum`` (sliced exactly as the
 weights are). Each round ends with a
 checkpoint (weights, optimizer state, the cumulative mask on the original model, the statistics), from
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -35,9 +37,8 @@ from hwprune.errors import HwpruneError
 from hwprune.export.compact import compact_model, shrink_like_parameters
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
 from hwprune.graph_mapper.cost import CostModel, kept_shares
-from hwprune.latency.profiler import profiled_groups
 from hwprune.prune.budget import NORMALISATIONS, CostFn, solve
-from hwprune.prune.channel import unit_of
+from hwprune.prune.channel import COUNTED_MIN_STEPS, unit_of
 from hwprune.prune.importance import CHANNEL_IMPORTANCES
 from hwprune.prune.masks import ChannelMask
 from hwprune.train.distill import Distillation
@@ -72,7 +73,8 @@ class PruneTrainConfig:
     schedule: str = "cosine"  # or "constant" (the seed: lr_prune in the rounds, lr in the final epochs)
     bn_samples: int = BN_SAMPLES  # BatchNorm re-estimated after each compaction (0: statistics kept)
     flops: float | None = None  # a FLOPs budget (ratio of the dense MACs) reached over the rounds
-    normalise: str = "mean"  # how the budget solver compares importance across groups (with flops)
+    normalise: str = NORMALISATIONS[0]  # how the budget solver compares importance across groups (with flops)
+    round_to: int = 16  # with flops: kept counts in multiples of this (ORT CPU's alignment), halved for small groups
     distill: float = 0.0  # weight of the soft-target loss against the dense model
     distill_temperature: float = 4.0
 
@@ -106,15 +108,24 @@ class PruneTrainConfig:
         if self.flops is not None and not 0 < self.flops <= 1:
             raise HwpruneError(f"--flops is a ratio of the dense model's FLOPs in (0, 1] (got {self.flops})")
         if self.flops is not None and self.thresholds is not None:
-            raise HwpruneError("--thresholds are channel percents: with --flops the rounds cut the FLOPs evenly")
+            raise HwpruneError(
+                "--thresholds are channel percents: with --flops each round cuts the same share of the FLOPs left"
+            )
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise HwpruneError(f"--round-to is a whole number >= 1 (got {self.round_to!r})")
         if self.normalise not in NORMALISATIONS:
             raise HwpruneError(f"--normalise is one of {', '.join(NORMALISATIONS)} (got {self.normalise!r})")
         if not self.distill >= 0 or not self.distill_temperature > 0:
             raise HwpruneError("--distill is a weight >= 0 and --distill-temperature a temperature > 0")
 
     def round_flops(self, r: int) -> float:
-        """With ``flops``: the ratio of the dense MACs kept after round ``r``."""
-        return 1.0 - (1.0 - self.flops) * (r + 1) / self.n_rounds
+        """With ``flops``: the ratio of the dense MACs kept after round ``r``, a geometric schedule.
+
+        Each round removes the same fraction of the FLOPs left: an even split of the cut (1 - k(1 - flops)/n)
+        made the last round remove most of what remained (0.47 -> 0.20 on mobilenet_v2 at flops 0.2), at
+        the lowest learning rate; geometric rounds kept 88 % top-1 there against 81 % (seed 0, digits).
+        """
+        return self.flops ** ((r + 1) / self.n_rounds)
 
     def lr_at(self, phase: str, epoch: int, epochs: int) -> float:
         """The lr of ``epoch`` of a phase's ``epochs`` (pruning: all rounds' epochs counted together)."""
@@ -221,10 +232,18 @@ def global_mask(graph: ChannelGraph, scores: dict[int, np.ndarray], keep_total: 
     return mask
 
 
-def flops_round_mask(graph: ChannelGraph, scores: dict[int, np.ndarray], keep_macs: float, normalise: str):
-    """The budget solver's mask keeping ``keep_macs`` multiply-adds of ``graph`` (least importance per MAC first)."""
+def flops_round_mask(
+    graph: ChannelGraph, scores: dict[int, np.ndarray], keep_macs: float, normalise: str, steps: dict[int, int]
+) -> ChannelMask:
+    """The budget solver's mask keeping ``keep_macs`` multiply-adds of ``graph`` (least importance per MAC first).
+
+    ``steps``: each group's step of kept channels, fixed on the original model (``round_to``, halved for small
+    groups as FLOPs budgets in ``prune``) so that widths stay aligned round after round: unaligned widths made
+    the rounds' models slower on ONNX Runtime than FLOPs say (a latency target needed 3 % of the FLOPs).
+    """
     cost = CostFn.macs(graph)
-    groups = [g for g in profiled_groups(graph) if g.id in scores]
+    stepped = [dataclasses.replace(g, round_to=steps[g.id]) for g in graph.prunable_groups if g.id in scores]
+    groups = [g for g in stepped if g.exact and unit_of(g) < g.size]
     ratio = min(1.0, max(keep_macs / (cost.total({}) or 1.0), 1e-6))
     return solve(graph, groups, scores, cost, ratio, normalise=normalise).mask
 
@@ -376,7 +395,11 @@ def prune_train(
             data = first_samples(train_loader, cfg.imp_samples) if scorer.needs_data else None
             scores = scorer(current, graph, data, **opts)
         if cfg.flops is not None:
-            mask = flops_round_mask(graph, scores, cfg.round_flops(r) * dense_macs, cfg.normalise)
+            steps = {
+                g.id: unit_of(original.group(by_key[_group_key(g)]), cfg.round_to, COUNTED_MIN_STEPS)
+                for g in graph.prunable_groups
+            }
+            mask = flops_round_mask(graph, scores, cfg.round_flops(r) * dense_macs, cfg.normalise, steps)
         else:
             mask = global_mask(graph, scores, int(round(total * (1 - thresholds[r] / 100))))
         for g in graph.prunable_groups:  # compose with what earlier rounds removed, in original indices
