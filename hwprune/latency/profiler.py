@@ -224,51 +224,54 @@ def profile_edges(
             masks = [random_mask(graph, rng, round_to=round_to) for _ in range(calibration_masks)]
             remaining = masks[len(calibration) :]
             # one bar over edges and calibration masks: the whole profile, never silent for minutes
-            bar = tqdm(total=len(todo) + len(remaining), desc=f"profiling {graph.model_name} on {backend}",
-                       unit="point", disable=not progress)  # fmt: skip
-            for group, point, pass_ in todo:
-                kept = kept_for(group, point, round_to)
-                mask = ChannelMask.full(graph)
-                mask.keep[group.id] = top_k_mask(group, scores[group.id], kept)
-                base, cand, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter)
-                macs_after, _ = costs.cost({group.id: kept / group.size})
-                record = {
-                    "kind": "edge",
-                    "group": group.id,
-                    "name": group.name,
-                    "size": group.size,
-                    "kept": kept,
-                    "point": point,
-                    "pass": pass_,
-                    "baseline_ms": base.median_ms,
-                    "latency_ms": latency_ms,
-                    "iqr_ms": cand.iqr_ms,
-                    "macs_before": costs.total_macs,
-                    "macs_after": macs_after,
-                    "device": base.device,
-                    "versions": base.versions,
-                }
-                done.append(record)
-                if fh:
-                    _append(fh, record)
-                bar.update()
-            bar.set_postfix_str("calibration masks")
-            for i, mask in enumerate(remaining, start=len(calibration)):
-                base, cand, latency_ms = time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter)
-                record = {
-                    "kind": "calibration",
-                    "index": i,
-                    "shares": {str(g): float(k.mean()) for g, k in mask.keep.items()},
-                    "baseline_ms": base.median_ms,
-                    "latency_ms": latency_ms,
-                    "device": base.device,
-                    "versions": base.versions,
-                }
-                calibration.append(record)
-                if fh:
-                    _append(fh, record)
-                bar.update()
-            bar.close()
+            total, desc = len(todo) + len(remaining), f"profiling {graph.model_name} on {backend}"
+            with tqdm(total=total, desc=desc, unit="point", disable=not progress) as bar:  # closed on interrupt too
+                for group, point, pass_ in todo:
+                    kept = kept_for(group, point, round_to)
+                    mask = ChannelMask.full(graph)
+                    mask.keep[group.id] = top_k_mask(group, scores[group.id], kept)
+                    base, cand, latency_ms = time_mask(
+                        graph, mask, baseline, backend, example, threads, repeats, exporter
+                    )
+                    macs_after, _ = costs.cost({group.id: kept / group.size})
+                    record = {
+                        "kind": "edge",
+                        "group": group.id,
+                        "name": group.name,
+                        "size": group.size,
+                        "kept": kept,
+                        "point": point,
+                        "pass": pass_,
+                        "baseline_ms": base.median_ms,
+                        "latency_ms": latency_ms,
+                        "iqr_ms": cand.iqr_ms,
+                        "macs_before": costs.total_macs,
+                        "macs_after": macs_after,
+                        "device": base.device,
+                        "versions": base.versions,
+                    }
+                    done.append(record)
+                    if fh:
+                        _append(fh, record)
+                    bar.update()
+                bar.set_postfix_str("calibration masks")
+                for i, mask in enumerate(remaining, start=len(calibration)):
+                    base, cand, latency_ms = time_mask(
+                        graph, mask, baseline, backend, example, threads, repeats, exporter
+                    )
+                    record = {
+                        "kind": "calibration",
+                        "index": i,
+                        "shares": {str(g): float(k.mean()) for g, k in mask.keep.items()},
+                        "baseline_ms": base.median_ms,
+                        "latency_ms": latency_ms,
+                        "device": base.device,
+                        "versions": base.versions,
+                    }
+                    calibration.append(record)
+                    if fh:
+                        _append(fh, record)
+                    bar.update()
     finally:
         if fh:
             fh.close()
