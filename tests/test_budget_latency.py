@@ -299,6 +299,35 @@ def test_flops_budget_ships_aligned_widths_through_the_api():
     assert off_grid(unaligned.mask)  # negative control: the check sees unaligned widths
 
 
+class _StemAndResidual(nn.Module):
+    """A cheap 32-channel stem and an expensive 64-channel residual group (conv2/conv3 share channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)
+        self.conv3, self.fc = nn.Conv2d(64, 64, 3, padding=1), nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.relu(self.conv2(x))
+        return self.fc(torch.relu(self.conv3(x) + x).mean((2, 3)))
+
+
+def test_last_removal_is_the_cheapest_unit_that_meets_the_budget():
+    """At FLOPs 0.6 in steps of 8 (stem) and 16 (residual), a residual step from 48 overshoots to 0.35; the stem's
+    step meets it at 0.57 and loses less importance, so the solver ends there (it used to take the residual's)."""
+    torch.manual_seed(0)
+    net = _StemAndResidual().eval()
+    graph = build_channel_graph(net, torch.randn(1, 1, 16, 16), "stem_residual")
+    groups = profiled_groups(graph, 16, 4)
+    cost = CostFn.macs(graph)
+    scores = {g.id: np.linspace(1.0, 2.0, g.size) for g in groups}  # every group equally spread: the stem cheap
+    sol = solve(graph, groups, scores, cost, 0.6, round_to=16, min_steps=4)
+    widths = sorted(int(sol.mask.keep.get(g.id, np.ones(g.size, bool)).sum()) for g in groups)
+    assert sol.reachable and widths == [24, 48]
+    assert 0.55 < sol.ratio <= 0.6
+
+
 def test_op_classes_tell_depthwise_from_a_one_channel_input_conv():
     from hwprune.latency.model import op_classes
 

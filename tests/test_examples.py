@@ -29,7 +29,7 @@ def test_own_cnn_trained_on_digits_keeps_its_accuracy_at_60_percent_flops(tmp_pa
     line = next(ln for ln in out.splitlines() if ln.startswith("test top-1"))
     before, after = (float(v) for v in line.split("top-1 ")[1].split(";")[0].split(" -> "))
     assert before > 0.8  # trained: far above chance
-    assert after > before - 0.1  # pruned to 60 % FLOPs and fine-tuned one epoch: accuracy kept
+    assert after > before - 0.05  # pruned to 60 % FLOPs and fine-tuned three epochs: accuracy kept
     assert "flops budget 0.600" in out and "-> met" in out
     assert (tmp_path / "digitsnet.pt").exists() and (tmp_path / "digitsnet_pruned.onnx").stat().st_size > 0
 

@@ -2,8 +2,10 @@
 
 Greedy on importance per unit of cost: at each step every group offers its next chunk of
 least-important channels (whole conv-group blocks at a time, never below the minimum kept), and
-the chunk that loses the least importance per unit of cost saved is removed. Chunks shrink to
-single units near the budget, so FLOPs and params budgets are met to within one unit. Cost is
+the chunk that loses the least importance per unit of cost saved is removed. The last removal is the
+single unit, of any group, that meets the budget losing the least importance (a coarse step of an expensive
+group would overshoot it: 0.35 for a 0.6 budget on a three-conv net), then units are given back while the
+budget holds, so FLOPs and params budgets are met to within one unit. Cost is
 exact MACs or params (product formula over the graph) or a LatencyModel's prediction.
 
 Importance is compared across groups after a normalisation (``NORMALISATIONS``): ``cost`` (the default:
@@ -121,10 +123,15 @@ def solve(
         if best is None:
             break
         _, gid, step, saved = best
-        if current - saved < budget and step > units[gid]:
-            # close to the budget: remove single units so the budget is met tightly
-            step = units[gid]
-            saved = -cost.change(shares, gid, (kept[gid] - step) / by_id[gid].size)
+        if current - saved <= budget:
+            # the last removal: the fewest-importance single unit of any group that meets the budget, so a coarse
+            # step of an expensive group does not overshoot it (else single units of the best group)
+            finish = _finishing_unit(by_id, units, kept, shares, order, norm, cost, current, budget, min_fraction)
+            if finish is not None:
+                gid, step, saved = finish
+            elif step > units[gid]:
+                step = units[gid]
+                saved = -cost.change(shares, gid, (kept[gid] - step) / by_id[gid].size)
         kept[gid] -= step
         shares[gid] = kept[gid] / by_id[gid].size
         current -= saved
@@ -162,6 +169,22 @@ def normalised(groups, scores: dict[int, np.ndarray], how: str, cost: CostFn, ba
             share = max(0.0, -cost.change({}, g.id, 0.0)) / (base or 1.0)
             norm[g.id] = s / (np.abs(s).sum() or 1.0) * share
     return norm
+
+
+def _finishing_unit(by_id, units, kept, shares, order, norm, cost, current, budget, min_fraction):
+    """(group, unit, cost saved) of the single-unit removal that meets the budget losing the least importance."""
+    best = None
+    for gid, g in by_id.items():
+        unit = units[gid]
+        if kept[gid] - unit < _min_keep(g, unit, min_fraction):
+            continue
+        saved = -cost.change(shares, gid, (kept[gid] - unit) / g.size)
+        if current - saved > budget:
+            continue
+        lost = norm[gid][order[gid][g.size - kept[gid] : g.size - kept[gid] + unit]].sum()
+        if best is None or lost < best[0]:
+            best = (lost, gid, unit, saved)
+    return None if best is None else best[1:]
 
 
 def _fill(by_id, units, kept, shares, order, norm, cost, current, budget) -> float:
