@@ -792,12 +792,13 @@ def reachable_budget(
     ``min_fraction`` and whole units of ``round_to``); what remains is the minimum kept plus every
     layer no prunable group reaches.
     """
+    from hwprune.prune.budget import min_keep
     from hwprune.prune.channel import unit_of
 
     base = cost.total({})
     if not base > 0:
         return
-    at_min = {g.id: _fewest_kept(g, unit_of(g, round_to, min_steps)) / g.size for g in groups}
+    at_min = {g.id: min_keep(g, unit_of(g, round_to, min_steps), MIN_FRACTION) / g.size for g in groups}
     floor = cost.total(at_min) / base
     if target >= floor - 1e-9:
         return
@@ -821,14 +822,6 @@ def reachable_budget(
 MIN_FRACTION = 0.05  # prune.budget.solve's default min_fraction (what prune_to_budget uses)
 
 
-def _fewest_kept(group: Any, unit: int) -> int:
-    """The fewest channels the solver can keep: whole steps down from the group's size, not below its minimum.
-
-    A 120-channel group in steps of 16 with a minimum of 16 stops at 24.
-    """
-    from hwprune.prune.budget import _min_keep
-
-    return group.size - (group.size - _min_keep(group, unit, MIN_FRACTION)) // unit * unit
 
 
 # ----------------------------------------------------------------------------- outputs staged, then moved

@@ -272,6 +272,22 @@ def test_counted_budgets_halve_the_alignment_only_where_a_group_could_not_shrink
     assert unit_of(dataclasses.replace(wide, size=16, round_to=8), 16, 4) == 8  # a group's own step is never halved
 
 
+def test_counted_budget_cuts_a_group_off_the_grid_onto_it_first():
+    """lenet5's 120- and 84-channel fc layers in steps of 16 keep 112, 96, ... / 80, 64, ...: multiples of 16,
+    never 104 or 52 (the old steps down from the group's size)."""
+    from hwprune.models import get_model
+
+    torch.manual_seed(0)
+    net = get_model("lenet5").eval()
+    graph = build_channel_graph(net, torch.randn(1, 1, 28, 28), "lenet5")
+    groups = profiled_groups(graph, 16, 4)
+    for target in (0.9, 0.5, 0.2):  # a params budget: the fc layers hold most of lenet5's parameters
+        sol = solve(graph, groups, norm_scores(graph, net), CostFn.params(graph), target, round_to=16, min_steps=4)
+        counts = {g.size: int(sol.mask.keep[g.id].sum()) for g in groups if g.id in sol.mask.keep}
+        assert {84, 120} & counts.keys(), counts  # a group off the 16-grid is cut, so the check below can fail
+        assert all(kept % unit_of(g, 16, 4) == 0 for g in groups for kept in [counts.get(g.size, 0)]), counts
+
+
 def test_flops_budget_ships_aligned_widths_through_the_api():
     """hwprune.prune(flops=) keeps counts in the backend's alignment (16 on CPU, halved for small groups);
     the negative control, the solver at round_to 1, ships widths off that grid."""

@@ -5,14 +5,16 @@ least-important channels (whole conv-group blocks at a time, never below the min
 the chunk that loses the least importance per unit of cost saved is removed. The last removal is the
 single unit, of any group, that meets the budget losing the least importance (a coarse step of an expensive
 group would overshoot it: 0.35 for a 0.6 budget on a three-conv net), then units are given back while the
-budget holds, so FLOPs and params budgets are met to within one unit. Cost is
+budget holds, so FLOPs and params budgets are met to within one unit. Kept counts stay on each group's grid
+(multiples of its unit, or the whole group), so a group whose size is off the grid is cut onto it first. Cost is
 exact MACs or params (product formula over the graph) or a LatencyModel's prediction.
 
 Importance is compared across groups after a normalisation (``NORMALISATIONS``): ``cost`` (the default:
 each group's scores rescaled to sum to the group's share of the dense cost, so importance lost per cost saved
 is a channel's score relative to its own group), ``mean`` (each group's channels rescaled to a mean of 1), or
 ``none`` (raw scores, global as Torch-Pruning's global pruning). ``cost`` kept the most accuracy at equal
-measured latency on trained resnet18 and mobilenet_v2 (benchmarks/results/pareto.md, the ``-share`` rows).
+measured latency on trained resnet18 and mobilenet_v2 (benchmarks/results/pareto.md: ``flops-aware`` against
+``flops-aware-mean`` and ``flops-aware-raw``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class Solution:
         return self.cost / self.baseline_cost
 
 
-def _min_keep(group: ChannelGroup, unit: int, min_fraction: float) -> int:
+def min_keep(group: ChannelGroup, unit: int, min_fraction: float) -> int:
+    """The fewest channels a group keeps: ``min_fraction`` of it in whole units, at least one unit."""
     return max(unit, int(np.ceil(group.size * min_fraction / unit)) * unit)
 
 
@@ -106,11 +109,10 @@ def solve(
     while current > budget:
         best = None
         for gid, g in by_id.items():
-            unit = units[gid]
-            room = kept[gid] - _min_keep(g, unit, min_fraction)
-            if room < unit:
+            unit, floor = units[gid], min_keep(g, units[gid], min_fraction)
+            if _grid_below(kept[gid], unit) < floor:
                 continue
-            step = min(room, max(unit, int(g.size * chunk_fraction / unit) * unit))
+            step = kept[gid] - max(floor, _grid_below(kept[gid], unit, max(1, int(g.size * chunk_fraction / unit))))
             new_share = (kept[gid] - step) / g.size
             saved = -cost.change(shares, gid, new_share)
             ranked = saved if rank_by is cost else -rank_by.change(shares, gid, new_share)
@@ -129,8 +131,8 @@ def solve(
             finish = _finishing_unit(by_id, units, kept, shares, order, norm, cost, current, budget, min_fraction)
             if finish is not None:
                 gid, step, saved = finish
-            elif step > units[gid]:
-                step = units[gid]
+            elif kept[gid] - step < _grid_below(kept[gid], units[gid]):
+                step = kept[gid] - _grid_below(kept[gid], units[gid])
                 saved = -cost.change(shares, gid, (kept[gid] - step) / by_id[gid].size)
         kept[gid] -= step
         shares[gid] = kept[gid] / by_id[gid].size
@@ -171,19 +173,29 @@ def normalised(groups, scores: dict[int, np.ndarray], how: str, cost: CostFn, ba
     return norm
 
 
+def _grid_below(kept: int, unit: int, steps: int = 1) -> int:
+    """The kept count ``steps`` grid points below ``kept``: kept counts are multiples of ``unit`` or the whole group,
+    so a 120-channel group in steps of 16 goes 120, 112, 96, ... (aligned from its first cut)."""
+    return ((kept - 1) // unit - (steps - 1)) * unit
+
+
+def _grid_above(kept: int, unit: int, size: int) -> int:
+    return min(size, (kept // unit + 1) * unit)
+
+
 def _finishing_unit(by_id, units, kept, shares, order, norm, cost, current, budget, min_fraction):
     """(group, unit, cost saved) of the single-unit removal that meets the budget losing the least importance."""
     best = None
     for gid, g in by_id.items():
-        unit = units[gid]
-        if kept[gid] - unit < _min_keep(g, unit, min_fraction):
+        step = kept[gid] - _grid_below(kept[gid], units[gid])
+        if kept[gid] - step < min_keep(g, units[gid], min_fraction):
             continue
-        saved = -cost.change(shares, gid, (kept[gid] - unit) / g.size)
+        saved = -cost.change(shares, gid, (kept[gid] - step) / g.size)
         if current - saved > budget:
             continue
-        lost = norm[gid][order[gid][g.size - kept[gid] : g.size - kept[gid] + unit]].sum()
+        lost = norm[gid][order[gid][g.size - kept[gid] : g.size - kept[gid] + step]].sum()
         if best is None or lost < best[0]:
-            best = (lost, gid, unit, saved)
+            best = (lost, gid, step, saved)
     return None if best is None else best[1:]
 
 
@@ -194,14 +206,14 @@ def _fill(by_id, units, kept, shares, order, norm, cost, current, budget) -> flo
         for gid, g in by_id.items():
             if kept[gid] == g.size:
                 continue
-            unit = units[gid]
-            back = order[gid][g.size - kept[gid] - unit : g.size - kept[gid]]
-            candidates.append((-norm[gid][back].sum(), gid, unit))
-        for _, gid, unit in sorted(candidates):
-            new_share = (kept[gid] + unit) / by_id[gid].size
+            add = _grid_above(kept[gid], units[gid], g.size) - kept[gid]
+            back = order[gid][g.size - kept[gid] - add : g.size - kept[gid]]
+            candidates.append((-norm[gid][back].sum(), gid, add))
+        for _, gid, add in sorted(candidates):
+            new_share = (kept[gid] + add) / by_id[gid].size
             added = cost.change(shares, gid, new_share)
             if current + added <= budget:
-                kept[gid] += unit
+                kept[gid] += add
                 shares[gid] = new_share
                 current += added
                 break
