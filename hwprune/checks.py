@@ -822,8 +822,6 @@ def reachable_budget(
 MIN_FRACTION = 0.05  # prune.budget.solve's default min_fraction (what prune_to_budget uses)
 
 
-
-
 # ----------------------------------------------------------------------------- outputs staged, then moved
 
 

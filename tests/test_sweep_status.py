@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from hwprune.at_init.status import chance_ceiling, log10_paths, run_status
+from hwprune.at_init.status import chance_ceiling, log10_paths, run_status, sign_purity
 from hwprune.at_init.sweep import run_sweep
 from hwprune.models import get_model
 from hwprune.models.init import reference_init
@@ -172,3 +172,66 @@ def test_prune_train_mode_reaches_snip_and_grasp_only():
     assert scorer_options("snip", 0)["train_mode"] is False
     assert "train_mode" not in scorer_options("synflow", 0, train_mode=True)
     assert scorer_options("gcs", 0, train_mode=False)["train_mode"] is True  # gcs_train_mode governs the GCS family
+
+
+def test_sign_purity_by_hand_and_its_one_signed_control():
+    net = nn.Sequential(nn.Linear(3, 3))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 2.0, -3.0], [1.0, 1.0, 1.0], [-1.0, 5.0, 7.0]]))
+    every = np.ones((3, 3), bool)
+    # units: 2 of 3 positive -> |2*2/3 - 1| = 1/3; all positive -> 1; 2 of 3 positive -> 1/3
+    assert sign_purity(net, WeightMask({"0.weight": every})) == pytest.approx((1 / 3 + 1 + 1 / 3) / 3)
+    one_signed = net[0].weight.detach().numpy() > 0  # keeps the positive weights only
+    assert sign_purity(net, WeightMask({"0.weight": one_signed})) == pytest.approx(1.0)
+    lone = np.zeros((3, 3), bool)
+    lone[:, 0] = True  # one kept weight per unit: no sign balance to speak of
+    assert sign_purity(net, WeightMask({"0.weight": lone})) is None
+
+
+def test_shuffled_mask_keeps_each_tensors_count_and_moves_the_positions():
+    rng = np.random.default_rng(0)
+    mask = WeightMask({"a": rng.random((8, 9)) < 0.3, "b": rng.random((5, 4, 3, 3)) < 0.1}, "m", {"density": 0.2})
+    again, other = mask.shuffled(1), mask.shuffled(2)
+    for name, keep in mask.keep.items():
+        assert again.keep[name].shape == keep.shape and again.keep[name].sum() == keep.sum()
+        assert np.array_equal(again.keep[name], mask.shuffled(1).keep[name])
+    assert any(not np.array_equal(again.keep[n], mask.keep[n]) for n in mask.keep)
+    assert any(not np.array_equal(again.keep[n], other.keep[n]) for n in mask.keep)
+    assert again.meta == {"density": 0.2, "shuffled_seed": 1}
+
+
+def test_sweep_shuffle_control_keeps_layer_densities_and_discards_magnitude_order(tmp_path):
+    runs = {}
+    for shuffle in (False, True):
+        [record] = run_sweep(
+            "vgg11_slim",
+            "digits",
+            ["mag"],
+            [10],
+            seeds=[0],
+            epochs=1,
+            train_config=TrainConfig(batch_size=128),
+            image_size=32,
+            channels=3,
+            shuffle_mask=shuffle,
+            results_path=tmp_path / "r.csv",
+            out_dir=tmp_path,
+            progress=False,
+        )
+        runs[shuffle] = record.extra_dict()
+        assert runs[shuffle]["shuffled"] is shuffle and 0 <= runs[shuffle]["sign_purity_at_init"] <= 1
+    assert runs[True]["layer_kept"] == runs[False]["layer_kept"]
+    torch.manual_seed(0)
+    weights = dict(
+        reference_init(get_model("vgg11_slim", num_classes=10, in_channels=3, input_size=32)).named_parameters()
+    )
+
+    def smallest_kept_over_largest_pruned(path) -> float:
+        keep = WeightMask.load(path).keep
+        kept = torch.cat([weights[n].detach().abs()[torch.as_tensor(k)] for n, k in keep.items()])
+        pruned = torch.cat([weights[n].detach().abs()[~torch.as_tensor(k)] for n, k in keep.items()])
+        return float(kept.min() / pruned.max())
+
+    # magnitude keeps the globally largest weights; its shuffle keeps some smaller than some it dropped
+    assert smallest_kept_over_largest_pruned(tmp_path / "vgg11_slim_digits_mag_ratio10_s0.mask.json") >= 1.0
+    assert smallest_kept_over_largest_pruned(next(tmp_path.glob("*_shuffled.mask.json"))) < 1.0

@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         "builder's own (default reference)",
     )
     s.add_argument(
+        "--shuffle-mask",
+        action="store_true",
+        help="permute each layer's kept weights at random before training (Frankle et al. 2021's control: "
+        "keeps the method's per-layer densities, discards which weights it chose)",
+    )
+    s.add_argument(
         "--sparse-eval",
         action="store_true",
         help="also time the test pass with Linear/Conv2d as CSR sparse products on CPU (median of 3, vs dense)",
@@ -220,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 prune_train_mode=args.prune_train_mode,
                 init=args.init,
                 sparse_eval=args.sparse_eval,
+                shuffle_mask=args.shuffle_mask,
                 results_path=args.results,
                 out_dir=args.out,
                 save_weights=args.save_weights,

@@ -11,6 +11,8 @@
 * ``ok``: anything else.
 
 :func:`logit_spread` tells an untrainable run's cause apart: logits that hardly depend on the input.
+:func:`sign_purity` another: units whose kept weights all share one sign (GraSP scored in eval mode keeps
+such filters on VGG-BN, and its runs train slowly though connected).
 """
 
 from __future__ import annotations
@@ -74,6 +76,31 @@ def logit_spread(model: nn.Module, batches) -> float:
     with scoring_state(model, (), train_mode=True):
         logits = torch.cat([model(x) for x, _ in batches])
     return float(logits.std(dim=0).mean())
+
+
+@torch.no_grad()
+def sign_purity(model: nn.Module, mask: WeightMask) -> float | None:
+    """How one-signed the kept weights of each unit are: 1 when every unit keeps weights of one sign only.
+
+    Per masked Conv/Linear tensor, each output unit keeping at least two weights scores
+    ``|2 p - 1|`` with ``p`` its fraction of positive kept weights; the units' mean per tensor, then the
+    mean over tensors. Sign-symmetric weights kept at random score about ``sqrt(2 / (pi k))`` for ``k`` kept
+    weights a unit. A one-signed filter on non-negative (post-ReLU) inputs can only sum them, a
+    low-pass feature that training must first drive across zero. None when no unit keeps two weights.
+    """
+    params = dict(model.named_parameters())
+    per_tensor = []
+    for name, keep in mask.keep.items():
+        if name not in params or keep.ndim < 2:
+            continue
+        kept = torch.as_tensor(keep, dtype=torch.bool).flatten(1)
+        w = params[name].detach().cpu().flatten(1)
+        count = kept.sum(1)
+        positive = ((w > 0) & kept).sum(1)
+        scored = count >= 2
+        if scored.any():
+            per_tensor.append(float((2 * positive[scored] / count[scored] - 1).abs().mean()))
+    return sum(per_tensor) / len(per_tensor) if per_tensor else None
 
 
 def chance_ceiling(num_classes: int, test_size: int) -> float:

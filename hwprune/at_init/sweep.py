@@ -21,7 +21,8 @@ keeps (all parameters minus the masked-out weights), ``params_before`` the dense
 parameter. ``target_value`` is the compression exactly as given; ``extra.compression_mode`` says how to
 read it. ``extra`` also holds per-layer density and effective FLOPs, ``status``, ``collapsed`` (no
 input-to-output path), ``paths_log10`` and the layers keeping no weight, the logits' spread over the
-pruning set after masking (:func:`~hwprune.at_init.status.logit_spread`), the per-epoch training loss
+pruning set after masking (:func:`~hwprune.at_init.status.logit_spread`), the kept weights' sign purity
+(:func:`~hwprune.at_init.status.sign_purity`), whether the mask was shuffled, the per-epoch training loss
 and test top-1, the testing time(s) and the pruning settings.
 
 Masks follow Synaptic-Flow's selection rule by default (``mask_rule="reference"``: remove the
@@ -44,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hwprune.at_init.status import chance_ceiling, log10_paths, logit_spread, run_status
+from hwprune.at_init.status import chance_ceiling, log10_paths, logit_spread, run_status, sign_purity
 from hwprune.data import dataset_info, get_dataset, make_loader
 from hwprune.errors import HwpruneError
 from hwprune.graph_mapper.flops import count_flops
@@ -167,6 +168,7 @@ def run_sweep(
     prune_train_mode: bool = False,
     init: str = "reference",
     sparse_eval: bool = False,
+    shuffle_mask: bool = False,
     results_path: str | Path = "runs/results.csv",
     out_dir: str | Path | None = None,
     save_weights: bool = False,
@@ -205,6 +207,9 @@ def run_sweep(
             biases, batch norm 1/0); ``model`` keeps the builder's own initialisation.
         sparse_eval: Also time the test pass through the CSR execution path (dense and CSR interleaved,
             median of three passes each) and record both with the largest logit difference.
+        shuffle_mask: Permute each tensor's kept positions at random (seeded by the run's seed) before
+            training: Frankle et al. 2021's layerwise-shuffle control, which keeps a method's per-layer
+            densities and discards its choice of weights (``extra.shuffled``).
         results_path: The results CSV (appended to, created if missing).
         out_dir: Where masks (and weights with ``save_weights``) are written; nothing when None.
         save_weights: Also save each trained model's state dict (for weight histograms).
@@ -268,6 +273,7 @@ def run_sweep(
                 gcs_train_mode=gcs_train_mode,
                 prune_train_mode=prune_train_mode,
                 sparse_eval=sparse_eval,
+                shuffle_mask=shuffle_mask,
                 out=out,
                 save_weights=save_weights,
                 git_sha=sha,
@@ -304,6 +310,7 @@ def _one_run(
     gcs_train_mode: bool,
     prune_train_mode: bool,
     sparse_eval: bool,
+    shuffle_mask: bool,
     out: Path | None,
     save_weights: bool,
     git_sha: str | None,
@@ -332,11 +339,14 @@ def _one_run(
         **options,
     )
     prune_seconds = time.perf_counter() - start
+    if shuffle_mask:
+        mask = mask.shuffled(seed)
     empty_layers = detect_collapse(mask)
     paths = log10_paths(model, mask, (setup.in_channels, setup.image_size, setup.image_size))
     collapsed = bool(empty_layers) or paths == -math.inf
     mask.apply(model)
     spread = logit_spread(model, prune_batches)
+    purity = sign_purity(model, mask)
 
     result = train(model, train_loader, test_loader, run_config, weight_mask=mask)
     evaluation = evaluate(model, test_loader, run_config.device)
@@ -353,7 +363,9 @@ def _one_run(
 
     artifacts = {}
     if out is not None:
-        stem = f"{setup.model_name}_{setup.dataset}_{pruner}_{mode}{compression:g}_s{seed}"
+        stem = f"{setup.model_name}_{setup.dataset}_{pruner}_{mode}{compression:g}_s{seed}" + (
+            "_shuffled" if shuffle_mask else ""
+        )
         mask.save(out / f"{stem}.mask.json")
         artifacts["mask"] = str(out / f"{stem}.mask.json")
         if save_weights:
@@ -374,6 +386,8 @@ def _one_run(
         "paths_log10": paths,
         "chance_ceiling": chance_ceiling(setup.num_classes, test_size),
         "logit_spread_at_init": spread,
+        "sign_purity_at_init": purity,
+        "shuffled": shuffle_mask,
         "train_loss": [h.train_loss for h in result.history],
         "test_top1_curve": [h.test_top1 for h in result.history],
         "init": setup.init,

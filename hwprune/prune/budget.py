@@ -174,8 +174,11 @@ def normalised(groups, scores: dict[int, np.ndarray], how: str, cost: CostFn, ba
 
 
 def _grid_below(kept: int, unit: int, steps: int = 1) -> int:
-    """The kept count ``steps`` grid points below ``kept``: kept counts are multiples of ``unit`` or the whole group,
-    so a 120-channel group in steps of 16 goes 120, 112, 96, ... (aligned from its first cut)."""
+    """The kept count ``steps`` grid points below ``kept``.
+
+    Kept counts are multiples of ``unit`` or the whole group, so a 120-channel group in steps of 16 goes
+    120, 112, 96, ... (aligned from its first cut).
+    """
     return ((kept - 1) // unit - (steps - 1)) * unit
 
 

@@ -121,6 +121,16 @@ class WeightMask:
         total = sum(k.size for k in self.keep.values())
         return sum(int(k.sum()) for k in self.keep.values()) / total if total else 1.0
 
+    def shuffled(self, seed: int) -> WeightMask:
+        """The same number of kept weights per tensor at random positions (Frankle et al. 2021's layerwise shuffle).
+
+        The control that tells a method's choice of *which* weights apart from its per-layer densities:
+        when the shuffled mask trains as well, only the densities mattered.
+        """
+        rng = np.random.default_rng(seed)
+        keep = {n: rng.permutation(k.reshape(-1)).reshape(k.shape) for n, k in self.keep.items()}
+        return WeightMask(keep, self.model, {**self.meta, "shuffled_seed": seed})
+
     def validate(self, named_shapes: dict[str, tuple[int, ...]]) -> None:
         for name, keep in self.keep.items():
             if name not in named_shapes:
