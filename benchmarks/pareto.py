@@ -499,7 +499,7 @@ def finetune_phase(name: str, dense: nn.Module, seeds: list[int], journal: Journ
 def table(journal: Journal, args) -> pd.DataFrame:
     runs = pd.DataFrame([r for r in journal if r["phase"] in ("timed", "finetune")])
     rows = []
-    if runs.empty:
+    if runs.empty or not (runs.phase == "timed").any():  # fine-tuned before the side-by-side timing: no rows yet
         return pd.DataFrame(columns=COLUMNS)
     timed, tuned = runs[runs.phase == "timed"], runs[runs.phase == "finetune"]
     timed = timed[timed.stamp == timed.groupby("model").stamp.transform("max")]  # each model's latest timing run
