@@ -363,9 +363,8 @@ def _one_run(
 
     artifacts = {}
     if out is not None:
-        stem = f"{setup.model_name}_{setup.dataset}_{pruner}_{mode}{compression:g}_s{seed}" + (
-            "_shuffled" if shuffle_mask else ""
-        )
+        shuffled = "_shuffled" if shuffle_mask else ""
+        stem = f"{setup.model_name}_{setup.dataset}_{pruner}_{mode}{compression:g}_s{seed}{shuffled}"
         mask.save(out / f"{stem}.mask.json")
         artifacts["mask"] = str(out / f"{stem}.mask.json")
         if save_weights:
