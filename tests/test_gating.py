@@ -20,6 +20,7 @@ from hwprune.prune.gating.config import from_mapping
 from hwprune.prune.gating.run import prepare
 from hwprune.train import TrainConfig, train
 from hwprune.train.objective import Objective
+from tests.torchrun import run_on_two_ranks, serial
 
 
 class DenseConcat(nn.Module):
@@ -520,20 +521,11 @@ json.dump({"history": objective.history, "top1": result.last_top1}, open(f"{out}
 
 
 @pytest.mark.slow
+@serial
 def test_gating_under_ddp_ranks_end_identical(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     from safetensors.numpy import load_file
 
-    script = tmp_path / "ddp_gate.py"
-    script.write_text(DDP_SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("PJRT_DEVICE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    proc = subprocess.run([*cmd, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_two_ranks(DDP_SCRIPT, tmp_path, str(tmp_path))
     r0, r1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
     assert r0.keys() == r1.keys() and "active" in r0 and "logits" in r0
     for name in r0:  # weights, gate logits, active gates and BatchNorm buffers alike

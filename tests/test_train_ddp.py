@@ -1,15 +1,14 @@
 """DDP under torchrun: 2 CPU ranks (gloo) train a masked model for one epoch and end identical."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-pytestmark = pytest.mark.slow
+from tests.torchrun import run_on_two_ranks, serial
+
+pytestmark = [pytest.mark.slow, serial]
 
 SCRIPT = r"""
 import json, os, sys
@@ -45,13 +44,7 @@ def test_ddp_two_cpu_ranks_with_mask(tmp_path):
     from hwprune.prune.masks import WeightMask
 
     WeightMask(keep).save(tmp_path / "mask.json")
-    script = tmp_path / "ddp_script.py"
-    script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("PJRT_DEVICE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run([*cmd, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_two_ranks(SCRIPT, tmp_path, str(tmp_path))
 
     r0, r1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
     assert r0.keys() == r1.keys()
