@@ -108,8 +108,12 @@ def _sites_by_tensor(graph: ChannelGraph, keep) -> dict[str, list[tuple[Site, np
     return by_tensor
 
 
-def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
-    """A new, smaller GraphModule computing what the masked model computes on exact groups."""
+def compact_model(graph: ChannelGraph, mask: ChannelMask) -> nn.Module:
+    """A new, smaller module computing what the masked model computes on exact groups.
+
+    A GraphModule (fx front-end) gets its size literals rewritten; the user's own module (export
+    front-end) only its tensors sliced and its layers resized, since its code computes sizes itself.
+    """
     mask.validate(graph)
     keep = keep_table(graph, mask)
     by_tensor = _sites_by_tensor(graph, keep)
@@ -128,8 +132,9 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> fx.GraphModule:
             else:
                 owner._buffers[attr] = new.contiguous()
     _resize_modules(gm, by_tensor)
-    _rewrite_nodes(gm, graph, keep)
-    gm.recompile()
+    if isinstance(gm, fx.GraphModule):
+        _rewrite_nodes(gm, graph, keep)
+        gm.recompile()
     return gm
 
 

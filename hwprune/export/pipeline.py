@@ -181,11 +181,14 @@ def prove_compaction(
         try:
             actual = proof.compacted(example)
         except Exception as exc:  # a size attribute the compaction left stale fails here, in any op
-            raise EquivalenceError(
-                f"compacted {name} does not run ({first_line(exc)}): a layer keeps a channel count that its "
-                "op handler does not update (see `resized_by`); please report it with the model and mask",
-                float("inf"),
-            ) from exc
+            cause = (
+                "a layer keeps a channel count that its op handler does not update (see `resized_by`); please "
+                "report it with the model and mask"
+                if isinstance(graph.gm, fx.GraphModule)
+                else "its code computes a size from a fixed number (mapped with torch.export, only tensors and "
+                "layers are resized); freeze that layer's groups or write the size from the input's shape"
+            )
+            raise EquivalenceError(f"compacted {name} does not run ({first_line(exc)}): {cause}", float("inf")) from exc
         proof.diff = diff = max_rel_diff(actual, reference)
     if not diff <= tolerance:
         raise EquivalenceError(

@@ -166,45 +166,65 @@ def calibrate_for_check(gm: fx.GraphModule, example) -> dict[str, float]:
     def mean_square(x) -> float:
         return float(x.detach().double().pow(2).mean()) if isinstance(x, torch.Tensor) and x.numel() else 0.0
 
+    def norm(x, running_mean, running_var) -> None:
+        if not isinstance(running_var, torch.Tensor) or names.get(id(running_var)) in factors:
+            return
+        s = mean_square(x)
+        if 1e-24 < s < float("inf"):
+            scale(running_mean, s**0.5)
+            scale(running_var, s)
+
+    def affine(out, weight, bias):
+        if not isinstance(weight, torch.Tensor) or names.get(id(weight)) in factors:
+            return out
+        s = mean_square(out)
+        if not 1e-24 < s < float("inf"):
+            return out
+        scale(weight, s**-0.5)
+        scale(bias, s**-0.5)
+        return out * s**-0.5  # the layer is linear in (weight, bias)
+
     class Calibrator(fx.Interpreter):
         def call_module(self, target, args, kwargs):
             m = self.fetch_attr(target)
             if isinstance(m, _NormBase) and args:
-                self.norm(args[0], m.running_mean, m.running_var)
+                norm(args[0], m.running_mean, m.running_var)
             out = super().call_module(target, args, kwargs)
             if isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
-                out = self.affine(out, m.weight, m.bias)
+                out = affine(out, m.weight, m.bias)
             return out
 
         def call_function(self, target, args, kwargs):
             values = _arguments(target, args, kwargs)
             if target is torch.nn.functional.batch_norm:
-                self.norm(values.get("input"), values.get("running_mean"), values.get("running_var"))
+                norm(values.get("input"), values.get("running_mean"), values.get("running_var"))
             out = super().call_function(target, args, kwargs)
             if target in _AFFINE:
-                out = self.affine(out, values.get("weight"), values.get("bias"))
+                out = affine(out, values.get("weight"), values.get("bias"))
             return out
 
-        def norm(self, x, running_mean, running_var) -> None:
-            if not isinstance(running_var, torch.Tensor) or names.get(id(running_var)) in factors:
-                return
-            s = mean_square(x)
-            if 1e-24 < s < float("inf"):
-                scale(running_mean, s**0.5)
-                scale(running_var, s)
+    def pre_hook(module, args):
+        if args:
+            norm(args[0], module.running_mean, module.running_var)
 
-        def affine(self, out, weight, bias):
-            if not isinstance(weight, torch.Tensor) or names.get(id(weight)) in factors:
-                return out
-            s = mean_square(out)
-            if not 1e-24 < s < float("inf"):
-                return out
-            scale(weight, s**-0.5)
-            scale(bias, s**-0.5)
-            return out * s**-0.5  # the layer is linear in (weight, bias)
+    def post_hook(module, args, out):
+        return affine(out, module.weight, module.bias)
 
     with torch.no_grad():
-        Calibrator(gm.eval()).run(example)
+        if isinstance(gm, fx.GraphModule):
+            Calibrator(gm.eval()).run(example)
+        else:  # the user's own module (export front-end): the same steps as hooks on its layers
+            handles = []
+            for m in gm.modules():
+                if isinstance(m, _NormBase):
+                    handles.append(m.register_forward_pre_hook(pre_hook))
+                elif isinstance(m, (torch.nn.modules.conv._ConvNd, torch.nn.Linear)):
+                    handles.append(m.register_forward_hook(post_hook))
+            try:
+                gm.eval()(example)
+            finally:
+                for h in handles:
+                    h.remove()
     return factors
 
 

@@ -38,6 +38,8 @@ class MapContext(LabelRecorder):
             return self.labels.get(arg.name)
         if isinstance(arg, (list, tuple)):
             return tuple(self.label(a) for a in arg)
+        if isinstance(arg, dict):  # a dict output (segmentation heads): every value is an output
+            return tuple(self.label(a) for a in arg.values())
         return None
 
     def shapes(self, node: fx.Node):
@@ -91,6 +93,10 @@ class _Tracer(fx.Tracer):
         return OPS.find(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
+class TraceError(HwpruneError):
+    """Symbolic tracing cannot capture the model's code (the export front-end may)."""
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     try:
         tracer = _Tracer()
@@ -98,11 +104,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
         return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as exc:  # fx raises many types for untraceable code
         first = first_line(exc)
-        raise HwpruneError(f"torch.fx cannot trace {type(model).__name__}: {first}") from exc
+        raise TraceError(f"torch.fx cannot trace {type(model).__name__}: {first}") from exc
 
 
-def build_channel_graph(model: nn.Module, example_input: torch.Tensor, name: str | None = None) -> ChannelGraph:
-    """Map ``model`` (traced with ``example_input``) to its channel groups."""
+def build_channel_graph_fx(model: nn.Module, example_input: torch.Tensor, name: str | None = None) -> ChannelGraph:
+    """Map ``model`` (traced symbolically, shapes from one forward pass on ``example_input``) to its channel groups."""
     start = time.perf_counter()
     modes = {m: m.training for m in model.modules()}  # restored per module: a user's eval-mode BN stays so
     model.eval()
@@ -167,7 +173,7 @@ def _visit(ctx: MapContext, node: fx.Node):
         shape = ctx.shape(node)
         return fixed_label(len(shape)) if shape is not None else None
     if node.op == "get_attr":
-        return _param_label(ctx, node)
+        return param_label(ctx, node.target, node)
     if node.op == "output":
         for label in _flat(ctx.label(node.args[0])):
             if isinstance(label, np.ndarray):
@@ -192,9 +198,9 @@ def _visit(ctx: MapContext, node: fx.Node):
         return ctx.unknown(node, f"{op_name(node, module)} {node.name}: handler failed ({exc})")
 
 
-def _param_label(ctx: MapContext, node: fx.Node):
-    """A parameter used directly: channels along its last non-trivial axis, tied where it meets others."""
-    tensor = ctx.tensors.get(node.target)
+def param_label(ctx: MapContext, name: str, node: fx.Node):
+    """Parameter ``name`` used directly: channels along its last non-trivial axis, tied where it meets others."""
+    tensor = ctx.tensors.get(name)
     if tensor is None or not isinstance(tensor, torch.Tensor):
         return None
     shape = tuple(tensor.shape)
@@ -203,5 +209,5 @@ def _param_label(ctx: MapContext, node: fx.Node):
         return fixed_label(len(shape))
     axis = axes[-1]
     atoms = ctx.atoms.new(shape[axis])
-    ctx.site(node.target, axis, atoms, PARAM, node)  # a second get_attr of it is tied to the first
+    ctx.site(name, axis, atoms, PARAM, node)  # a second use of it is tied to the first
     return channel_shaped(atoms, len(shape), axis)

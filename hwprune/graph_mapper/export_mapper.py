@@ -1,0 +1,142 @@
+"""torch.export front-end: capture the model as an ATen program, propagate channel labels, assemble the graph.
+
+torch.export captures what symbolic tracing cannot: Python control flow on shapes, dict or dataclass
+outputs (flattened into leaves, every one of them an output), parameters' ``.dtype`` read in
+``forward``. Shapes come from the program's fake tensors (``node.meta["val"]``), so no real forward
+pass runs and the build time does not grow with the input resolution.
+
+Parameters arrive as placeholders; the graph signature names the module attribute each one is, so
+sites name the user's own tensors (``layer1.0.conv1.weight``) exactly as the fx front-end does.
+Compaction then slices the user's module itself (``graph.gm`` is that module) and resizes its
+layers; a size baked into the module's Python code (``x.view(-1, 512)``) cannot follow and is caught by
+the equivalence check that follows every compaction, never shipped.
+
+Ops are handled by :mod:`hwprune.graph_mapper.aten_ops`; an op without a handler freezes every
+channel reaching it, naming the op and the node.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from hwprune.errors import HwpruneError, first_line
+from hwprune.graph_mapper.assemble import assemble
+from hwprune.graph_mapper.atoms import Frozen, fixed_label
+from hwprune.graph_mapper.fx_mapper import MapContext, _flat, param_label
+from hwprune.graph_mapper.types import ChannelGraph
+
+
+class ExportContext(MapContext):
+    """What handlers see for an exported program: placeholders resolved to the module's tensor names."""
+
+    def __init__(self, program: torch.export.ExportedProgram, model: nn.Module) -> None:
+        super().__init__(program.graph_module)
+        signature = program.graph_signature
+        self.fqn: dict[str, str] = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+        self.modules = {}
+        self.tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+
+    def tensor_name(self, arg) -> str | None:
+        """The module attribute a placeholder stands for (``layer1.0.conv1.weight``), None for anything else."""
+        return self.fqn.get(arg.name) if isinstance(arg, fx.Node) and arg.op == "placeholder" else None
+
+    def label(self, arg):
+        name = self.tensor_name(arg)
+        if name is not None and arg.name not in self.labels:  # a tensor used as an operand, not as a weight
+            self.labels[arg.name] = param_label(self, name, arg)
+        return super().label(arg)
+
+    def unknown(self, node: fx.Node, reason: str | None = None):
+        reason = reason or f"no handler for op {op_display(node)} (node {node.name})"
+        self.freeze_inputs(node, reason)
+        weights = [self.tensors[n] for a in node.all_input_nodes if (n := self.tensor_name(a)) is not None]
+        weight = next((w for w in weights if w.dim() >= 2), None)
+        shapes = self.shapes(node)
+        if weight is not None:
+            self.record_unmapped(node, weight.numel(), shapes if isinstance(shapes, tuple) else None)
+        if shapes is None:
+            return None
+        if isinstance(shapes, tuple):
+            return Frozen(reason)
+        return tuple(None if s is None else Frozen(reason) for s in shapes)
+
+    def freeze_inputs(self, node: fx.Node, reason: str) -> None:
+        for arg in node.all_input_nodes:
+            if self.tensor_name(arg) is not None and arg.name not in self.labels:
+                continue  # a weight never labelled carries no atoms
+            for label in _flat(self.labels.get(arg.name)):
+                if isinstance(label, np.ndarray):
+                    self.atoms.freeze(label, reason)
+
+
+def op_display(node: fx.Node) -> str:
+    """``aten.conv2d`` for an ATen op overload, the function's name otherwise."""
+    packet = getattr(node.target, "overloadpacket", None)
+    return f"aten.{packet.__name__}" if packet is not None else getattr(node.target, "__name__", str(node.target))
+
+
+def capture(model: nn.Module, example_input: torch.Tensor, name: str) -> torch.export.ExportedProgram:
+    """``torch.export.export`` (non-strict) in eval mode; one line naming the model when it cannot."""
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, (example_input,), strict=False)
+    except Exception as exc:  # export raises many types (user errors, unsupported ops, guards)
+        raise HwpruneError(f"torch.export cannot capture {name}: {first_line(exc)}") from exc
+
+
+def _record_shapes(gm: fx.GraphModule) -> None:
+    """Each node's output shape(s) from its fake value, where the fx front-end runs a forward pass."""
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            node.meta["hw_shape"] = tuple(int(s) for s in val.shape)
+        elif isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val):
+            node.meta["hw_shape"] = [
+                tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None for v in val
+            ]
+
+
+def build_channel_graph_export(model: nn.Module, example_input: torch.Tensor, name: str | None = None) -> ChannelGraph:
+    """Map ``model`` to its channel groups from its torch.export program (``graph.gm`` is ``model``)."""
+    from hwprune.graph_mapper import aten_ops  # registers the handlers; imported late, it imports this module
+
+    start = time.perf_counter()
+    name = name or type(model).__name__
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        program = capture(model, example_input, name)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    gm = program.graph_module
+    _record_shapes(gm)
+    ctx = ExportContext(program, model)
+    for node in gm.graph.nodes:
+        if ctx.tensor_name(node) is None:  # parameters and buffers are labelled on first use as operands
+            ctx.labels[node.name] = aten_ops.visit(ctx, node)
+    numel = {tensor: t.numel() for tensor, t in ctx.tensors.items()}
+    graph = assemble(
+        ctx.atoms,
+        ctx.sites,
+        numel,
+        ctx.labels,
+        {},  # the module's own code recomputes sizes; the program's literals are not what runs
+        name,
+        tuple(example_input.shape),
+        model,
+        ctx.block_constraints,
+    )
+    graph.unmapped_macs = sum(ctx.unmapped_macs.values())
+    graph.build_s = time.perf_counter() - start
+    return graph
+
+
+def placeholder_label(ctx: ExportContext, node: fx.Node):
+    """A model input (or a lifted constant): fixed channels."""
+    shape = ctx.shape(node)
+    return fixed_label(len(shape)) if shape is not None else None
