@@ -40,7 +40,7 @@ TIMM_MODELS = {
     "mobilevit_xxs": 64,
 }
 
-# torch.fx cannot trace these (data-dependent control flow); the mapper says so in one line
+# torch.fx cannot trace these (control flow on shapes): they map through torch.export
 UNTRACEABLE = {"timm:mobilevit_xxs"}
 
 # over ~6 s to build, map, compact and export on one core (measured; marked slow, still run in CI)
