@@ -24,8 +24,7 @@ import torch
 from torch import fx, nn
 
 from hwprune.errors import HwpruneError, first_line
-from hwprune.graph_mapper.assemble import assemble
-from hwprune.graph_mapper.atoms import Frozen, fixed_label
+from hwprune.graph_mapper.atoms import fixed_label
 from hwprune.graph_mapper.fx_mapper import MapContext, _flat, param_label
 from hwprune.graph_mapper.types import ChannelGraph
 
@@ -50,19 +49,13 @@ class ExportContext(MapContext):
             self.labels[arg.name] = param_label(self, name, arg)
         return super().label(arg)
 
-    def unknown(self, node: fx.Node, reason: str | None = None):
-        reason = reason or f"no handler for op {op_display(node)} (node {node.name})"
-        self.freeze_inputs(node, reason)
+    def op_text(self, node: fx.Node) -> str:
+        return op_display(node)
+
+    def weight_of(self, node: fx.Node) -> torch.Tensor | None:
+        """The first argument that is a module tensor of two or more dimensions (a conv or linear weight)."""
         weights = [self.tensors[n] for a in node.all_input_nodes if (n := self.tensor_name(a)) is not None]
-        weight = next((w for w in weights if w.dim() >= 2), None)
-        shapes = self.shapes(node)
-        if weight is not None:
-            self.record_unmapped(node, weight.numel(), shapes if isinstance(shapes, tuple) else None)
-        if shapes is None:
-            return None
-        if isinstance(shapes, tuple):
-            return Frozen(reason)
-        return tuple(None if s is None else Frozen(reason) for s in shapes)
+        return next((w for w in weights if w.dim() >= 2), None)
 
     def freeze_inputs(self, node: fx.Node, reason: str) -> None:
         for arg in node.all_input_nodes:
@@ -119,19 +112,8 @@ def build_channel_graph_export(model: nn.Module, example_input: torch.Tensor, na
     for node in gm.graph.nodes:
         if ctx.tensor_name(node) is None:  # parameters and buffers are labelled on first use as operands
             ctx.labels[node.name] = aten_ops.visit(ctx, node)
-    numel = {tensor: t.numel() for tensor, t in ctx.tensors.items()}
-    graph = assemble(
-        ctx.atoms,
-        ctx.sites,
-        numel,
-        ctx.labels,
-        {},  # the module's own code recomputes sizes; the program's literals are not what runs
-        name,
-        tuple(example_input.shape),
-        model,
-        ctx.block_constraints,
-    )
-    graph.unmapped_macs = sum(ctx.unmapped_macs.values())
+    # the module's own code recomputes sizes: the program's literals are not what runs, so no rewrites
+    graph = ctx.graph(name, tuple(example_input.shape), model, {})
     graph.build_s = time.perf_counter() - start
     return graph
 

@@ -52,6 +52,15 @@ class MapContext(LabelRecorder):
         shape = self.shapes(arg)
         return shape if isinstance(shape, tuple) else None
 
+    def graph(self, name: str, input_shape: tuple[int, ...], gm, rewrites) -> ChannelGraph:
+        """The ChannelGraph of what the handlers recorded (``gm``: what compaction copies and slices)."""
+        numel = {tensor: t.numel() for tensor, t in self.tensors.items()}
+        graph = assemble(
+            self.atoms, self.sites, numel, self.labels, rewrites, name, input_shape, gm, self.block_constraints
+        )
+        graph.unmapped_macs = sum(self.unmapped_macs.values())
+        return graph
+
     # -- failing closed
     def freeze_inputs(self, node: fx.Node, reason: str) -> None:
         for arg in node.all_input_nodes:
@@ -59,12 +68,20 @@ class MapContext(LabelRecorder):
                 if isinstance(label, np.ndarray):
                     self.atoms.freeze(label, reason)
 
+    def op_text(self, node: fx.Node) -> str:
+        """How messages name the node's op (``Conv2d``, ``add``)."""
+        return op_name(node, self.module_or_none(node))
+
+    def weight_of(self, node: fx.Node) -> torch.Tensor | None:
+        """The weight of the node's op, if it has one (a module's ``weight``)."""
+        return getattr(self.module_or_none(node), "weight", None)
+
     def unknown(self, node: fx.Node, reason: str | None = None):
         """Fail closed: freeze every channel reaching the node; its output carries nothing prunable."""
-        reason = reason or f"no handler for op {op_name(node, self.module_or_none(node))} (node {node.name})"
+        reason = reason or f"no handler for op {self.op_text(node)} (node {node.name})"
         self.freeze_inputs(node, reason)
         shapes = self.shapes(node)
-        weight = getattr(self.module_or_none(node), "weight", None)
+        weight = self.weight_of(node)
         if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
             self.record_unmapped(node, weight.numel(), shapes if isinstance(shapes, tuple) else None)
         if shapes is None:
@@ -118,22 +135,10 @@ def build_channel_graph_fx(model: nn.Module, example_input: torch.Tensor, name: 
         ctx = MapContext(gm)
         for node in gm.graph.nodes:
             ctx.labels[node.name] = _visit(ctx, node)
-        numel = {tensor: t.numel() for tensor, t in ctx.tensors.items()}
-        graph = assemble(
-            ctx.atoms,
-            ctx.sites,
-            numel,
-            ctx.labels,
-            ctx.rewrites,
-            name or type(model).__name__,
-            tuple(example_input.shape),
-            gm,
-            ctx.block_constraints,
-        )
+        graph = ctx.graph(name or type(model).__name__, tuple(example_input.shape), gm, ctx.rewrites)
     finally:
         for m, mode in modes.items():
             m.training = mode
-    graph.unmapped_macs = sum(ctx.unmapped_macs.values())
     graph.build_s = time.perf_counter() - start
     return graph
 
