@@ -140,7 +140,7 @@ def randomize_for_check(model: torch.nn.Module, seed: int = 0, buffers: Iterable
     return model
 
 
-def calibrate_for_check(gm: fx.GraphModule, example) -> dict[str, float]:
+def calibrate_for_check(gm: torch.nn.Module, example) -> dict[str, float]:
     """Rescale a randomised GraphModule, in place, so that every layer passes on activations of order one.
 
     Random weights do not match the activations they meet: the signal shrinks (or grows) layer after

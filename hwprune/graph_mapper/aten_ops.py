@@ -21,8 +21,8 @@ from torch import fx
 from hwprune.graph_mapper import attention_ops
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper import ops as fx_ops
-from hwprune.graph_mapper.atoms import Frozen, fixed_label
-from hwprune.graph_mapper.export_mapper import ExportContext, _flat, op_display, placeholder_label
+from hwprune.graph_mapper.atoms import Frozen
+from hwprune.graph_mapper.export_mapper import ExportContext, placeholder_label
 from hwprune.registry import Registry
 
 aten = torch.ops.aten
@@ -42,27 +42,11 @@ def visit(ctx: ExportContext, node: fx.Node):
     if node.op == "placeholder":
         return placeholder_label(ctx, node)
     if node.op == "output":
-        for label in _flat(ctx.label(node.args[0])):
-            if isinstance(label, np.ndarray):
-                ctx.atoms.freeze(label, "reaches the model output")
+        ctx.freeze_output(node)
         return None
     if node.op != "call_function":
         return ctx.unknown(node, f"{node.op} {node.name} in an exported program")
-    handler = find_handler(node.target)
-    if handler is None:
-        if not any(isinstance(x, (np.ndarray, Frozen)) for a in node.all_input_nodes for x in _flat(ctx.label(a))):
-            shapes = ctx.shapes(node)
-            return fixed_label(len(shapes)) if isinstance(shapes, tuple) else None
-        return ctx.unknown(node)
-    try:
-        return handler(ctx, node)
-    except Exception as exc:  # a handler that cannot cope with an unusual call fails closed
-        return ctx.unknown(node, f"{op_display(node)} {node.name}: handler failed ({first_words(exc)})")
-
-
-def first_words(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return ctx.apply(node, find_handler(node.target))
 
 
 def _arg(node: fx.Node, index: int, name: str, default=None):
@@ -205,14 +189,6 @@ def _select(ctx: ExportContext, node: fx.Node):
     return fx_ops._index_tensor(ctx, node, label, (slice(None),) * dim + (node.args[2],))
 
 
-def _einsum(ctx: ExportContext, node: fx.Node):
-    """``aten.einsum(equation, [a, b])``: the fx handler takes the operands unpacked."""
-    equation, operands = node.args[0], node.args[1]
-    call = fx.Node(node.graph, node.name, "call_function", torch.einsum, (equation, *operands), {})
-    call.meta = node.meta
-    return attention_ops.einsum(ctx, call)
-
-
 def _chunk(ctx: ExportContext, node: fx.Node):
     """``aten.chunk(x, n, dim)``: n equal pieces in the module's code, so each piece keeps as many channels.
 
@@ -282,7 +258,7 @@ TWINS: dict[Handler, tuple] = {
     attention_ops.scaled_dot_product_attention: (aten.scaled_dot_product_attention,),
     _slice: (aten.slice,),
     _select: (aten.select,),
-    _einsum: (aten.einsum,),
+    attention_ops.einsum: (aten.einsum,),  # (equation, [a, b]): the fx handler reads both forms
     _no_tensor: (aten.sym_size, aten.sym_numel, aten._assert_tensor_metadata, aten._assert_scalar),
 }
 for _handler, _ops in TWINS.items():

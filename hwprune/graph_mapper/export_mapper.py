@@ -25,7 +25,7 @@ from torch import fx, nn
 
 from hwprune.errors import HwpruneError, first_line
 from hwprune.graph_mapper.atoms import fixed_label
-from hwprune.graph_mapper.fx_mapper import MapContext, _flat, param_label
+from hwprune.graph_mapper.fx_mapper import MapContext, _flat, param_label, record_shape
 from hwprune.graph_mapper.types import ChannelGraph
 
 
@@ -81,18 +81,6 @@ def capture(model: nn.Module, example_input: torch.Tensor, name: str) -> torch.e
         raise HwpruneError(f"torch.export cannot capture {name}: {first_line(exc)}") from exc
 
 
-def _record_shapes(gm: fx.GraphModule) -> None:
-    """Each node's output shape(s) from its fake value, where the fx front-end runs a forward pass."""
-    for node in gm.graph.nodes:
-        val = node.meta.get("val")
-        if isinstance(val, torch.Tensor):
-            node.meta["hw_shape"] = tuple(int(s) for s in val.shape)
-        elif isinstance(val, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in val):
-            node.meta["hw_shape"] = [
-                tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None for v in val
-            ]
-
-
 def build_channel_graph_export(model: nn.Module, example_input: torch.Tensor, name: str | None = None) -> ChannelGraph:
     """Map ``model`` to its channel groups from its torch.export program (``graph.gm`` is ``model``)."""
     from hwprune.graph_mapper import aten_ops  # registers the handlers; imported late, it imports this module
@@ -107,7 +95,8 @@ def build_channel_graph_export(model: nn.Module, example_input: torch.Tensor, na
         for m, mode in modes.items():
             m.training = mode
     gm = program.graph_module
-    _record_shapes(gm)
+    for node in gm.graph.nodes:  # shapes from the fake values, where the fx front-end runs a forward pass
+        record_shape(node, node.meta.get("val"))
     ctx = ExportContext(program, model)
     for node in gm.graph.nodes:
         if ctx.tensor_name(node) is None:  # parameters and buffers are labelled on first use as operands

@@ -76,6 +76,26 @@ class MapContext(LabelRecorder):
         """The weight of the node's op, if it has one (a module's ``weight``)."""
         return getattr(self.module_or_none(node), "weight", None)
 
+    def freeze_output(self, node: fx.Node) -> None:
+        """The output node: every channel reaching the model's outputs stays."""
+        for label in _flat(self.label(node.args[0])):
+            if isinstance(label, np.ndarray):
+                self.atoms.freeze(label, "reaches the model output")
+
+    def apply(self, node: fx.Node, handler):
+        """The node's label from its op's handler; without one, fixed if no channels reach it, else unknown."""
+        if handler is None:
+            if not any(isinstance(x, (np.ndarray, Frozen)) for a in node.all_input_nodes for x in _flat(self.label(a))):
+                shapes = self.shapes(node)
+                return fixed_label(len(shapes)) if isinstance(shapes, tuple) else None
+            return self.unknown(node)
+        try:
+            return handler(self, node)
+        except HwpruneError:
+            raise
+        except Exception as exc:  # a handler that cannot cope with an unusual call fails closed
+            return self.unknown(node, f"{self.op_text(node)} {node.name}: handler failed ({exc})")
+
     def unknown(self, node: fx.Node, reason: str | None = None):
         """Fail closed: freeze every channel reaching the node; its output carries nothing prunable."""
         reason = reason or f"no handler for op {self.op_text(node)} (node {node.name})"
@@ -151,13 +171,18 @@ class _ShapeRecorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
-        if isinstance(out, torch.Tensor):
-            n.meta["hw_shape"] = tuple(out.shape)
-        elif isinstance(out, (list, tuple)) and any(isinstance(o, torch.Tensor) for o in out):
-            n.meta["hw_shape"] = [tuple(o.shape) if isinstance(o, torch.Tensor) else None for o in out]
-        else:
-            n.meta.pop("hw_shape", None)
+        record_shape(n, out)
         return out
+
+
+def record_shape(node: fx.Node, value) -> None:
+    """Keep ``value``'s shape (a tuple; a list of them for several outputs) in ``node.meta["hw_shape"]``."""
+    if isinstance(value, torch.Tensor):
+        node.meta["hw_shape"] = tuple(int(s) for s in value.shape)
+    elif isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        node.meta["hw_shape"] = [tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None for v in value]
+    else:
+        node.meta.pop("hw_shape", None)
 
 
 def _propagate_shapes(gm: fx.GraphModule, example_input: torch.Tensor, name: str) -> None:
@@ -180,27 +205,9 @@ def _visit(ctx: MapContext, node: fx.Node):
     if node.op == "get_attr":
         return param_label(ctx, node.target, node)
     if node.op == "output":
-        for label in _flat(ctx.label(node.args[0])):
-            if isinstance(label, np.ndarray):
-                ctx.atoms.freeze(label, "reaches the model output")
+        ctx.freeze_output(node)
         return None
-    module = ctx.module_or_none(node)
-    handler = OPS.find(op_key(node, module))
-    if handler is None:
-        if not any(
-            isinstance(x, np.ndarray) or isinstance(x, Frozen)
-            for a in node.all_input_nodes
-            for x in _flat(ctx.labels.get(a.name))
-        ):
-            shapes = ctx.shapes(node)
-            return fixed_label(len(shapes)) if isinstance(shapes, tuple) else None
-        return ctx.unknown(node)
-    try:
-        return handler(ctx, node)
-    except HwpruneError:
-        raise
-    except Exception as exc:  # a handler that cannot cope with an unusual call fails closed
-        return ctx.unknown(node, f"{op_name(node, module)} {node.name}: handler failed ({exc})")
+    return ctx.apply(node, OPS.find(op_key(node, ctx.module_or_none(node))))
 
 
 def param_label(ctx: MapContext, name: str, node: fx.Node):
