@@ -11,7 +11,8 @@ the same secant search (``hwprune.workflow.closed_loop``), latency-aware excepte
 --latency`` with its own loop. Every pruned file of a model is finally timed *in one interleaved run*
 against the dense file: that run's ratios are the table's latency column. Then every pruned model gets the
 same training budget per seed (BatchNorm statistics re-estimated on 512 examples, then --finetune-epochs
-of SGD, cosine lr); prune-train spends its budget inside its rounds (one epoch per round).
+of SGD, cosine lr); prune-train spends its budget inside its rounds (one epoch per round), gating in its gate
+training (later seeds reuse the first seed's searched knob).
 
 Methods: ``uniform`` (every group loses the same share, L1, Torch-Pruning's default policy), ``flops-aware``
 (the budget solver with the FLOPs cost, L1, each group's scores rescaled to sum to its FLOPs share: the
@@ -20,7 +21,9 @@ default), ``flops-aware-mean`` (the same, each group's scores rescaled to a mean
 the importance study; ``latency-aware`` (``hwprune.prune(latency=...)``: the solver on the measured edge
 profile, L1, default normalisation; ``latency-aware-mean`` with the mean normalisation), ``prune-train`` (rounds
 of prune + one epoch, reaching a FLOPs ratio over the rounds with the solver, BatchNorm re-estimated after each
-compaction, cosine lr; the FLOPs ratio searched), ``torch-pruning`` (Torch-Pruning's MetaPruner, global, Taylor
+compaction, cosine lr; the FLOPs ratio searched), ``gator-flops`` / ``gator-latency`` (GATOR gating from the
+dense weights for the fine-tuning budget, its cost-term target searched; FLOPs cost, or FLOPs weighted by the edge
+profile's latency multipliers), ``torch-pruning`` (Torch-Pruning's MetaPruner, global, Taylor
 importance) and ``modelopt`` (NVIDIA ModelOpt's FastNAS under a FLOPs constraint, scored by accuracy on
 training images); the peers are benchmark-only dependencies: benchmarks/requirements-peers.txt.
 hwprune's methods keep channel counts in multiples of the backend's alignment (16 on ort-cpu).
@@ -77,8 +80,9 @@ COLUMNS = [
 ]  # fmt: skip
 METHODS = (
     "uniform", "flops-aware", "flops-aware-mean", "flops-aware-raw", "latency-aware", "latency-aware-mean",
-    "prune-train", "torch-pruning", "modelopt",
+    "prune-train", "gator-flops", "gator-latency", "torch-pruning", "modelopt",
 )  # fmt: skip
+TRAINED_IN_SEARCH = ("prune-train", "gator-flops", "gator-latency")  # their fine-tuning budget is spent searching
 NORMALISED = {"flops-aware": "cost", "flops-aware-mean": "mean", "flops-aware-raw": "none"}  # importance study
 
 
@@ -104,6 +108,8 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--finetune-epochs", type=int, default=3)
     p.add_argument("--finetune-lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--gate-lr", type=float, default=0.02, help="gator-*: lr of the gating run")
+    p.add_argument("--gradient-multiplier", type=float, default=150.0, help="gator-*: GATOR's gradient_multiplier")
     return p.parse_args()
 
 
@@ -171,7 +177,7 @@ class Candidate:
 
 
 def stem(name: str, method: str, target: float, seed: int | None) -> str:
-    """Work-file name of one pruned model (prune-train has one per seed)."""
+    """Work-file name of one pruned model (the methods that train while searching have one per seed)."""
     return f"{name}_{method}_t{target}" + (f"_s{seed}" if seed is not None else "")
 
 
@@ -368,6 +374,48 @@ def prune_train_at(name: str, dense: nn.Module, args, seed: int) -> Callable[[fl
     return at
 
 
+def edge_lut(name: str, dense: nn.Module, args) -> Path:
+    """The edge profile at the timing size that latency-aware and gator-latency share (profiled once, journaled)."""
+    import hwprune
+
+    path = WORK / f"{name}_lut.json"
+    if not path.exists():
+        lut = hwprune.profile(dense, timing_example(args), backend=BACKEND, threads=args.threads,
+                              repeats=args.repeats, journal=path.with_suffix(".journal.jsonl"), name=name,
+                              progress=False)  # fmt: skip
+        lut.save(path)
+    return path
+
+
+def gator_at(name: str, dense: nn.Module, args, method: str, seed: int) -> Callable[[float], Candidate]:
+    """GATOR gating from the dense weights to a cost-term ratio, trained for the fine-tuning budget.
+
+    ``--finetune-epochs`` epochs of gate training (the others' fine-tuning budget; the gated model in eval mode
+    is the converted model, so no further training), one gate per 16 channels (ORT-CPU alignment);
+    gator-flops weighs each group's FLOPs equally, gator-latency by the shared edge profile's multipliers.
+    """
+    from hwprune.prune.gating import GatingConfig, gate
+
+    train_loader, _ = loaders(args, seed)
+    lut = edge_lut(name, dense, args) if method == "gator-latency" else None
+
+    def at(cost: float) -> Candidate:
+        torch.manual_seed(seed)
+        config = GatingConfig(
+            gradient_multiplier=args.gradient_multiplier,
+            target=min(1.0, max(0.01, cost)),
+            round_to=require_available(BACKEND).round_to,
+        )
+        run = TrainConfig(epochs=args.finetune_epochs, lr=args.gate_lr, batch_size=args.batch_size, seed=seed)
+        result = gate(copy.deepcopy(dense), train_loader, config=config, train_config=run, lut=lut, progress=False,
+                      name=name)  # fmt: skip
+        net = result.gated.net.eval()
+        graph = build_channel_graph(net, timing_example(args), name)
+        return Candidate(compact_model(graph, result.mask), result.history[-1]["cost_ratio"], True, result.mask)
+
+    return at
+
+
 # ------------------------------------------------------------------ phases
 
 
@@ -382,7 +430,7 @@ def search_phase(name: str, dense: nn.Module, methods: list[str], targets: list[
     }
     for method in methods:
         for target in targets:
-            for seed in seeds if method == "prune-train" else [None]:
+            for seed in seeds if method in TRAINED_IN_SEARCH else [None]:
                 if (name, method, target, seed) in done:
                     continue
                 start = time.perf_counter()
@@ -399,12 +447,13 @@ def search_phase(name: str, dense: nn.Module, methods: list[str], targets: list[
                             "torch-pruning": lambda: torch_pruning_at(dense, args),
                             "modelopt": lambda: modelopt_at(name, dense, args),
                             "prune-train": lambda s=seed: prune_train_at(name, dense, args, s),
+                            **{m: lambda m=m, s=seed: gator_at(name, dense, args, m, s) for m in TRAINED_IN_SEARCH[1:]},
                         }[method]()
                         knob = first_knob.get((method, target))
                         if knob is None:
                             candidate, info = searched(name, method, target, at, judge, args)
                             first_knob[(method, target)] = info["knob"]
-                        else:  # later prune-train seeds reuse the first seed's removed share; timed below
+                        else:  # later seeds of a trained method reuse the first seed's knob; timed below
                             candidate, info = at(knob), {"knob": knob}
                 except HwpruneError as exc:
                     journal.record(
@@ -465,7 +514,7 @@ def finetune_phase(name: str, dense: nn.Module, seeds: list[int], journal: Journ
                 continue
             model = load_pruned(stem(name, r["method"], r["target"], r.get("seed")), dense, args, r.get("knob"))
             train_loader, test_loader = loaders(args, seed)
-            if r["method"] == "prune-train":  # trained inside its rounds already: the same number of epochs
+            if r["method"] in TRAINED_IN_SEARCH:  # trained while searching already: the same number of epochs
                 journal.record(
                     phase="finetune",
                     model=name,
@@ -581,7 +630,8 @@ def write(journal: Journal, args) -> None:
         "against the dense file in one interleaved run (paired rounds). flops_ratio / params_ratio: fvcore counts "
         "of the pruned over the dense model at the timing size. top1: digits test split (360 images) after "
         f"BatchNorm re-estimation and {args.finetune_epochs} epochs of fine-tuning (prune-train: its rounds, one "
-        "epoch each), mean and std over seeds.\n"
+        f"epoch each; gator-*: {args.finetune_epochs} epochs of gate training, lr {args.gate_lr}, gradient multiplier "
+        f"{args.gradient_multiplier}), mean and std over seeds.\n"
     )
     if kept_models:
         note += (
