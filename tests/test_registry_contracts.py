@@ -18,7 +18,7 @@ from hwprune.cli import _build_parser
 from hwprune.cli.registry import COMMANDS, Command
 from hwprune.graph_mapper import fx_mapper  # noqa: F401  (registers every fx handler, attention included)
 from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, ONNX_OPS
-from hwprune.graph_mapper.ops import OPS
+from hwprune.graph_mapper.ops import COMPOSITE_RESIZERS, OPS
 from hwprune.registry import key_name
 
 
@@ -31,21 +31,26 @@ def _takes(fn, n: int) -> bool:
     return True
 
 
+# a module type of a library hwprune does not import, by qualified name (transformers.pytorch_utils.Conv1D)
+QUALIFIED_TYPE = re.compile(r"[a-z_][\w]*(\.[a-z_]\w*)+\.[A-Z]\w*")
+
+
 def fx_entry_problem(key, handler) -> str | None:
     """Why an fx op-handler entry breaks the contract (None when it keeps it)."""
-    if isinstance(key, str):
+    module_type = isinstance(key, type) or (isinstance(key, str) and QUALIFIED_TYPE.fullmatch(key) is not None)
+    if isinstance(key, str) and not module_type:
         if not callable(getattr(torch.Tensor, key, None)):
             return f"{key!r} is not a torch.Tensor method"
     elif isinstance(key, type):
         if not issubclass(key, nn.Module):
             return f"{key.__qualname__} is not an nn.Module type"
-    elif not callable(key):
+    elif not callable(key) and not module_type:
         return f"{key!r} is neither a method name, a module type nor a function"
     if not _takes(handler, 2):
         return f"handler of {key!r} does not take (ctx, node)"
     resize = getattr(handler, "resize", None)
     if resize is not None:
-        if not isinstance(key, type):
+        if not module_type:
             return f"handler of {key!r} has a compaction step but its op owns no module to resize"
         if not _takes(resize, 2):
             return f"compaction step of {key!r} does not take (module, shrunk)"
@@ -80,6 +85,7 @@ def test_op_handler_contracts_refuse_bad_entries():
         return None
 
     assert "not a torch.Tensor method" in fx_entry_problem("premute", handler)  # a typo never matches an op
+    assert "not a torch.Tensor method" in fx_entry_problem("transformers.pytorch_utils.conv1d", handler)
     assert "not an nn.Module type" in fx_entry_problem(int, handler)
     assert "does not take (ctx, node)" in fx_entry_problem(nn.ReLU, lambda ctx: None)
     handler.resize = lambda module, shrunk: None
@@ -87,6 +93,12 @@ def test_op_handler_contracts_refuse_bad_entries():
     assert fx_entry_problem(nn.ReLU, handler) is None
     assert "not an ONNX operator" in onnx_entry_problem("Convv", handler)
     assert "(node, old_shapes, new_shapes)" in onnx_entry_problem("Conv", handler)
+
+
+@pytest.mark.parametrize("key", COMPOSITE_RESIZERS.keys())
+def test_composite_resizer_contract(key):
+    assert QUALIFIED_TYPE.fullmatch(key) and _takes(COMPOSITE_RESIZERS.find(key), 2)
+    assert OPS.find(key) is None  # a leaf's compaction step belongs to its handler
 
 
 def test_module_types_with_channel_counts_update_them():

@@ -17,9 +17,21 @@ def model_options(p: argparse.ArgumentParser, default_model: str | None = None, 
         "--model",
         default=None if or_onnx else default_model,
         help=("(required) " if default_model is None else f"(default {default_model}) ")
-        + "zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate",
+        + "zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate; hf:<family> "
+        "(llama, qwen2, mistral, gpt2, bert, vit) for a Hugging Face model built from a config",
     )
-    g.add_argument("--input-size", type=int, default=None, help="square input side in pixels (default: the model's)")
+    g.add_argument(
+        "--hf-config",
+        default=None,
+        help="with --model hf:<family>: a config JSON file or a local model directory holding config.json "
+        "(default: a small two-layer config); weights stay random unless --weights is given",
+    )
+    g.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="square input side in pixels, or the token count for a text model (default: the model's)",
+    )
     g.add_argument("--batch", type=int, default=1, help="batch of the example input (default 1)")
     g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
     g.add_argument("--in-channels", type=int, default=None, help="input channels (default: the model's)")
@@ -90,7 +102,14 @@ def build_job(args):
         args.num_classes = dataset_info(args.data).num_classes
 
     return workflow.ModelInput.build(
-        args.model, args.input_size, args.batch, args.num_classes, args.in_channels, args.seed, args.weights
+        args.model,
+        args.input_size,
+        args.batch,
+        args.num_classes,
+        args.in_channels,
+        args.seed,
+        args.weights,
+        getattr(args, "hf_config", None),
     )
 
 

@@ -79,7 +79,7 @@ def masked_model(model: nn.Module, graph: ChannelGraph, mask: ChannelMask) -> nn
     """A copy of ``model`` with the removed channels' weights zeroed; shapes unchanged."""
     mask.validate(graph)
     masked = copy.deepcopy(model)
-    params = dict(masked.named_parameters())
+    params = dict(masked.named_parameters(remove_duplicate=False))
     with torch.no_grad():
         for site, k in changed_sites(graph, keep_table(graph, mask)):
             w = params.get(site.tensor)
@@ -117,20 +117,24 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> nn.Module:
     mask.validate(graph)
     keep = keep_table(graph, mask)
     by_tensor = _sites_by_tensor(graph, keep)
-    originals = dict(graph.gm.named_parameters()) | dict(graph.gm.named_buffers())
+    originals = dict(graph.gm.named_parameters(remove_duplicate=False))
+    originals |= dict(graph.gm.named_buffers(remove_duplicate=False))
+    aliases: dict[int, list[str]] = {}  # tied weights (an embedding and its output head): every name of one tensor
+    for name, tensor in originals.items():
+        aliases.setdefault(id(tensor), []).append(name)
     # tensors about to be replaced are not copied: the copy gets an empty placeholder for each
     memo = {id(originals[name]): torch.empty(0) for name in by_tensor}
     gm = copy.deepcopy(graph.gm, memo)
     with torch.no_grad():
         for name, entries in by_tensor.items():
-            owner_name, _, attr = name.rpartition(".")
-            owner = gm.get_submodule(owner_name)
             old = originals[name]
-            new = shrink(old.detach(), entries)
+            new = shrink(old.detach(), entries).contiguous()
             if isinstance(old, nn.Parameter):
-                owner._parameters[attr] = nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
-            else:
-                owner._buffers[attr] = new.contiguous()
+                new = nn.Parameter(new, requires_grad=old.requires_grad)
+            for alias in aliases[id(old)]:  # a tied tensor stays one tensor
+                owner_name, _, attr = alias.rpartition(".")
+                owner = gm.get_submodule(owner_name)
+                (owner._parameters if isinstance(old, nn.Parameter) else owner._buffers)[attr] = new
     _resize_modules(gm, by_tensor)
     if isinstance(gm, fx.GraphModule):
         _rewrite_nodes(gm, graph, keep)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,8 @@ from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper import ops as fx_ops
 from hwprune.graph_mapper.atoms import Frozen
 from hwprune.graph_mapper.export_mapper import ExportContext, placeholder_label
+from hwprune.graph_mapper.ops import COMPOSITE_RESIZERS
+from hwprune.graph_mapper.types import PARAM, PRODUCER
 from hwprune.registry import Registry
 
 aten = torch.ops.aten
@@ -99,6 +102,36 @@ def linear(ctx: ExportContext, node: fx.Node):
     return rules.channel_shaped(out, len(out_shape), -1)
 
 
+@ATEN_OPS.register(aten.addmm, aten.mm)
+def addmm(ctx: ExportContext, node: fx.Node):
+    """``addmm(bias, x, weight)`` / ``mm(x, weight)`` with a ``[in, out]`` parameter: a transposed dense layer.
+
+    That is Hugging Face's Conv1D (GPT-2) as ATen sees it; ``mm`` of two activations is a matmul.
+    """
+    first = 1 if node.target.overloadpacket is aten.addmm else 0
+    x, weight = node.args[first], node.args[first + 1]
+    name = ctx.tensor_name(weight)
+    if name is None:
+        if first:
+            return ctx.unknown(node, f"addmm {node.name} of two activations")
+        return attention_ops.matmul(ctx, node)
+    c_in, c_out = ctx.tensors[name].shape
+    macs = c_in * c_out * math.prod(ctx.shape(node)[:-1]) // _batch(ctx, node)  # rows = batch x tokens
+    vec = ctx.channel_labels(node, x, dim=-1, size=c_in, what="addmm input")
+    bias_name = ctx.tensor_name(node.args[0]) if first else None
+    if first and bias_name is None:
+        return ctx.unknown(node, f"addmm {node.name} with a computed bias")
+    out = rules.linear_sites(ctx, node, vec, name, 1, c_out, macs, (bias_name, 0) if bias_name else None)
+    return rules.channel_shaped(out, len(ctx.shape(node)), -1)
+
+
+def _batch(ctx: ExportContext, node: fx.Node) -> int:
+    """The batch size of the model's first input: MAC counts are per example, as for the other layers."""
+    inputs = (n for n in node.graph.nodes if n.op == "placeholder" and ctx.tensor_name(n) is None)
+    shape = next((ctx.shape(n) for n in inputs if ctx.shape(n)), None)
+    return max(1, shape[0]) if shape else 1
+
+
 def _norm(ctx: ExportContext, node: fx.Node, dim: int, slots: dict[str, int], what: str, conv_groups: int = 1):
     """A norm with per-channel tensors along ``dim``: tie them to the channels; (label, channel atoms)."""
     names = _weights(ctx, node, slots)
@@ -162,7 +195,33 @@ def prelu(ctx: ExportContext, node: fx.Node):
     return _norm(ctx, node, 1, {"weight": 1}, "prelu")[0]
 
 
+@ATEN_OPS.register(aten.embedding)
+def embedding(ctx: ExportContext, node: fx.Node):
+    """A lookup table ``[rows, width]``: its columns are the output's channels (a tied output head shares them)."""
+    names = _weights(ctx, node, {"weight": 0})
+    if names is None:
+        return ctx.unknown(node, f"embedding {node.name} with a computed table")
+    width = ctx.tensors[names["weight"]].shape[1]
+    atoms = ctx.atoms.new(width)
+    ctx.site(names["weight"], 1, atoms, PRODUCER, node)
+    return rules.channel_shaped(atoms, len(ctx.shape(node)), -1)
+
+
 # ----------------------------------------------------------------------------- ops with a torch twin
+
+
+def _view(ctx: ExportContext, node: fx.Node):
+    """``aten.view(x, sizes)``: torch's reshape, where an axis written ``-1`` is the one the code lets shrink.
+
+    ``view(b, s, -1, head_dim)`` (Hugging Face attention) fixes the head width and infers the head count:
+    channels are then removed in whole heads (``label_rules.shrink_whole_blocks``).
+    """
+    label = ctx.label(node.args[0])
+    if isinstance(label, Frozen) or label is None:
+        return label
+    sizes = _arg(node, 1, "size")
+    inferred = next((d for d, n in enumerate(sizes) if isinstance(n, int) and n == -1), None) if sizes else None
+    return rules.reshape(ctx.atoms, label, ctx.shape(node.args[0]), ctx.shape(node), f"view {node.name}", inferred)
 
 
 def _slice(ctx: ExportContext, node: fx.Node):
@@ -222,14 +281,14 @@ UNARY = (
     aten.mish, aten.mish_, aten.softplus, aten.dropout, aten.dropout_, aten.feature_dropout, aten.alpha_dropout,
     aten.clone, aten.contiguous, aten.alias, aten.detach, aten.detach_, aten.lift_fresh_copy, aten._to_copy, aten.to,
     aten.type_as, aten.neg, aten.exp, aten.abs, aten.sqrt, aten.rsqrt, aten.square, aten.clamp, aten.clamp_,
-    aten.clamp_min, aten.clamp_max, aten.erf, aten.log, aten.reciprocal, aten.pow,
+    aten.clamp_min, aten.clamp_max, aten.erf, aten.log, aten.reciprocal, aten.pow, aten.cos, aten.sin,
 )  # fmt: skip
 BINARY = (
     aten.add, aten.add_, aten.sub, aten.sub_, aten.mul, aten.mul_, aten.div, aten.div_, aten.maximum, aten.minimum,
     aten.rsub,
 )  # fmt: skip
 RESHAPES = (
-    aten.view, aten.reshape, aten._unsafe_view, aten.flatten, aten.squeeze, aten.squeeze_, aten.unsqueeze,
+    aten.flatten, aten.squeeze, aten.squeeze_, aten.unsqueeze,
     aten.unsqueeze_, aten.unflatten,
 )  # fmt: skip
 SPATIAL = (
@@ -242,6 +301,7 @@ TWINS: dict[Handler, tuple] = {
     fx_ops.unary: UNARY,
     fx_ops.binary: BINARY,
     fx_ops.reshape: RESHAPES,
+    _view: (aten.view, aten.reshape, aten._unsafe_view),
     fx_ops.spatial: SPATIAL,
     fx_ops.cat: (aten.cat, aten.concat, aten.concatenate),
     fx_ops.stack: (aten.stack,),
@@ -263,3 +323,96 @@ TWINS: dict[Handler, tuple] = {
 }
 for _handler, _ops in TWINS.items():
     ATEN_OPS.register(*_ops)(_handler)
+
+
+# ----------------------------------------------------------------------------- modules mapped as one op
+
+
+@dataclass
+class Region:
+    """The consecutive nodes of one call of a module whose class is mapped as one op (``MODULE_REGIONS``)."""
+
+    module: str  # its attribute path (model.layers.0.input_layernorm)
+    kind: str  # its class's qualified name
+    nodes: list[fx.Node]
+
+
+# handlers of whole module calls, keyed by the module class's qualified name: handler(ctx, region)
+MODULE_REGIONS: Registry[Callable] = Registry("module region handler")
+
+
+def module_regions(ctx: ExportContext, gm: fx.GraphModule) -> dict[str, Region]:
+    """Node name -> its region, for every call of a module class with a region handler."""
+    regions: dict[str, Region] = {}
+    current: Region | None = None
+    for node in gm.graph.nodes:
+        stack = node.meta.get("nn_module_stack") or {}
+        fqn, kind = list(stack.values())[-1] if stack else (None, None)
+        if kind is None or MODULE_REGIONS.find(kind) is None:
+            current = None
+            continue
+        if current is None or current.module != fqn:
+            current = Region(fqn, kind, [])
+        current.nodes.append(node)
+        regions[node.name] = current
+    return regions
+
+
+def visit_region(ctx: ExportContext, region: Region) -> None:
+    """Map a region with its handler; if the handler declines (returns False), node by node as usual."""
+    if MODULE_REGIONS.find(region.kind)(ctx, region) is False:
+        for node in region.nodes:
+            ctx.labels[node.name] = visit(ctx, node)
+
+
+CASTS = (aten.to, aten._to_copy, aten.alias, aten.clone, aten.contiguous)
+RMS_NORMS = tuple(
+    f"transformers.models.{module}.modeling_{module}.{prefix}RMSNorm"
+    for module, prefix in (("llama", "Llama"), ("qwen2", "Qwen2"), ("mistral", "Mistral"))
+)
+
+
+@MODULE_REGIONS.register(*RMS_NORMS)
+def rms_norm(ctx: ExportContext, region: Region) -> bool:
+    """``weight * x / sqrt(mean(x**2, -1) + eps)``: the channels pass, the weight follows them.
+
+    The mean runs over channels, yet removing channels whose input is zero (what the masked model feeds it)
+    is exact if the compacted norm divides by the original width: its compaction step scales ``eps`` and the
+    weight so that the standard formula over the kept channels equals it (:func:`_resize_rms_norm`).
+    Declines (mapped op by op: the mean freezes the channels) unless the region reads one activation and its
+    own weight, and only the output or casts of the input leave it.
+    """
+    inside = {n.name for n in region.nodes}
+    weight = f"{region.module}.weight"
+    outer = {a for n in region.nodes for a in n.all_input_nodes if a.name not in inside}
+    activations = [a for a in outer if ctx.tensor_name(a) is None]
+    if len(activations) != 1 or {ctx.tensor_name(a) for a in outer if ctx.tensor_name(a)} != {weight}:
+        return False
+    x = activations[0]
+    views = {x.name}
+    for n in region.nodes:  # casts of the input are the input
+        if getattr(n.target, "overloadpacket", None) in CASTS and n.args and getattr(n.args[0], "name", None) in views:
+            views.add(n.name)
+    escaping = [n for n in region.nodes if any(u.name not in inside for u in n.users)]
+    if any(n.name not in views for n in escaping[:-1]) or not escaping:
+        return False
+    vec = ctx.channel_labels(region.nodes[-1], x, dim=-1, size=ctx.shape(x)[-1], what=f"RMSNorm {region.module}")
+    label = ctx.label(x)
+    if vec is not None:
+        ctx.site(weight, 0, vec, PARAM, region.nodes[-1])
+    for n in region.nodes:
+        ctx.labels[n.name] = label if n.name in views or n is escaping[-1] else None
+    return True
+
+
+def _resize_rms_norm(m, shrunk) -> None:
+    """Kept ``h`` of ``n`` channels: ``eps * n / h`` and the weight times ``sqrt(n / h)`` divide by ``n``, as before."""
+    for _site, kept in shrunk.get("weight", []):
+        n, h = len(kept), int(kept.sum())
+        m.variance_epsilon = m.variance_epsilon * n / h
+        with torch.no_grad():
+            m.weight.mul_(math.sqrt(n / h))
+
+
+for _kind in RMS_NORMS:
+    COMPOSITE_RESIZERS.register(_kind)(_resize_rms_norm)

@@ -161,9 +161,33 @@ def scaled_dot_product_attention(ctx: MapContext, node: fx.Node):
         return ctx.unknown(node, f"attention {node.name}: channels vary along the token axis")
     if not rules.tie_contraction(ctx.atoms, lq[..., 0, :], lk[..., 0, :], f"attention {node.name}"):
         return Frozen(f"attention {node.name} contracts channels with fixed ones")
+    if not _tie_whole_heads(ctx, node, lq, lk, lv):
+        return Frozen(f"attention {node.name} mixes whole heads with head dimensions")
     if labelled(lq) and node.kwargs.get("scale") is None and len(node.args) < 7:
         ctx.record_rewrite(node, KwargsRewrite({"scale": 1.0 / math.sqrt(ctx.shape(q)[-1])}))
     return right_align(lv, len(ctx.shape(node)))
+
+
+def _tie_whole_heads(ctx: MapContext, node: fx.Node, lq, lk, lv) -> bool:
+    """Tie whole heads: head ``h`` of the query, key and value is one unit, so all three keep the same heads.
+
+    Whole heads are channels varying along a batch axis of the attention, not along its width. With
+    grouped-query attention the key/value head repeated for several query heads ties them all. False
+    (everything frozen) when one operand loses whole heads and another loses dimensions within heads.
+    """
+    operands = (lq, lk, lv)
+    whole = [lab.shape[-1] == 1 and any(n > 1 for n in lab.shape[:-2]) for lab in operands]
+    if not any(whole):
+        return True
+    if any(lab.shape[-1] > 1 for lab in operands):
+        ctx.atoms.freeze(np.concatenate([lab.reshape(-1) for lab in (lq, lk, lv)]), f"attention {node.name} "
+                         "mixes whole heads with head dimensions")  # fmt: skip
+        return False
+    heads = np.broadcast_arrays(*(lab[..., 0, 0] for lab in operands))
+    what = f"attention {node.name}"
+    return rules.tie_contraction(ctx.atoms, heads[0], heads[1], what) and rules.tie_contraction(
+        ctx.atoms, heads[0], heads[2], what
+    )
 
 
 def _swin_attention(ctx: MapContext, node: fx.Node):

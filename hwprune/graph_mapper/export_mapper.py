@@ -37,7 +37,7 @@ class ExportContext(MapContext):
         signature = program.graph_signature
         self.fqn: dict[str, str] = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
         self.modules = {}
-        self.tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+        self.use_tensors(model)  # the signature names a tied tensor (an embedding shared with the head) once
 
     def tensor_name(self, arg) -> str | None:
         """The module attribute a placeholder stands for (``layer1.0.conv1.weight``), None for anything else."""
@@ -98,8 +98,13 @@ def build_channel_graph_export(model: nn.Module, example_input: torch.Tensor, na
     for node in gm.graph.nodes:  # shapes from the fake values, where the fx front-end runs a forward pass
         record_shape(node, node.meta.get("val"))
     ctx = ExportContext(program, model)
+    regions = aten_ops.module_regions(ctx, gm)
     for node in gm.graph.nodes:
-        if ctx.tensor_name(node) is None:  # parameters and buffers are labelled on first use as operands
+        region = regions.get(node.name)
+        if region is not None:  # a module mapped as one op: its first node maps all of its nodes
+            if region.nodes[0] is node:
+                aten_ops.visit_region(ctx, region)
+        elif ctx.tensor_name(node) is None:  # parameters and buffers are labelled on first use as operands
             ctx.labels[node.name] = aten_ops.visit(ctx, node)
     # the module's own code recomputes sizes: the program's literals are not what runs, so no rewrites
     graph = ctx.graph(name, tuple(example_input.shape), model, {})

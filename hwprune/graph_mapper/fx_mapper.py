@@ -9,11 +9,11 @@ import torch
 from torch import fx, nn
 
 from hwprune.errors import HwpruneError, first_line
-from hwprune.graph_mapper import attention_ops  # noqa: F401  (registers the attention handlers)
+from hwprune.graph_mapper import attention_ops, hf_modules  # noqa: F401  (register their handlers)
 from hwprune.graph_mapper.assemble import assemble
 from hwprune.graph_mapper.atoms import Frozen, fixed_label
 from hwprune.graph_mapper.label_rules import LabelRecorder, channel_shaped
-from hwprune.graph_mapper.ops import OPS, op_key, op_name
+from hwprune.graph_mapper.ops import find_handler, op_name, type_handler
 from hwprune.graph_mapper.types import PARAM, ChannelGraph
 
 
@@ -24,7 +24,14 @@ class MapContext(LabelRecorder):
         super().__init__()
         self.gm = gm
         self.modules = dict(gm.named_modules())
-        self.tensors = dict(gm.named_parameters()) | dict(gm.named_buffers())
+        self.use_tensors(gm)
+
+    def use_tensors(self, module: nn.Module) -> None:
+        """Every name of ``module``'s parameters and buffers; a tied tensor's names all record on its first."""
+        self.tensors = dict(module.named_parameters(remove_duplicate=False))
+        self.tensors |= dict(module.named_buffers(remove_duplicate=False))
+        first: dict[int, str] = {}
+        self.aliases = {name: first.setdefault(id(t), name) for name, t in self.tensors.items()}
 
     # -- lookups
     def module(self, node: fx.Node) -> nn.Module:
@@ -127,7 +134,7 @@ class _Tracer(fx.Tracer):
     """
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return OPS.find(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
+        return type_handler(type(m)) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
 class TraceError(HwpruneError):
@@ -207,17 +214,21 @@ def _visit(ctx: MapContext, node: fx.Node):
     if node.op == "output":
         ctx.freeze_output(node)
         return None
-    return ctx.apply(node, OPS.find(op_key(node, ctx.module_or_none(node))))
+    return ctx.apply(node, find_handler(node, ctx.module_or_none(node)))
 
 
 def param_label(ctx: MapContext, name: str, node: fx.Node):
-    """Parameter ``name`` used directly: channels along its last non-trivial axis, tied where it meets others."""
+    """Parameter ``name`` used directly: channels along its last non-trivial axis, tied where it meets others.
+
+    A buffer is a constant table (rotary frequencies, a position grid): fixed, so it freezes the channels
+    it meets along its own full-size axes and never ties channels across heads it is broadcast over.
+    """
     tensor = ctx.tensors.get(name)
     if tensor is None or not isinstance(tensor, torch.Tensor):
         return None
     shape = tuple(tensor.shape)
     axes = [d for d, s in enumerate(shape) if s > 1]
-    if not axes or not tensor.is_floating_point():
+    if not axes or not tensor.is_floating_point() or not isinstance(tensor, nn.Parameter):
         return fixed_label(len(shape))
     axis = axes[-1]
     atoms = ctx.atoms.new(shape[axis])

@@ -44,6 +44,7 @@ class LabelRecorder:
         self.block_constraints: list[tuple[str, np.ndarray]] = []
         self.unmapped_macs: dict[str, int] = {}  # weighted ops no handler mapped: they still count in coverage
         self._site_index: dict[tuple[str, int], int] = {}
+        self.aliases: dict[str, str] = {}  # every name of a tied tensor -> the name its sites are recorded under
 
     def record_unmapped(self, node, weight_numel: int, out_shape) -> None:
         """Count an op with a weight that no handler mapped (weight x output positions multiply-adds).
@@ -62,6 +63,7 @@ class LabelRecorder:
     def site(self, tensor, axis, atoms, role, node, kind=PLAIN, conv_groups=1, macs=0) -> None:
         """Record that ``tensor``'s ``axis`` carries ``atoms``; a tensor used twice ties both uses."""
         atoms = np.asarray(atoms, dtype=np.int64)
+        tensor = self.aliases.get(tensor, tensor)
         index = self._site_index.get((tensor, axis))
         if index is not None:  # shared weights: one tensor, one set of channels
             seen = self.sites[index]
@@ -224,14 +226,37 @@ def tie_outer_axes(atoms: AtomTable, label: np.ndarray, what: str) -> None:
         atoms.union(moved[0], row)
 
 
-def reshape(atoms: AtomTable, label: np.ndarray, in_shape, out_shape, what: str) -> np.ndarray:
-    """Reshape the label with the tensor (see :func:`tie_outer_axes` for split channel axes)."""
+def reshape(
+    atoms: AtomTable, label: np.ndarray, in_shape, out_shape, what: str, inferred: int | None = None
+) -> np.ndarray | Frozen:
+    """Reshape the label with the tensor; a channel axis split in several keeps a product structure.
+
+    By default only the innermost axis may shrink (:func:`tie_outer_axes`). When the code leaves an outer
+    axis's size to be inferred (``inferred``: the axis written ``-1``, as in ``view(b, s, -1, head_dim)``),
+    that axis shrinks instead, in whole blocks (:func:`shrink_whole_blocks`): whole attention heads.
+    """
     if not labelled(label):
         return fixed_label(len(out_shape))
     full = np.broadcast_to(right_align(label, len(in_shape)), tuple(in_shape)).reshape(tuple(out_shape))
     out = compact(full)
+    vary = varying_dims(out)
+    if inferred is not None and len(vary) > 1 and inferred % len(out_shape) in vary[:-1]:
+        return shrink_whole_blocks(atoms, out, inferred % len(out_shape), what)
     tie_outer_axes(atoms, out, what)
     return out
+
+
+def shrink_whole_blocks(atoms: AtomTable, label: np.ndarray, axis: int, what: str) -> np.ndarray | Frozen:
+    """Channels varying along several axes, of which only ``axis`` may shrink: each index of it is one unit.
+
+    Every other axis keeps its size (the code names it), so all channels at one index of ``axis`` (a whole
+    head: its ``head_dim`` channels) are removed together.
+    """
+    moved = np.moveaxis(np.broadcast_to(label, label.shape), axis, 0).reshape(label.shape[axis], -1)
+    merged = merge_blocks(atoms, moved, what)
+    if isinstance(merged, Frozen):
+        return merged
+    return channel_shaped(merged, label.ndim, axis)
 
 
 def concat(atoms: AtomTable, labels: list, shapes: list, dim: int, out_shape, what: str):

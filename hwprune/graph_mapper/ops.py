@@ -21,6 +21,7 @@ from torch import fx, nn
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper.atoms import Frozen, compact, labelled, right_align, varying_dims
 from hwprune.graph_mapper.rewrites import resized_by
+from hwprune.graph_mapper.types import PARAM, PRODUCER
 from hwprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -33,19 +34,38 @@ Handler = Callable[["MapContext", fx.Node], Any]
 OPS: Registry[Handler] = Registry("fx op handler")
 
 
+def type_handler(cls: type) -> Handler | None:
+    """The handler registered for exactly this module type.
+
+    Registered by the class itself or, for a library hwprune does not import (Hugging Face's
+    ``transformers.pytorch_utils.Conv1D``), by its qualified name.
+    """
+    return OPS.find(cls) or OPS.find(f"{cls.__module__}.{cls.__qualname__}")
+
+
+# compaction steps of composite modules that are traced through, not mapped as one op, but keep a size
+# in an attribute their code reads (Hugging Face's GPT2Attention.split_size): keyed like OPS
+COMPOSITE_RESIZERS: Registry[Callable] = Registry("composite module resizer")
+
+
 def module_resizer(module: nn.Module) -> Callable | None:
-    """The compaction step of the handler of ``module``'s type (or its nearest registered base type), if any."""
+    """The compaction step of ``module``'s type (or its nearest registered base type), if any.
+
+    A leaf module's is its handler's (``resized_by``); a composite module's is in ``COMPOSITE_RESIZERS``.
+    """
     for cls in type(module).__mro__:
-        handler = OPS.find(cls)
+        handler = type_handler(cls)
         if handler is not None:
             return getattr(handler, "resize", None)
+        resize = COMPOSITE_RESIZERS.find(cls) or COMPOSITE_RESIZERS.find(f"{cls.__module__}.{cls.__qualname__}")
+        if resize is not None:
+            return resize
     return None
 
 
-def op_key(node: fx.Node, module: nn.Module | None) -> object:
-    if node.op == "call_module":
-        return type(module)
-    return node.target
+def find_handler(node: fx.Node, module: nn.Module | None) -> Handler | None:
+    """A module call goes to its exact type's handler (a subclass may compute differently), others to their target's."""
+    return type_handler(type(module)) if node.op == "call_module" else OPS.find(node.target)
 
 
 def op_name(node: fx.Node, module: nn.Module | None = None) -> str:
@@ -124,6 +144,20 @@ def _resize_linear(m: nn.Linear, shrunk) -> None:
 @resized_by(_resize_linear)
 def linear(ctx: MapContext, node: fx.Node):
     return _linear(ctx, node)
+
+
+def _resize_embedding(m: nn.Embedding, shrunk) -> None:
+    m.num_embeddings, m.embedding_dim = m.weight.shape
+
+
+@OPS.register(nn.Embedding)
+@resized_by(_resize_embedding)
+def embedding(ctx: MapContext, node: fx.Node):
+    """A lookup table ``[rows, width]``: its columns are the output's channels."""
+    width = ctx.module(node).embedding_dim
+    atoms = ctx.atoms.new(width)
+    ctx.site(f"{node.target}.weight", 1, atoms, PRODUCER, node)
+    return rules.channel_shaped(atoms, len(ctx.shape(node)), -1)
 
 
 def _resize_conv_transpose(m: nn.modules.conv._ConvTransposeNd, shrunk) -> None:
@@ -674,6 +708,11 @@ def _functional_norm(ctx: MapContext, node: fx.Node, dim: int, params: dict[str,
         return None
     for key, i in params.items():
         param = _arg(node, i, key)
+        if isinstance(param, fx.Node) and param.op == "get_attr":
+            tensor = ctx.tensors.get(param.target)  # buffers (running statistics) carry no label: sited here
+            if isinstance(tensor, torch.Tensor) and tuple(tensor.shape) == (size,):
+                ctx.site(param.target, 0, vec, PARAM, node)
+                continue
         if isinstance(param, fx.Node):
             label = ctx.label(param)
             if not isinstance(label, np.ndarray) or label.size != size:

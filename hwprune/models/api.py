@@ -1,8 +1,9 @@
 """Resolving a model name to a module: built-in registry first, then torchvision, then timm.
 
 A name may carry a source prefix (``torchvision:vgg11``, ``timm:resnet18``, ``hwprune:vgg11``) to
-skip the built-in models that shadow a torchvision name. Nothing is ever downloaded: torchvision models
-are built with ``weights=None`` and timm models with ``pretrained=False``.
+skip the built-in models that shadow a torchvision name; ``hf:<family>`` names a Hugging Face model built
+from a config (:mod:`hwprune.models.hf`). Nothing is ever downloaded: torchvision models are built with
+``weights=None``, timm models with ``pretrained=False``, Hugging Face models from their config.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hwprune.errors import HwpruneError, UnknownNameError
 from hwprune.models import _torchvision
 from hwprune.models.registry import BUILTIN_MODELS, ModelSpec
 
-SOURCES = ("hwprune", "torchvision", "timm")
+SOURCES = ("hwprune", "torchvision", "timm", "hf")
 
 
 def _timm() -> Any:
@@ -38,6 +39,11 @@ def _resolve(name: str) -> tuple[str, str]:
     elif source not in SOURCES:
         choices = ", ".join(SOURCES)
         raise UnknownNameError(f"unknown model source {source!r} in {name!r}; use one of {choices}")
+    if source == "hf":
+        from hwprune.models.hf import family
+
+        family(bare)  # one line listing the families when unknown
+        return "hf", bare
     if source in ("", "hwprune") and bare in BUILTIN_MODELS:
         return "hwprune", bare
     if source in ("", "torchvision") and bare in _torchvision.classification_names():
@@ -100,6 +106,10 @@ def model_spec(name: str) -> ModelSpec:
         return BUILTIN_MODELS.get(bare).spec
     if source == "torchvision":
         return ModelSpec(bare, source, _torchvision.native_size(bare), 3, 1000)
+    if source == "hf":  # text: the input size is the token count; channels and classes come from the config
+        from hwprune.models.hf import DEFAULT_TOKENS
+
+        return ModelSpec(bare, source, DEFAULT_TOKENS, 0, 0)
     cfg = _timm_cfg(bare)
     return ModelSpec(bare, source, int(cfg["input_size"][-1]), 3, int(cfg["num_classes"]))
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from hwprune import checks
+from hwprune.errors import HwpruneError
 from hwprune.graph_mapper import ChannelGraph, build_channel_graph
 
 
@@ -30,11 +31,20 @@ class ModelInput:
         in_channels: int | None = None,
         seed: int = 0,
         weights: str | None = None,
+        hf_config: str | None = None,
     ) -> ModelInput:
-        """Build zoo model ``name`` (random weights, or ``weights``: a file or a torchvision weight name)."""
+        """Build zoo model ``name`` (random weights, or ``weights``: a file or a torchvision weight name).
+
+        ``hf:<family>`` builds a Hugging Face model from ``hf_config`` (or the family's small default) with
+        token ids of ``input_size`` tokens as its example (images for a vision family).
+        """
         from hwprune.models import get_model, model_spec
 
         checks.model_input(input_size, batch, num_classes, in_channels, seed)
+        if name.startswith("hf:"):
+            return cls._hf(name, input_size, batch, seed, weights, hf_config)
+        if hf_config is not None:
+            raise HwpruneError("--hf-config is for --model hf:<family>")
         spec = model_spec(name)
         size = input_size or spec.default_input_size
         channels = in_channels or spec.in_channels
@@ -47,6 +57,17 @@ class ModelInput:
             load_weights(model, weights, name)
         example = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
         return cls(name, model, example)
+
+    @classmethod
+    def _hf(cls, name, tokens, batch, seed, weights, hf_config) -> ModelInput:
+        from hwprune.models.hf import DEFAULT_TOKENS, hf_example, hf_model
+
+        model = hf_model(name.partition(":")[2], hf_config, seed=seed)
+        if weights is not None:
+            from hwprune.models.weights import load_weights
+
+            load_weights(model, weights, name)
+        return cls(name, model, hf_example(model, batch, tokens or DEFAULT_TOKENS, seed))
 
     def graph(self) -> ChannelGraph:
         return build_channel_graph(self.model, self.example, self.name)

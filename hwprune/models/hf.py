@@ -1,0 +1,203 @@
+"""Hugging Face ``transformers`` models built from a config, with random weights (nothing is downloaded).
+
+``hf:<family>`` names a small default config per family (two layers, grouped-query attention where the
+family has it), so that mapping, compaction and ONNX export run in seconds; ``config`` replaces it with a
+JSON file or a local model directory's ``config.json`` (the user's real sizes). Decoders are built without
+a key/value cache (``use_cache=False``): a forward pass then returns tensors only, which torch.export
+captures and the equivalence check compares. Text models take token ids ``[batch, tokens]``
+(:func:`hf_example`), vision ones images.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwprune.errors import HwpruneError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its ``transformers`` classes and the small default config."""
+
+    model_class: str
+    config_class: str
+    config: dict[str, Any] = field(default_factory=dict)
+    vision: bool = False
+
+
+_DECODER = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2}
+_GQA = {**_DECODER, "num_attention_heads": 8, "num_key_value_heads": 2}  # 4 query heads per key/value head
+FAMILIES: dict[str, Family] = {
+    "llama": Family("LlamaForCausalLM", "LlamaConfig", _GQA),
+    "qwen2": Family("Qwen2ForCausalLM", "Qwen2Config", _GQA),
+    "mistral": Family("MistralForCausalLM", "MistralConfig", {**_GQA, "num_key_value_heads": 4}),
+    "gpt2": Family("GPT2LMHeadModel", "GPT2Config", {"vocab_size": 512, "n_embd": 128, "n_layer": 2, "n_head": 4}),
+    "bert": Family("BertModel", "BertConfig", {**_DECODER, "num_attention_heads": 4}),
+    "vit": Family(
+        "ViTForImageClassification",
+        "ViTConfig",
+        {
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+            "num_labels": 10,
+        },
+        vision=True,
+    ),  # fmt: skip
+}
+DEFAULT_TOKENS = 32
+
+
+def transformers_module():
+    """The ``transformers`` package, or a one-line error saying how to install it."""
+    if importlib.util.find_spec("transformers") is None:
+        raise HwpruneError("hf: models need the transformers package: pip install transformers")
+    import transformers
+
+    return transformers
+
+
+def family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise UnknownNameError(f"unknown Hugging Face family {name!r}; use one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def load_config(name: str, config: str | Path | dict | None = None):
+    """The family's config: the small default, or ``config`` (a dict, a JSON file, or a directory with config.json)."""
+    fam, tf = family(name), transformers_module()
+    values = dict(fam.config)
+    if isinstance(config, dict):
+        values = dict(config)
+    elif config is not None:
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise HwpruneError(f"--hf-config {config}: no such JSON file or model directory with config.json")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise HwpruneError(f"--hf-config {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    values.pop("architectures", None)
+    values.pop("model_type", None)
+    cfg = getattr(tf, fam.config_class)(**values)
+    if not fam.vision:
+        cfg.use_cache = False
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def hf_model(name: str, config: str | Path | dict | None = None, seed: int | None = None) -> nn.Module:
+    """A ``transformers`` model of family ``name`` with random weights, in eval mode."""
+    cfg = load_config(name, config)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = getattr(transformers_module(), family(name).model_class)(cfg)
+    return model.eval()
+
+
+def hf_example(model: nn.Module, batch: int = 1, tokens: int = DEFAULT_TOKENS, seed: int = 0) -> torch.Tensor:
+    """Deterministic input for ``model``: token ids ``[batch, tokens]``, or images for a vision model."""
+    generator = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    if hasattr(cfg, "image_size") and hasattr(cfg, "num_channels"):
+        side = cfg.image_size
+        return torch.randn(batch, cfg.num_channels, side, side, generator=generator)
+    return torch.randint(0, cfg.vocab_size, (batch, tokens), generator=generator)
+
+
+def output_tensor(output) -> torch.Tensor:
+    """The main tensor of a ``transformers`` output (logits, else the last hidden state)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for key in ("logits", "last_hidden_state"):
+        value = getattr(output, key, None)
+        if value is not None:
+            return value
+    raise HwpruneError(f"cannot find logits or a hidden state in a {type(output).__name__}")
+
+
+SHAPES_KEY = "hwprune_pruned_shapes"
+
+
+def save_pruned(model: nn.Module, folder: str | Path) -> Path:
+    """Save a compacted ``transformers`` model so that :func:`load_pruned` rebuilds it exactly.
+
+    Pruning leaves layers of different widths (heads and MLP channels per layer), which a config's single
+    ``num_attention_heads`` / ``intermediate_size`` cannot express: ``save_pretrained`` writes the config and
+    weights as usual, and the config also records every tensor whose shape differs from what the config
+    builds (``hwprune_pruned_shapes``). ``from_pretrained`` alone would refuse those shapes.
+    """
+    folder = Path(folder)
+    with torch.device("meta"):
+        fresh = type(model)(model.config)
+    built = {n: tuple(t.shape) for n, t in fresh.state_dict().items()}
+    shapes = {n: list(t.shape) for n, t in model.state_dict().items() if built.get(n) != tuple(t.shape)}
+    # a pruned hidden size rescales every RMSNorm's eps alike (hwprune.graph_mapper.aten_ops.rms_norm)
+    eps = {m.variance_epsilon for m in model.modules() if hasattr(m, "variance_epsilon")}
+    if len(eps) > 1:
+        raise HwpruneError(f"RMSNorm layers of {type(model).__name__} have different eps {sorted(eps)}: save_pruned "
+                           "can record only one (config.rms_norm_eps)")  # fmt: skip
+    saved = {SHAPES_KEY: shapes}
+    if eps and hasattr(model.config, "rms_norm_eps"):
+        saved["rms_norm_eps"] = eps.pop()
+    before = {k: getattr(model.config, k) for k in saved if hasattr(model.config, k)}
+    model.config.update(saved)
+    try:
+        model.save_pretrained(folder)
+    finally:
+        delattr(model.config, SHAPES_KEY)
+        model.config.update(before)
+    return folder
+
+
+def load_pruned(folder: str | Path) -> nn.Module:
+    """The model :func:`save_pruned` wrote, with its pruned shapes and weights, in eval mode."""
+    from safetensors.torch import load_file
+
+    from hwprune.graph_mapper.ops import module_resizer
+
+    tf, folder = transformers_module(), Path(folder)
+    config = tf.AutoConfig.from_pretrained(folder)
+    shapes = getattr(config, SHAPES_KEY, None)
+    if shapes is None:
+        raise HwpruneError(f"{folder} was not saved by hwprune.models.hf.save_pruned: load it with from_pretrained")
+    delattr(config, SHAPES_KEY)
+    config._attn_implementation = "sdpa"
+    model = getattr(tf, config.architectures[0])(config)
+    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    names_of: dict[int, list[str]] = {}
+    for name, tensor in tensors.items():
+        names_of.setdefault(id(tensor), []).append(name)
+    for name, shape in shapes.items():
+        old = tensors[name]
+        new = torch.empty(shape, dtype=old.dtype)
+        new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
+        for alias in names_of[id(old)]:  # tied tensors stay one tensor
+            owner, _, attr = alias.rpartition(".")
+            module = model.get_submodule(owner)
+            (module._parameters if isinstance(old, nn.Parameter) else module._buffers)[attr] = new
+    for prefix, module in reversed(list(model.named_modules())):  # sizes kept in attributes follow the tensors
+        resize = module_resizer(module)
+        if prefix and resize is not None and any(n.startswith(f"{prefix}.") for n in shapes):
+            resize(module, {})
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state |= load_file(file)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {a for names in names_of.values() if len(names) > 1 for a in names}  # saved under one of their names
+    absent = [n for n in missing if n not in tied]
+    if absent or unexpected:
+        raise HwpruneError(f"{folder}: weights do not match the saved shapes (missing {absent[:3]}, "
+                           f"unexpected {unexpected[:3]})")  # fmt: skip
+    return model.eval()

@@ -1,0 +1,185 @@
+"""Hugging Face transformers through the torch.export front-end: whole attention heads (GQA groups with their
+query heads), MLP channels, exact compaction of the user's own model, verified ONNX.
+
+Every family is built from a small config with random weights (no download). Each exactness check has a
+negative control: the pruned model must differ from the dense one (the check had work), and with the
+head tie switched off the check must catch the broken model.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from hwprune.errors import EquivalenceError
+from hwprune.export.compact import compact_model, masked_model
+from hwprune.export.pipeline import export_pruned
+from hwprune.export.verify import max_rel_diff
+from hwprune.graph_mapper import build_channel_graph
+from hwprune.prune.channel import random_scores, uniform_channel_mask
+from hwprune.prune.masks import ChannelMask
+
+pytest.importorskip("transformers")
+
+from hwprune.models.hf import FAMILIES, hf_example, hf_model, output_tensor  # noqa: E402
+
+
+def _mapped(family: str, seed: int = 0):
+    model = hf_model(family, seed=seed)
+    x = hf_example(model)
+    return model, x, build_channel_graph(model, x, family)
+
+
+def _heads_group(graph, layer: int):
+    """The attention group of one layer: the group holding that layer's query projection rows."""
+    for g in graph.prunable_groups:
+        if any(f".{layer}." in s.tensor and ("q_proj" in s.tensor or "query" in s.tensor or "c_attn" in s.tensor)
+               for s in g.producers):  # fmt: skip
+            return g
+    raise AssertionError(f"no attention group in layer {layer}")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_random_mask_over_every_group_compacts_exactly(family):
+    model, x, graph = _mapped(family)
+    assert graph.gm is model  # fx cannot trace Hugging Face models: torch.export captured it (the user's module)
+    assert len(graph.prunable_groups) >= 4  # heads and MLP of both layers
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=1), 0.4)
+    small = compact_model(graph, mask).eval()
+    with torch.no_grad():
+        got, want = output_tensor(small(x)), output_tensor(masked_model(model, graph, mask).eval()(x))
+        dense = output_tensor(model(x))
+    assert max_rel_diff(got, want) <= 1e-4
+    assert max_rel_diff(got, dense) > 1e-2  # pruning changed the function: the comparison had work
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_gqa_groups_keep_their_query_heads(family):
+    model, x, graph = _mapped(family)
+    cfg = model.config
+    n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    group = _heads_group(graph, 0)
+    assert group.size == cfg.num_key_value_heads  # one unit per key/value group
+    keep = np.zeros(group.size, dtype=bool)
+    keep[1] = True
+    mask = ChannelMask({group.id: keep}, graph.model_name, graph.fingerprint())
+    attn = compact_model(graph, mask).model.layers[0].self_attn
+    assert attn.q_proj.out_features == n_rep * head_dim  # the group's query heads, whole
+    assert attn.k_proj.out_features == attn.v_proj.out_features == head_dim
+    assert attn.o_proj.in_features == n_rep * head_dim
+    kept_q = model.model.layers[0].self_attn.q_proj.weight[n_rep * head_dim : 2 * n_rep * head_dim]
+    assert torch.equal(attn.q_proj.weight, kept_q)  # the kept group's own rows, in order
+
+
+def test_rotary_tables_and_buffers_carry_no_channels():
+    _, _, graph = _mapped("llama")
+    assert not [g for g in graph.groups if any("rotary" in s.tensor for s in g.slices)]
+    assert all(g.size > 1 for g in graph.prunable_groups)
+
+
+def test_head_tie_off_is_caught_by_the_check(monkeypatch, tmp_path):
+    """Negative control: query and key heads meet in the scores, but only the head tie joins the value heads to
+    them. Without it the value heads form a group of their own; dropping one leaves the attention with fewer
+    value heads than query heads, and the export check refuses the compacted model."""
+    from hwprune.graph_mapper import attention_ops
+
+    monkeypatch.setattr(attention_ops, "_tie_whole_heads", lambda *a: True)
+    model, x, graph = _mapped("llama")
+    v_group = next(g for g in graph.prunable_groups if any("v_proj" in s.tensor for s in g.producers)
+                   and not any("q_proj" in s.tensor for s in g.producers))  # fmt: skip
+    keep = np.ones(v_group.size, dtype=bool)
+    keep[0] = False
+    with pytest.raises(EquivalenceError):
+        export_pruned(model, graph, ChannelMask({v_group.id: keep}, graph.model_name, graph.fingerprint()), x,
+                      tmp_path / "m.onnx")  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_exported_onnx_matches_in_onnxruntime(family, tmp_path):
+    model, x, graph = _mapped(family)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=0), 0.5)
+    _, report = export_pruned(model, graph, mask, x, tmp_path / f"{family}.onnx")
+    assert report.max_rel_diff <= 1e-4 and report.onnx_max_rel_diff <= 1e-4
+    assert report.params_after < report.params_before
+    assert (tmp_path / f"{family}.onnx").stat().st_size > 0
+
+
+class TiedHead(nn.Module):
+    """An embedding whose table is also the output head (weight tying), with a hidden layer between."""
+
+    def __init__(self, vocab: int = 20, width: int = 8) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.mix = nn.Linear(width, width)
+        self.head = nn.Linear(width, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.mix(self.embed(ids))))
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_tied_weights_stay_tied_and_exact(front_end):
+    torch.manual_seed(0)
+    model, ids = TiedHead().eval(), torch.randint(0, 20, (2, 5))
+    graph = build_channel_graph(model, ids, "tied", front_end=front_end)
+    assert graph.prunable_groups  # the embedding's width is read by the tied head
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=0), 0.5)
+    small = compact_model(graph, mask).eval()
+    assert small.head.weight is small.embed.weight  # one tensor, sliced once
+    with torch.no_grad():
+        assert max_rel_diff(small(ids), masked_model(model, graph, mask)(ids)) <= 1e-5
+        assert max_rel_diff(small(ids), model(ids)) > 1e-2
+
+
+def test_python_api_prunes_a_pretrained_model_to_a_flops_budget():
+    """``hwprune.prune`` on a ``PreTrainedModel`` as users hold it: a FLOPs budget met, the user's class back."""
+    import hwprune
+
+    model = hf_model("qwen2", seed=0)
+    x = hf_example(model)
+    result = hwprune.prune(model, x, flops=0.6, progress=False, name="qwen2")
+    assert result.met and type(result.model) is type(model)
+    assert result.export.flops_after <= 0.6 * 1.03 * result.export.flops_before
+    assert result.export.max_rel_diff <= 1e-4
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_compacted_model_round_trips_through_save_and_load(family, tmp_path):
+    from hwprune.models.hf import load_pruned, save_pruned
+
+    model, x, graph = _mapped(family)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=2), 0.4)
+    small = compact_model(graph, mask).eval()
+    save_pruned(small, tmp_path / "pruned")
+    loaded = load_pruned(tmp_path / "pruned")
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        assert torch.equal(output_tensor(loaded(x)), output_tensor(small(x)))
+    with pytest.raises(Exception, match="size"):  # the config alone builds the dense shapes: plain loading refuses
+        type(model).from_pretrained(tmp_path / "pruned")
+
+
+def test_hidden_size_through_rms_norm_is_exact_only_with_its_rescaled_eps():
+    """Llama's residual stream (embedding, every RMSNorm, q/k/v/gate/up inputs, o/down outputs, lm_head input)
+    is one exact group: the compacted RMSNorm divides by the original width through a rescaled eps and
+    weight. Negative control: the same compacted model with the original eps and weight differs."""
+    model, x, graph = _mapped("llama")
+    hidden = next(g for g in graph.prunable_groups if any(s.tensor == "model.embed_tokens.weight" for s in g.slices))
+    assert hidden.exact and {"model.norm.weight", "lm_head.weight"} <= {s.tensor for s in hidden.slices}
+    assert graph.prunable_macs_share() == pytest.approx(1.0)  # heads, MLP and hidden size: every weighted op
+    keep = np.ones(hidden.size, dtype=bool)
+    keep[::4] = False
+    mask = ChannelMask({hidden.id: keep}, graph.model_name, graph.fingerprint())
+    small = compact_model(graph, mask).eval()
+    with torch.no_grad():
+        want = output_tensor(masked_model(model, graph, mask).eval()(x))
+        assert max_rel_diff(output_tensor(small(x)), want) <= 1e-4
+        norm, dense_norm = small.model.norm, model.model.norm
+        assert norm.variance_epsilon == pytest.approx(dense_norm.variance_epsilon * hidden.size / keep.sum())
+        for m, d in zip(small.modules(), model.modules(), strict=True):
+            if hasattr(m, "variance_epsilon"):
+                m.variance_epsilon, m.weight[:] = d.variance_epsilon, d.weight[torch.as_tensor(keep)]
+        assert max_rel_diff(output_tensor(small(x)), want) > 1e-3
