@@ -36,16 +36,25 @@ def digits_loader(batch=64, train=True):
 
 @pytest.fixture(scope="module")
 def trained():
-    """UserNet trained on digits: informative weights and BN statistics."""
+    """UserNet trained on digits: informative weights and BN statistics.
+
+    One thread, set here: a module-scoped fixture is built before the per-test one-thread fixture, so the
+    weights (and every accuracy threshold below) would otherwise depend on which test module ran first.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     model = UserNet()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
-    for _ in range(5):
-        for x, y in digits_loader():
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+    try:
+        for _ in range(5):
+            for x, y in digits_loader():
+                opt.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     return model.eval()
 
 

@@ -14,7 +14,10 @@ from hwprune.prune.importance import CHANNEL_IMPORTANCES, channel_importance, gr
 torch.set_num_threads(1)
 
 DATA_FREE = ["random", "l1", "l2", "mag_based", "bn"]
-NEEDS_DATA = ["loss_based", "biased_loss", "tfo", "fisher", "taylor", "nvidia", "grasp", "grad_preserve"]
+NEEDS_DATA = [
+    "loss_based", "biased_loss", "tfo", "fisher", "taylor", "nvidia", "grasp", "grad_preserve",
+    "activation", "minitron",
+]  # fmt: skip
 
 
 class Chain(nn.Module):
@@ -297,3 +300,22 @@ def test_model_state_is_restored_and_no_grads_are_left():
     assert not m.conv.bias.requires_grad and m.conv.weight.requires_grad
     assert all(p.grad is None for p in m.parameters())
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # eval mode: running stats untouched
+
+
+def test_activation_is_the_mean_absolute_output_of_the_producer():
+    """Chain's conv group: mean over examples and pixels of |conv(x)| per channel, by hand; a channel with
+    zero weights and bias scores 0 (negative control: the hook reads outputs, not weights)."""
+    m = chain().train()
+    x = torch.randn(6, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    graph = build_channel_graph(m, x[:1])
+    g = chain_group(graph)
+    data = [(x[:4], None), (x[4:], None)]
+    scores = channel_importance("activation", m, graph, data)[g.id]
+    with torch.no_grad():
+        want = m.conv(x).abs().mean((0, 2, 3)).double().numpy()
+    np.testing.assert_allclose(scores, want, rtol=1e-6)
+    assert m.training  # mode restored
+    with torch.no_grad():
+        m.conv.weight[1].zero_()
+        m.conv.bias[1].zero_()
+    assert channel_importance("activation", m, graph, data)[g.id][1] == 0.0

@@ -183,3 +183,23 @@ def test_hidden_size_through_rms_norm_is_exact_only_with_its_rescaled_eps():
             if hasattr(m, "variance_epsilon"):
                 m.variance_epsilon, m.weight[:] = d.variance_epsilon, d.weight[torch.as_tensor(keep)]
         assert max_rel_diff(output_tensor(small(x)), want) > 1e-3
+
+
+def test_activation_importance_scores_every_group_of_a_decoder():
+    """Minitron's activation importance on token ids: every group scored from its layers' outputs, heads
+    (GQA units) included; a unit whose projections are zeroed scores lowest in its group."""
+    from hwprune.prune.importance import channel_importance
+
+    model, x, graph = _mapped("llama")
+    batches = [(hf_example(model, seed=s), None) for s in range(2)]
+    scores = channel_importance("activation", model, graph, batches)
+    assert all(scores[g.id].shape == (g.size,) and np.isfinite(scores[g.id]).all() for g in graph.groups)
+    group = _heads_group(graph, 0)
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    rows = slice(0, head_dim * model.config.num_attention_heads // model.config.num_key_value_heads)
+    with torch.no_grad():
+        attn = model.model.layers[0].self_attn
+        attn.q_proj.weight[rows] = 0
+        attn.k_proj.weight[:head_dim] = 0
+        attn.v_proj.weight[:head_dim] = 0
+    assert channel_importance("activation", model, graph, batches)[group.id].argmin() == 0

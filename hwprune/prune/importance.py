@@ -19,6 +19,7 @@ name               per channel                    needs
 ``taylor``         Σ γ² E[g_γ²] + β² E[g_β²]      batches (alias ``nvidia``; no norm: ``fisher``)
 ``grasp``          Σ θ ⊙ Hg (signed, ``T`` = 200) batches
 ``grad_preserve``  |Σ θ ⊙ Hg| (``T`` = 1)         batches
+``activation``     Σ E|a| of its producer outputs  batches (inputs only; Minitron's importance)
 =================  =============================  ===========================================
 
 **Aggregation.** A channel's parameters are every position it occupies in every slice of its group:
@@ -437,6 +438,67 @@ def grad_preserve_importance(
 ) -> ChannelScores:
     """|Σ θ ⊙ Hg|: gradient-norm preservation."""
     return _hg_scores(model, graph, batches, T, loss_fn, roles, np.abs)
+
+
+@register_importance("activation", "minitron", needs_data=True)
+def activation_importance(model: nn.Module, graph: ChannelGraph, batches: Batches) -> ChannelScores:
+    """Mean absolute activation of each channel on the batches (Minitron's activation-based importance).
+
+    Forward hooks on the layers whose weights produce a group's channels (conv and linear rows, embedding
+    columns, GPT-2's Conv1D columns) read their outputs: a channel's score sums, over those layers, the mean
+    of ``|a|`` over every position of the output but the channel axis. Only the inputs of the batches are
+    used (token ids for a language model), in eval mode. A group none of whose producers is a layer the hooks
+    can read (a functional op) is scored by ``l1``.
+    """
+    producers: dict[str, list[tuple[ChannelGroup, object]]] = {}
+    for g in graph.groups:
+        for sl in g.producers:
+            owner, _, attr = sl.tensor.rpartition(".")
+            if attr == "weight":
+                producers.setdefault(owner, []).append((g, sl))
+    modules = dict(model.named_modules())
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            if not isinstance(output, torch.Tensor):
+                return
+            dim = 1 if isinstance(module, (nn.modules.conv._ConvNd,)) else output.dim() - 1
+            a = output.detach().abs().double().movedim(dim, -1).reshape(-1, output.shape[dim])
+            sums[name] = sums.get(name, 0) + a.sum(0)
+            counts[name] = counts.get(name, 0) + a.shape[0]
+
+        return hook
+
+    hooks = [modules[name].register_forward_hook(record(name)) for name in producers if name in modules]
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes:
+            m.training = mode
+    scores = {g.id: np.zeros(g.size) for g in graph.groups}
+    measured: set[int] = set()
+    for name, entries in producers.items():
+        if name not in sums:
+            continue
+        mean = sums[name] / counts[name]
+        for g, sl in entries:
+            if mean.numel() != modules[name].weight.shape[sl.axis]:  # the output is not this axis's channels
+                continue
+            labels = _position_labels(g, sl, mean.numel())
+            scores[g.id] += torch.bincount(labels + 1, weights=mean, minlength=g.size + 1)[1:].numpy()
+            measured.add(g.id)
+    if len(measured) < len(graph.groups):
+        fallback = l1_importance(model, graph, None)
+        scores |= {gid: fallback[gid] for gid in scores if gid not in measured}
+    return scores
 
 
 def channel_importance(
