@@ -9,6 +9,7 @@ head tie switched off the check must catch the broken model.
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hwprune.errors import EquivalenceError
@@ -17,6 +18,8 @@ from hwprune.export.pipeline import export_pruned
 from hwprune.export.verify import max_rel_diff
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.prune.channel import random_scores, uniform_channel_mask
+from hwprune.prune.gradients import batch_loss
+from hwprune.prune.importance import channel_importance
 from hwprune.prune.masks import ChannelMask
 
 pytest.importorskip("transformers")
@@ -188,8 +191,6 @@ def test_hidden_size_through_rms_norm_is_exact_only_with_its_rescaled_eps():
 def test_activation_importance_scores_every_group_of_a_decoder():
     """Minitron's activation importance on token ids: every group scored from its layers' outputs, heads
     (GQA units) included; a unit whose projections are zeroed scores lowest in its group."""
-    from hwprune.prune.importance import channel_importance
-
     model, x, graph = _mapped("llama")
     batches = [(hf_example(model, seed=s), None) for s in range(2)]
     scores = channel_importance("activation", model, graph, batches)
@@ -203,3 +204,15 @@ def test_activation_importance_scores_every_group_of_a_decoder():
         attn.k_proj.weight[:head_dim] = 0
         attn.v_proj.weight[:head_dim] = 0
     assert channel_importance("activation", model, graph, batches)[group.id].argmin() == 0
+
+
+def test_gradient_importances_take_next_token_loss_on_a_causal_lm():
+    """Taylor/Fisher on (token ids, token ids) batches: the loss is next-token cross-entropy on the logits,
+    checked against the gradient of that loss written out by hand."""
+    model, x, graph = _mapped("llama")
+    out = batch_loss(model, x, x, F.cross_entropy)
+    logits = model(x).logits
+    want = F.cross_entropy(logits[0, :-1], x[0, 1:])
+    assert torch.allclose(out, want)
+    scores = channel_importance("fisher", model, graph, [(x, x)])
+    assert all(np.isfinite(scores[g.id]).all() and (scores[g.id] > 0).any() for g in graph.prunable_groups)

@@ -65,9 +65,23 @@ def grads(
 
 
 def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, temperature: float = 1.0):
-    """``loss_fn(model(x) / temperature, y)`` on the model's device."""
+    """``loss_fn(model(x) / temperature, y)`` on the model's device.
+
+    A language model's batch is ``(token ids, token ids)`` and its output carries ``logits [batch, tokens,
+    vocab]`` (a Hugging Face ``CausalLMOutput``, or a plain tensor of that shape): the loss is then next-token
+    prediction, position ``t`` scored against token ``t + 1``.
+    """
     dev = model_device(model)
-    return loss_fn(model(x.to(dev)) / temperature, y.to(dev))
+    out = model(x.to(dev))
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if logits is None:
+        from hwprune.errors import HwpruneError
+
+        raise HwpruneError(f"{type(model).__name__} returns no logits to take a loss of ({type(out).__name__})")
+    y = y.to(dev)
+    if logits.dim() == 3 and y.dim() == 2 and y.shape == logits.shape[:2] and not y.is_floating_point():
+        logits, y = logits[:, :-1].flatten(0, 1), y[:, 1:].flatten()
+    return loss_fn(logits / temperature, y)
 
 
 def hessian_vector_product(
