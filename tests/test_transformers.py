@@ -216,3 +216,27 @@ def test_gradient_importances_take_next_token_loss_on_a_causal_lm():
     assert torch.allclose(out, want)
     scores = channel_importance("fisher", model, graph, [(x, x)])
     assert all(np.isfinite(scores[g.id]).all() and (scores[g.id] > 0).any() for g in graph.prunable_groups)
+
+
+def test_cli_maps_and_exports_a_hugging_face_model(tmp_path, capsys):
+    from hwprune.cli import main
+
+    assert main(["map", "--model", "hf:llama"]) == 0
+    assert "5 prunable" in capsys.readouterr().out  # hidden size, heads and MLP of both layers
+    out = tmp_path / "llama.onnx"
+    assert main(["export", "--model", "hf:llama", "--ratio", "0.5", "--out", str(out)]) == 0
+    assert "compacted and verified" in capsys.readouterr().out and out.stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--model", "hf:t5"], ["unknown Hugging Face family 't5'", "llama"]),
+        (["--model", "hf:llama", "--hf-config", "/no/such/dir"], ["--hf-config /no/such/dir", "config.json"]),
+        (["--model", "resnet18", "--hf-config", "cfg.json"], ["--hf-config is for --model hf:"]),
+    ],
+)
+def test_cli_bad_hugging_face_input_is_one_line(args, needles):
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    assert_one_line_error(run_cli("map", *args), *needles)
