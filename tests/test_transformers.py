@@ -240,3 +240,12 @@ def test_cli_bad_hugging_face_input_is_one_line(args, needles):
     from tests.test_cli import assert_one_line_error, run_cli
 
     assert_one_line_error(run_cli("map", *args), *needles)
+
+
+def test_hf_families_are_listed_and_built_by_name():
+    from hwprune.models import get_model, list_models
+
+    assert list_models("hf") == [f"hf:{name}" for name in FAMILIES]
+    assert set(list_models("hf")) <= set(list_models("all"))
+    model = get_model("hf:gpt2")
+    assert type(model).__name__ == "GPT2LMHeadModel" and not model.training

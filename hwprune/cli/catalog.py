@@ -83,8 +83,9 @@ def _models_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source",
         default="hwprune",
-        choices=["hwprune", "torchvision", "timm", "all"],
-        help="which models to list: hwprune's built-in ones (the default), torchvision's, timm's, or all",
+        choices=["hwprune", "torchvision", "timm", "hf", "all"],
+        help="which models to list: hwprune's built-in ones (the default), torchvision's, timm's, the Hugging Face "
+        "families built from a config (hf:<family>), or all",
     )
 
 

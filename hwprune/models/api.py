@@ -63,8 +63,8 @@ def list_models(source: str | None = None) -> list[str]:
 
     Args:
         source: ``None`` or ``"hwprune"`` for the built-in models, ``"torchvision"`` for torchvision
-            classification models, ``"timm"`` for timm models (empty without timm), ``"all"`` for
-            all of them (built-in first, each name once).
+            classification models, ``"timm"`` for timm models (empty without timm), ``"hf"`` for the
+            Hugging Face families (``hf:llama``, ...), ``"all"`` for all of them (built-in first, each name once).
 
     Returns:
         The names, sorted within each source.
@@ -79,14 +79,18 @@ def list_models(source: str | None = None) -> list[str]:
     if source == "timm":
         timm = _timm()
         return sorted(timm.list_models()) if timm is not None else []
+    if source == "hf":
+        from hwprune.models.hf import FAMILIES
+
+        return [f"hf:{name}" for name in FAMILIES]
     if source == "all":
         names = list_models("hwprune")
         seen = set(names)
-        for src in ("torchvision", "timm"):
+        for src in ("torchvision", "timm", "hf"):
             names += [n for n in list_models(src) if n not in seen]
             seen.update(names)
         return names
-    raise HwpruneError(f"unknown model source {source!r}; use one of hwprune, torchvision, timm, all")
+    raise HwpruneError(f"unknown model source {source!r}; use one of hwprune, torchvision, timm, hf, all")
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -181,6 +185,10 @@ def get_model(
         return BUILTIN_MODELS.get(bare).builder(num_classes, in_channels, size)
     if source == "torchvision":
         return _torchvision.build(bare, num_classes, in_channels, input_size)
+    if source == "hf":  # sizes come from the family's config (hwprune.models.hf; --hf-config on the CLI)
+        from hwprune.models.hf import hf_model
+
+        return hf_model(bare)
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes, "in_chans": in_channels}
     if input_size is not None:
         kwargs["img_size"] = input_size  # only some timm models accept it
