@@ -348,6 +348,8 @@ def module_regions(ctx: ExportContext, gm: fx.GraphModule) -> dict[str, Region]:
     for node in gm.graph.nodes:
         stack = node.meta.get("nn_module_stack") or {}
         fqn, kind = list(stack.values())[-1] if stack else (None, None)
+        if isinstance(kind, type):  # a class where torch records one instead of its name
+            kind = f"{kind.__module__}.{kind.__qualname__}"
         if kind is None or MODULE_REGIONS.find(kind) is None:
             current = None
             continue
