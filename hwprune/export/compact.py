@@ -117,29 +117,44 @@ def compact_model(graph: ChannelGraph, mask: ChannelMask) -> nn.Module:
     mask.validate(graph)
     keep = keep_table(graph, mask)
     by_tensor = _sites_by_tensor(graph, keep)
-    originals = dict(graph.gm.named_parameters(remove_duplicate=False))
-    originals |= dict(graph.gm.named_buffers(remove_duplicate=False))
-    aliases: dict[int, list[str]] = {}  # tied weights (an embedding and its output head): every name of one tensor
-    for name, tensor in originals.items():
-        aliases.setdefault(id(tensor), []).append(name)
+    originals = named_tensors(graph.gm)
+    aliases = tied_names(originals)
     # tensors about to be replaced are not copied: the copy gets an empty placeholder for each
     memo = {id(originals[name]): torch.empty(0) for name in by_tensor}
     gm = copy.deepcopy(graph.gm, memo)
     with torch.no_grad():
         for name, entries in by_tensor.items():
             old = originals[name]
-            new = shrink(old.detach(), entries).contiguous()
-            if isinstance(old, nn.Parameter):
-                new = nn.Parameter(new, requires_grad=old.requires_grad)
-            for alias in aliases[id(old)]:  # a tied tensor stays one tensor
-                owner_name, _, attr = alias.rpartition(".")
-                owner = gm.get_submodule(owner_name)
-                (owner._parameters if isinstance(old, nn.Parameter) else owner._buffers)[attr] = new
-    _resize_modules(gm, by_tensor)
+            replace_tensor(gm, aliases[id(old)], old, shrink(old.detach(), entries))
+    resize_modules(gm, by_tensor)
     if isinstance(gm, fx.GraphModule):
         _rewrite_nodes(gm, graph, keep)
         gm.recompile()
     return gm
+
+
+def named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer under every name it has (a tied tensor appears once per name)."""
+    return dict(module.named_parameters(remove_duplicate=False)) | dict(module.named_buffers(remove_duplicate=False))
+
+
+def tied_names(tensors: dict[str, torch.Tensor]) -> dict[int, list[str]]:
+    """Tensor identity -> all its names: tied weights (an embedding and its output head) are one tensor."""
+    names: dict[int, list[str]] = {}
+    for name, tensor in tensors.items():
+        names.setdefault(id(tensor), []).append(name)
+    return names
+
+
+def replace_tensor(root: nn.Module, names: list[str], old: torch.Tensor, new: torch.Tensor) -> None:
+    """Put ``new`` (a parameter if ``old`` was one) under every name of ``old``: a tied tensor stays one tensor."""
+    new = new.contiguous()
+    if isinstance(old, nn.Parameter):
+        new = nn.Parameter(new, requires_grad=old.requires_grad)
+    for name in names:
+        owner_name, _, attr = name.rpartition(".")
+        owner = root.get_submodule(owner_name)
+        (owner._parameters if isinstance(old, nn.Parameter) else owner._buffers)[attr] = new
 
 
 def shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Tensor:
@@ -167,7 +182,7 @@ def shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Ten
     return t
 
 
-def _resize_modules(gm: fx.GraphModule, by_tensor: dict[str, list[tuple[Site, np.ndarray]]]) -> None:
+def resize_modules(gm: nn.Module, by_tensor: dict[str, list[tuple[Site, np.ndarray]]]) -> None:
     """Give each module holding changed tensors its handler's compaction step (``resized_by``).
 
     Children go before their parents, so a parent that is replaced sees its children resized.

@@ -25,7 +25,7 @@ from hwprune.graph_mapper import ops as fx_ops
 from hwprune.graph_mapper.atoms import Frozen
 from hwprune.graph_mapper.export_mapper import ExportContext, placeholder_label
 from hwprune.graph_mapper.ops import COMPOSITE_RESIZERS
-from hwprune.graph_mapper.types import PARAM, PRODUCER
+from hwprune.graph_mapper.types import PARAM
 from hwprune.registry import Registry
 
 aten = torch.ops.aten
@@ -116,20 +116,13 @@ def addmm(ctx: ExportContext, node: fx.Node):
             return ctx.unknown(node, f"addmm {node.name} of two activations")
         return attention_ops.matmul(ctx, node)
     c_in, c_out = ctx.tensors[name].shape
-    macs = c_in * c_out * math.prod(ctx.shape(node)[:-1]) // _batch(ctx, node)  # rows = batch x tokens
+    macs = c_in * c_out * math.prod(ctx.shape(node)[:-1]) // ctx.batch  # rows = batch x tokens
     vec = ctx.channel_labels(node, x, dim=-1, size=c_in, what="addmm input")
     bias_name = ctx.tensor_name(node.args[0]) if first else None
     if first and bias_name is None:
         return ctx.unknown(node, f"addmm {node.name} with a computed bias")
     out = rules.linear_sites(ctx, node, vec, name, 1, c_out, macs, (bias_name, 0) if bias_name else None)
     return rules.channel_shaped(out, len(ctx.shape(node)), -1)
-
-
-def _batch(ctx: ExportContext, node: fx.Node) -> int:
-    """The batch size of the model's first input: MAC counts are per example, as for the other layers."""
-    inputs = (n for n in node.graph.nodes if n.op == "placeholder" and ctx.tensor_name(n) is None)
-    shape = next((ctx.shape(n) for n in inputs if ctx.shape(n)), None)
-    return max(1, shape[0]) if shape else 1
 
 
 def _norm(ctx: ExportContext, node: fx.Node, dim: int, slots: dict[str, int], what: str, conv_groups: int = 1):
@@ -201,10 +194,8 @@ def embedding(ctx: ExportContext, node: fx.Node):
     names = _weights(ctx, node, {"weight": 0})
     if names is None:
         return ctx.unknown(node, f"embedding {node.name} with a computed table")
-    width = ctx.tensors[names["weight"]].shape[1]
-    atoms = ctx.atoms.new(width)
-    ctx.site(names["weight"], 1, atoms, PRODUCER, node)
-    return rules.channel_shaped(atoms, len(ctx.shape(node)), -1)
+    weight = names["weight"]
+    return rules.embedding_sites(ctx, node, weight, ctx.tensors[weight].shape[1], len(ctx.shape(node)))
 
 
 # ----------------------------------------------------------------------------- ops with a torch twin
@@ -349,7 +340,7 @@ def module_regions(ctx: ExportContext, gm: fx.GraphModule) -> dict[str, Region]:
         stack = node.meta.get("nn_module_stack") or {}
         fqn, kind = list(stack.values())[-1] if stack else (None, None)
         if isinstance(kind, type):  # a class where torch records one instead of its name
-            kind = f"{kind.__module__}.{kind.__qualname__}"
+            kind = fx_ops.qualified_name(kind)
         if kind is None or MODULE_REGIONS.find(kind) is None:
             current = None
             continue

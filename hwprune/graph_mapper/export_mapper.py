@@ -32,12 +32,13 @@ from hwprune.graph_mapper.types import ChannelGraph
 class ExportContext(MapContext):
     """What handlers see for an exported program: placeholders resolved to the module's tensor names."""
 
-    def __init__(self, program: torch.export.ExportedProgram, model: nn.Module) -> None:
+    def __init__(self, program: torch.export.ExportedProgram, model: nn.Module, batch: int = 1) -> None:
         super().__init__(program.graph_module)
         signature = program.graph_signature
         self.fqn: dict[str, str] = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
         self.modules = {}
         self.use_tensors(model)  # the signature names a tied tensor (an embedding shared with the head) once
+        self.batch = max(1, batch)  # of the example input: MAC counts are per example
 
     def tensor_name(self, arg) -> str | None:
         """The module attribute a placeholder stands for (``layer1.0.conv1.weight``), None for anything else."""
@@ -97,7 +98,7 @@ def build_channel_graph_export(model: nn.Module, example_input: torch.Tensor, na
     gm = program.graph_module
     for node in gm.graph.nodes:  # shapes from the fake values, where the fx front-end runs a forward pass
         record_shape(node, node.meta.get("val"))
-    ctx = ExportContext(program, model)
+    ctx = ExportContext(program, model, example_input.shape[0] if example_input.dim() else 1)
     regions = aten_ops.module_regions(ctx, gm)
     for node in gm.graph.nodes:
         region = regions.get(node.name)

@@ -157,6 +157,13 @@ def linear_sites(rec: LabelRecorder, node, in_vec, weight: str, out_axis: int, n
     return out
 
 
+def embedding_sites(rec: LabelRecorder, node, weight: str, width: int, out_ndim: int) -> np.ndarray:
+    """A lookup table ``[rows, width]``: each column is a new channel of the output's last axis."""
+    atoms = rec.atoms.new(width)
+    rec.site(weight, 1, atoms, PRODUCER, node)
+    return channel_shaped(atoms, out_ndim, -1)
+
+
 def param_sites(rec: LabelRecorder, node, vec: np.ndarray, tensors, conv_groups: int = 1) -> None:
     """Per-channel parameters riding along a channel axis (norm scales and shifts)."""
     for tensor in tensors:

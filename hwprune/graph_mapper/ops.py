@@ -21,7 +21,7 @@ from torch import fx, nn
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper.atoms import Frozen, compact, labelled, right_align, varying_dims
 from hwprune.graph_mapper.rewrites import resized_by
-from hwprune.graph_mapper.types import PARAM, PRODUCER
+from hwprune.graph_mapper.types import PARAM
 from hwprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -34,13 +34,19 @@ Handler = Callable[["MapContext", fx.Node], Any]
 OPS: Registry[Handler] = Registry("fx op handler")
 
 
-def type_handler(cls: type) -> Handler | None:
-    """The handler registered for exactly this module type.
+def qualified_name(cls: type) -> str:
+    """``transformers.pytorch_utils.Conv1D``: how registries name a class of a library hwprune does not import."""
+    return f"{cls.__module__}.{cls.__qualname__}"
 
-    Registered by the class itself or, for a library hwprune does not import (Hugging Face's
-    ``transformers.pytorch_utils.Conv1D``), by its qualified name.
-    """
-    return OPS.find(cls) or OPS.find(f"{cls.__module__}.{cls.__qualname__}")
+
+def find_for_type(registry: Registry, cls: type):
+    """The entry registered for exactly this class: by the class itself or by its qualified name."""
+    return registry.find(cls) or registry.find(qualified_name(cls))
+
+
+def type_handler(cls: type) -> Handler | None:
+    """The handler registered for exactly this module type (see :func:`find_for_type`)."""
+    return find_for_type(OPS, cls)
 
 
 # compaction steps of composite modules that are traced through, not mapped as one op, but keep a size
@@ -57,7 +63,7 @@ def module_resizer(module: nn.Module) -> Callable | None:
         handler = type_handler(cls)
         if handler is not None:
             return getattr(handler, "resize", None)
-        resize = COMPOSITE_RESIZERS.find(cls) or COMPOSITE_RESIZERS.find(f"{cls.__module__}.{cls.__qualname__}")
+        resize = find_for_type(COMPOSITE_RESIZERS, cls)
         if resize is not None:
             return resize
     return None
@@ -155,9 +161,7 @@ def _resize_embedding(m: nn.Embedding, shrunk) -> None:
 def embedding(ctx: MapContext, node: fx.Node):
     """A lookup table ``[rows, width]``: its columns are the output's channels."""
     width = ctx.module(node).embedding_dim
-    atoms = ctx.atoms.new(width)
-    ctx.site(f"{node.target}.weight", 1, atoms, PRODUCER, node)
-    return rules.channel_shaped(atoms, len(ctx.shape(node)), -1)
+    return rules.embedding_sites(ctx, node, f"{node.target}.weight", width, len(ctx.shape(node)))
 
 
 def _resize_conv_transpose(m: nn.modules.conv._ConvTransposeNd, shrunk) -> None:

@@ -165,7 +165,7 @@ def load_pruned(folder: str | Path) -> nn.Module:
     """The model :func:`save_pruned` wrote, with its pruned shapes and weights, in eval mode."""
     from safetensors.torch import load_file
 
-    from hwprune.graph_mapper.ops import module_resizer
+    from hwprune.export.compact import named_tensors, replace_tensor, resize_modules, tied_names
 
     tf, folder = transformers_module(), Path(folder)
     config = tf.AutoConfig.from_pretrained(folder)
@@ -175,22 +175,12 @@ def load_pruned(folder: str | Path) -> nn.Module:
     delattr(config, SHAPES_KEY)
     config._attn_implementation = "sdpa"
     model = getattr(tf, config.architectures[0])(config)
-    tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
-    names_of: dict[int, list[str]] = {}
-    for name, tensor in tensors.items():
-        names_of.setdefault(id(tensor), []).append(name)
+    tensors = named_tensors(model)
+    names_of = tied_names(tensors)
     for name, shape in shapes.items():
         old = tensors[name]
-        new = torch.empty(shape, dtype=old.dtype)
-        new = nn.Parameter(new, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else new
-        for alias in names_of[id(old)]:  # tied tensors stay one tensor
-            owner, _, attr = alias.rpartition(".")
-            module = model.get_submodule(owner)
-            (module._parameters if isinstance(old, nn.Parameter) else module._buffers)[attr] = new
-    for prefix, module in reversed(list(model.named_modules())):  # sizes kept in attributes follow the tensors
-        resize = module_resizer(module)
-        if prefix and resize is not None and any(n.startswith(f"{prefix}.") for n in shapes):
-            resize(module, {})
+        replace_tensor(model, names_of[id(old)], old, torch.empty(shape, dtype=old.dtype))
+    resize_modules(model, {name: [] for name in shapes})  # sizes kept in attributes follow the tensors
     state = {}
     for file in sorted(folder.glob("*.safetensors")):
         state |= load_file(file)

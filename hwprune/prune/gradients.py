@@ -13,6 +13,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from hwprune.errors import HwpruneError
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -75,8 +77,6 @@ def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
     out = model(x.to(dev))
     logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
     if logits is None:
-        from hwprune.errors import HwpruneError
-
         raise HwpruneError(f"{type(model).__name__} returns no logits to take a loss of ({type(out).__name__})")
     y = y.to(dev)
     if logits.dim() == 3 and y.dim() == 2 and y.shape == logits.shape[:2] and not y.is_floating_point():

@@ -464,7 +464,7 @@ def activation_importance(model: nn.Module, graph: ChannelGraph, batches: Batche
         def hook(module: nn.Module, inputs, output) -> None:
             if not isinstance(output, torch.Tensor):
                 return
-            dim = 1 if isinstance(module, (nn.modules.conv._ConvNd,)) else output.dim() - 1
+            dim = 1 if isinstance(module, nn.modules.conv._ConvNd) else output.dim() - 1
             a = output.detach().abs().double().movedim(dim, -1).reshape(-1, output.shape[dim])
             sums[name] = sums.get(name, 0) + a.sum(0)
             counts[name] = counts.get(name, 0) + a.shape[0]
