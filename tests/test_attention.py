@@ -55,9 +55,9 @@ def test_query_key_and_value_dims_are_head_blocked_groups(batch_first):
     assert qk_rows.inner == 2 and sorted(qk_rows.index) == list(range(32))
     assert [s.tensor for s in v.consumers] == ["attn.out_proj.weight"]
     assert len(qk.blocks) == len(v.blocks) == 4 and all(len(b) == 4 for b in qk.blocks)
-    # the residual stream runs through the attention output and the MLP; LayerNorm makes it inexact
+    # the residual stream runs through the attention output and the MLP, and its LayerNorm (exact: zero-padded)
     stream = by[("attn.out_proj.weight", 0)]
-    assert stream is by[("mlp.2.weight", 0)] and stream.prunable and not stream.exact
+    assert stream is by[("mlp.2.weight", 0)] and stream.prunable and stream.exact
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -72,7 +72,8 @@ def test_pruned_attention_equals_masked_attention(batch_first):
     compacted = compact_model(graph, mask)
     assert isinstance(compacted.attn, PrunedMultiheadAttention)
     assert (compacted.attn.qk_dim, compacted.attn.v_dim) == (2, 2)  # half of 4 per head
-    assert compacted.attn.in_proj_weight.shape == (3 * 8, 16)
+    stream = next(g for g in graph.groups if any(s.tensor == "attn.out_proj.weight" and s.axis == 0 for s in g.slices))
+    assert compacted.attn.in_proj_weight.shape == (3 * 8, int(mask.keep[stream.id].sum()))
     with torch.no_grad():
         want = masked_model(model, graph, mask)(x)
         got = compacted(x)

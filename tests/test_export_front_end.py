@@ -41,8 +41,19 @@ def test_export_maps_the_groups_fx_maps(qualified):
     by_export = build_channel_graph(model, x, qualified, front_end="export")
     assert isinstance(by_fx.gm, fx.GraphModule) and by_export.gm is model
     assert len(by_export.prunable_groups) == len(by_fx.prunable_groups) > 0
-    assert groups_by_slices(by_export) == groups_by_slices(by_fx)
-    assert by_export.prunable_macs_share() == pytest.approx(by_fx.prunable_macs_share())
+    fx_groups, export_groups = groups_by_slices(by_fx), groups_by_slices(by_export)
+    assert fx_groups.keys() == export_groups.keys()
+    assert {k: v[:2] for k, v in export_groups.items()} == {k: v[:2] for k, v in fx_groups.items()}
+    # fx rewrites a LayerNorm subclass's F.layer_norm call into the zero-padded norm (exact); the export
+    # front-end compacts the user's own module, whose code it cannot rewrite: those groups stay inexact there
+    less_exact = [k for k in fx_groups if fx_groups[k][2] and not export_groups[k][2]]
+    assert not [k for k in fx_groups if export_groups[k][2] and not fx_groups[k][2]]
+    if qualified == "torchvision:convnext_tiny":  # LayerNorm2d in its stem and downsampling layers
+        assert less_exact
+        assert all("layer_norm" in g.inexact_reason for g in by_export.groups if g.prunable and not g.exact)
+    else:
+        assert not less_exact
+        assert by_export.prunable_macs_share() == pytest.approx(by_fx.prunable_macs_share())
 
 
 def test_a_chunk_in_the_code_keeps_equal_halves_or_freezes():

@@ -12,6 +12,7 @@ from hwprune.export.compact import compact_model, masked_model
 from hwprune.export.verify import max_rel_diff, randomize_for_check
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.types import CONSUMER, GROUPED_IN, PARAM, PRODUCER
+from hwprune.layers import zero_padded_layer_norm
 from hwprune.prune.channel import random_scores, uniform_channel_mask
 from hwprune.prune.masks import ChannelMask
 
@@ -418,11 +419,18 @@ def test_shared_conv_called_in_sequence_ties_input_and_output():
     assert_compacts_exactly(model, x, graph)
 
 
+class OwnLayerNorm(nn.LayerNorm):
+    """A LayerNorm subclass with code of its own (as torchvision's LayerNorm2d): traced through, inexact."""
+
+    def forward(self, x):
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 class ChannelsLastLayerNorm(nn.Module):
-    def __init__(self):
+    def __init__(self, norm=nn.LayerNorm):
         super().__init__()
         self.c1 = nn.Conv2d(3, 6, 3, padding=1)
-        self.ln = nn.LayerNorm(6)
+        self.ln = norm(6)
         self.c2 = nn.Conv2d(6, 4, 1)
         self.c3 = nn.Conv2d(4, 2, 1)
 
@@ -431,10 +439,87 @@ class ChannelsLastLayerNorm(nn.Module):
         return self.c3(F.relu(self.c2(y)))
 
 
-def test_layer_norm_over_channels_is_inexact():
-    model, x, graph = _build(ChannelsLastLayerNorm())
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_layer_norm_over_channels_compacts_exactly_zero_padded(front_end):
+    """nn.LayerNorm's channels are exact: the compacted norm normalises over the original width, counting the
+    removed channels as the zeros the masked model feeds it. Negative control: the same compacted model with a
+    standard LayerNorm over the kept channels differs from the masked model."""
+    from hwprune.layers import ZeroPaddedLayerNorm
+
+    model = ChannelsLastLayerNorm().eval()
+    with torch.no_grad():
+        model.ln.weight.uniform_(0.5, 1.5)
+        model.ln.bias.normal_(0, 0.3)
+    x = torch.randn(2, 3, 5, 5)
+    graph = build_channel_graph(model, x, "ln", front_end=front_end)
     g = group_of(graph, "c1.weight", 0)
-    assert g.prunable and not g.exact and "LayerNorm" in g.inexact_reason
+    assert g.prunable and g.exact
+    assert tensors(g, PARAM) == {("ln.weight", 0), ("ln.bias", 0)}
+    keep = np.array([True, False, True, True, False, True])
+    mask = ChannelMask({g.id: keep}, graph.model_name, graph.fingerprint())
+    compacted = compact_model(graph, mask).eval()
+    assert isinstance(compacted.ln, ZeroPaddedLayerNorm) and compacted.ln.width == 6
+    assert compacted.ln.normalized_shape == (4,) and compacted.c2.in_channels == 4
+    with torch.no_grad():
+        want = masked_model(model, graph, mask)(x)
+        assert torch.allclose(compacted(x), want, atol=1e-5)
+        compacted.ln.width = 4
+        assert not torch.allclose(compacted(x), want, atol=1e-3)
+
+
+def test_zero_padded_layer_norm_equals_layer_norm_of_the_zero_padded_input():
+    from hwprune.layers import ZeroPaddedLayerNorm
+
+    torch.manual_seed(0)
+    full = nn.LayerNorm(10, eps=1e-3)
+    with torch.no_grad():
+        full.weight.uniform_(0.5, 1.5)
+        full.bias.normal_()
+    kept = torch.tensor([0, 2, 3, 7, 9])
+    small = ZeroPaddedLayerNorm(5, 10, eps=1e-3)
+    with torch.no_grad():
+        small.weight.copy_(full.weight[kept])
+        small.bias.copy_(full.bias[kept])
+    x = 3 * torch.randn(4, 5) + 1
+    padded = torch.zeros(4, 10)
+    padded[:, kept] = x
+    torch.testing.assert_close(small(x), full(padded)[:, kept])
+    whole = ZeroPaddedLayerNorm(10, 10, eps=1e-3)
+    whole.load_state_dict(full.state_dict())
+    torch.testing.assert_close(whole(padded), full(padded))  # nothing removed: a LayerNorm
+
+
+def test_layer_norm_with_code_of_its_own_is_exact_in_fx():
+    """fx traces a LayerNorm subclass's forward to its F.layer_norm call and compaction rewrites that call into
+    the zero-padded norm. Negative control: the same call with the kept width as its width differs."""
+    model = ChannelsLastLayerNorm(OwnLayerNorm).eval()
+    with torch.no_grad():
+        model.ln.weight.uniform_(0.5, 1.5)
+        model.ln.bias.normal_(0, 0.3)
+    x = torch.randn(2, 3, 5, 5)
+    graph = build_channel_graph(model, x, "own-ln", front_end="fx")
+    g = group_of(graph, "c1.weight", 0)
+    assert g.prunable and g.exact and tensors(g, PARAM) == {("ln.weight", 0), ("ln.bias", 0)}
+    mask = ChannelMask({g.id: np.array([False, True, True, False, True, True])}, graph.model_name, graph.fingerprint())
+    compacted = compact_model(graph, mask).eval()
+    (call,) = [n for n in compacted.graph.nodes if n.target is zero_padded_layer_norm]
+    assert call.kwargs["width"] == 6 and call.args[1] == (4,)
+    with torch.no_grad():
+        want = masked_model(model, graph, mask)(x)
+        assert torch.allclose(compacted(x), want, atol=1e-5)
+        call.kwargs = {**call.kwargs, "width": 4}
+        compacted.recompile()
+        assert not torch.allclose(compacted(x), want, atol=1e-3)
+
+
+def test_layer_norm_with_code_of_its_own_is_inexact_in_export():
+    """The export front-end compacts the user's module, whose F.layer_norm call it cannot rewrite: inexact,
+    pruned only on request, and then its normalized_shape follows the weight."""
+    model = ChannelsLastLayerNorm(OwnLayerNorm).eval()
+    x = torch.randn(2, 3, 5, 5)
+    graph = build_channel_graph(model, x, "own-ln", front_end="export")
+    g = group_of(graph, "c1.weight", 0)
+    assert g.prunable and not g.exact and "layer_norm" in g.inexact_reason
     assert tensors(g, PARAM) == {("ln.weight", 0), ("ln.bias", 0)}
     assert tensors(g, CONSUMER) == {("c2.weight", 1)}
     g2 = group_of(graph, "c2.weight", 0)
@@ -446,7 +531,8 @@ def test_layer_norm_over_channels_is_inexact():
     mask = uniform_channel_mask(graph, random_scores(graph, 0), 0.5, include_inexact=True)
     compacted = compact_model(graph, mask).eval()
     k = int(mask.keep[g.id].sum())
-    assert compacted.ln.normalized_shape == (k,) and compacted.c2.in_channels == k
+    assert type(compacted.ln) is OwnLayerNorm and compacted.ln.normalized_shape == (k,)
+    assert compacted.c2.in_channels == k
     with torch.no_grad():
         assert compacted(x).shape == model(x).shape
 
@@ -998,11 +1084,11 @@ def test_stack_repeat_and_reshape_as_tie_and_tile_channels():
 
 
 class NormOnly(nn.Module):
-    """Linear -> LayerNorm -> Linear: the only prunable group is inexact (the norm mixes its channels)."""
+    """Linear -> GroupNorm -> Linear: the only prunable group is inexact (the norm mixes its channels)."""
 
     def __init__(self):
         super().__init__()
-        self.a, self.norm, self.b = nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 3)
+        self.a, self.norm, self.b = nn.Linear(6, 8), nn.GroupNorm(2, 8), nn.Linear(8, 3)
 
     def forward(self, x):
         return self.b(self.norm(self.a(x)))

@@ -190,6 +190,47 @@ def test_every_handled_op_compacts_exactly(exporter, tmp_path):
     assert attr(dw, "group") == conv1.size - mask.removed(conv1.id)  # depthwise follows its input
 
 
+class ChannelsLastNorm(nn.Module):
+    """conv -> LayerNorm over the channels (channels last) -> conv: ONNX LayerNormalization on the group."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.ln, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.LayerNorm(8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(self.ln(self.c1(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_layer_normalization_compacts_exactly_zero_padded(exporter, tmp_path):
+    """The compacted LayerNormalization reads its input padded back to the original width with zeros (the
+    masked model's input) and its output is sliced to the kept channels. Negative control: the norm over the
+    kept channels alone (no padding, scale and bias cut to them) differs from the masked model."""
+    model, x = randomize_for_check(ChannelsLastNorm()).eval(), torch.randn(2, 3, 6, 6)
+    path = tmp_path / "ln.onnx"
+    export_onnx(model, x, path, exporter)
+    graph = build_onnx_channel_graph(path)
+    group = next(g for g in graph.groups if g.name == "c1")
+    assert group.prunable and group.exact
+    keep = np.array([True, False, True, True, False, True, False, True])
+    mask = ChannelMask({group.id: keep}, graph.model_name, graph.fingerprint())
+    compacted = compact_onnx(graph, mask)
+    ops = [n.op_type for n in compacted.graph.node]
+    at = ops.index("LayerNormalization")
+    assert ops[at - 1 : at + 2] == ["Pad", "LayerNormalization", "Slice"]
+    feeds = random_feeds(graph.gm, seed=1)
+    reference = _run(masked_onnx(graph, mask), feeds, tmp_path / "masked.onnx")
+    assert max_rel_diff(_run(compacted, feeds, tmp_path / "compacted.onnx"), reference) <= 1e-4
+    norm = compacted.graph.node[at]
+    inits = {t.name: t for t in compacted.graph.initializer}
+    for i in (1, 2):  # the negative control: the standard norm over the kept channels
+        cut = numpy_helper.to_array(inits[norm.input[i]])[: keep.sum()]
+        inits[norm.input[i]].CopyFrom(numpy_helper.from_array(cut, norm.input[i]))
+    norm.input[0] = compacted.graph.node[at - 1].input[0]
+    compacted.graph.node[at + 1].input[0] = norm.output[0] = "plain_norm"
+    assert max_rel_diff(_run(compacted, feeds, tmp_path / "plain.onnx"), reference) > 1e-3
+
+
 # ----------------------------------------------------------------------------- fail closed
 
 

@@ -99,7 +99,7 @@ def test_head_tie_off_is_caught_by_the_check(monkeypatch, tmp_path):
                       tmp_path / "m.onnx")  # fmt: skip
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
 def test_exported_onnx_matches_in_onnxruntime(family, tmp_path):
     model, x, graph = _mapped(family)
     mask = uniform_channel_mask(graph, random_scores(graph, seed=0), 0.5)
@@ -149,7 +149,7 @@ def test_python_api_prunes_a_pretrained_model_to_a_flops_budget():
     assert result.export.max_rel_diff <= 1e-4
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
 def test_compacted_model_round_trips_through_save_and_load(family, tmp_path):
     from hwprune.models.hf import load_pruned, save_pruned
 
@@ -161,8 +161,9 @@ def test_compacted_model_round_trips_through_save_and_load(family, tmp_path):
     assert type(loaded) is type(model)
     with torch.no_grad():
         assert torch.equal(output_tensor(loaded(x)), output_tensor(small(x)))
+    plain = type(model.model if family == "t5" else model)  # T5 is saved unwrapped (Seq2SeqLM holds it)
     with pytest.raises(Exception, match="size"):  # the config alone builds the dense shapes: plain loading refuses
-        type(model).from_pretrained(tmp_path / "pruned")
+        plain.from_pretrained(tmp_path / "pruned")
 
 
 def test_hidden_size_through_rms_norm_is_exact_only_with_its_rescaled_eps():
@@ -231,7 +232,7 @@ def test_cli_maps_and_exports_a_hugging_face_model(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
-        (["--model", "hf:t5"], ["unknown Hugging Face family 't5'", "llama"]),
+        (["--model", "hf:whisper"], ["unknown Hugging Face family 'whisper'", "llama"]),
         (["--model", "hf:llama", "--hf-config", "/no/such/dir"], ["--hf-config /no/such/dir", "config.json"]),
         (["--model", "resnet18", "--hf-config", "cfg.json"], ["--hf-config is for --model hf:"]),
     ],
@@ -249,3 +250,142 @@ def test_hf_families_are_listed_and_built_by_name():
     assert set(list_models("hf")) <= set(list_models("all"))
     model = get_model("hf:gpt2")
     assert type(model).__name__ == "GPT2LMHeadModel" and not model.training
+
+
+def _informative_norms(model: nn.Module) -> None:
+    """Norm weights and biases away from their init values (ones, zeros), so that a wrong norm shows."""
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm) or hasattr(m, "variance_epsilon"):
+                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=generator))
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=generator))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "vit"])
+def test_hidden_size_through_layer_norm_is_exact_only_when_zero_padded(family):
+    """GPT-2's and ViT's residual stream crosses LayerNorms: one exact group, compacted into ZeroPaddedLayerNorm
+    (mean and variance over the original width). Negative control: plain LayerNorms over the kept channels,
+    with the same weights, differ from the masked model."""
+    from hwprune.layers import ZeroPaddedLayerNorm
+
+    model, x, graph = _mapped(family)
+    _informative_norms(model)
+    norms = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.LayerNorm)}
+    hidden = next(g for g in graph.prunable_groups if norms & {s.tensor for s in g.slices})
+    assert hidden.exact and norms <= {s.tensor for s in hidden.slices}  # every norm of the stream, one group
+    assert graph.prunable_macs_share() == pytest.approx(1.0)
+    keep = np.ones(hidden.size, dtype=bool)
+    keep[1::3] = False
+    mask = ChannelMask({hidden.id: keep}, graph.model_name, graph.fingerprint())
+    small = compact_model(graph, mask).eval()
+    padded = [m for m in small.modules() if isinstance(m, ZeroPaddedLayerNorm)]
+    assert len(padded) == len(norms) and all(m.width == hidden.size for m in padded)
+    with torch.no_grad():
+        want = output_tensor(masked_model(model, graph, mask).eval()(x))
+        assert max_rel_diff(output_tensor(small(x)), want) <= 1e-4
+        for m in padded:
+            m.width = m.weight.shape[0]  # the standard LayerNorm over the kept channels
+        assert max_rel_diff(output_tensor(small(x)), want) > 1e-3
+
+
+def test_compacted_layer_norm_is_pruned_again_exactly():
+    """Iterative pruning: a compacted GPT-2 (its norms zero-padded) maps again, every group exact."""
+    model, x, graph = _mapped("gpt2")
+    _informative_norms(model)
+    small = compact_model(graph, uniform_channel_mask(graph, random_scores(graph, seed=1), 0.3)).eval()
+    again = build_channel_graph(small, x, "gpt2-pruned")
+    assert all(g.exact for g in again.prunable_groups) and again.prunable_macs_share() == pytest.approx(1.0)
+    mask = uniform_channel_mask(again, random_scores(again, seed=2), 0.3)
+    smaller = compact_model(again, mask).eval()
+    with torch.no_grad():
+        want = output_tensor(masked_model(small, again, mask).eval()(x))
+        assert max_rel_diff(output_tensor(smaller(x)), want) <= 1e-4
+        assert max_rel_diff(output_tensor(smaller(x)), output_tensor(small(x))) > 1e-2
+
+
+def test_t5_relative_position_bias_ties_the_heads_of_every_layer():
+    """T5 computes its relative position bias (an embedding with one column per head) in the first layer of each
+    stack and adds it to every layer's scores: head h of every layer keeps or loses bias column h, so each
+    stack's self-attention heads are one group. Cross-attention adds zeros made with the configured head count,
+    which no channel carries: those heads are frozen, with the reason."""
+    model, x, graph = _mapped("t5")
+    _informative_norms(model)
+    for stack in ("encoder", "decoder"):
+        table = f"model.{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        group = next(g for g in graph.prunable_groups if table in {s.tensor for s in g.slices})
+        queries = {s.tensor for s in group.producers if s.tensor.endswith("SelfAttention.q.weight")}
+        assert group.size == model.config.num_heads and len(queries) == model.config.num_layers
+    cross = [g for g in graph.groups if any("EncDecAttention.q." in s.tensor for s in g.producers)]
+    assert cross and all(not g.prunable and "mask" in g.reason for g in cross)
+    mask = uniform_channel_mask(graph, random_scores(graph, seed=3), 0.5)
+    small = compact_model(graph, mask).eval()
+    attn = small.model.encoder.block[1].layer[0].SelfAttention
+    assert attn.n_heads == attn.q.out_features // attn.key_value_proj_dim == model.config.num_heads // 2
+    with torch.no_grad():
+        assert max_rel_diff(small(x), masked_model(model, graph, mask).eval()(x)) <= 1e-4
+
+
+class PerHeadBias(nn.Module):
+    """Hand-written attention with a per-head additive bias: a parameter (prunable with its head) or a buffer
+    computed from constants (ALiBi-like slopes): then no channel carries the heads, and they must stay."""
+
+    def __init__(self, learned: bool, width: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.out = nn.Linear(width, width)
+        bias = torch.linspace(-1, 1, heads).view(1, heads, 1, 1)
+        if learned:
+            self.bias = nn.Parameter(bias.clone())
+        else:
+            self.register_buffer("bias", bias)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        q, k, v = (proj(x).view(b, s, -1, 4).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.expand(b, -1, s, s))
+        return self.out(y.transpose(1, 2).reshape(b, s, -1))
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_per_head_attention_mask_follows_the_heads_or_freezes_them(learned):
+    torch.manual_seed(0)
+    model, x = PerHeadBias(learned).eval(), torch.randn(2, 6, 16)
+    graph = build_channel_graph(model, x, "per-head-bias", front_end="export")
+    heads = [g for g in graph.groups if any(s.tensor == "q.weight" for s in g.producers)]
+    assert len(heads) == 1 and heads[0].size == 4 and heads[0].prunable == learned
+    if learned:
+        assert "bias" in {s.tensor for s in heads[0].slices}
+        mask = ChannelMask({heads[0].id: np.array([True, False, True, False])}, graph.model_name, graph.fingerprint())
+        small = compact_model(graph, mask).eval()
+        with torch.no_grad():
+            assert max_rel_diff(small(x), masked_model(model, graph, mask).eval()(x)) <= 1e-5
+            assert small.bias.shape[1] == 2
+    else:
+        assert "mask" in heads[0].reason
+
+
+class Bucketed(nn.Module):
+    """Comparisons and where on activations: per element, so channels pass through them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 12), nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(torch.where(h > 0, h, 0.1 * h) + (h <= -1).float())
+
+
+@pytest.mark.parametrize("front_end", ["fx", "export"])
+def test_where_and_comparisons_pass_channels(front_end):
+    torch.manual_seed(0)
+    model, x = Bucketed().eval(), torch.randn(4, 8)
+    graph = build_channel_graph(model, x, "bucketed", front_end=front_end)
+    (group,) = graph.prunable_groups
+    keep = np.arange(12) % 3 != 0
+    mask = ChannelMask({group.id: keep}, graph.model_name, graph.fingerprint())
+    small = compact_model(graph, mask).eval()
+    with torch.no_grad():
+        assert small(x).shape == (4, 3) and max_rel_diff(small(x), masked_model(model, graph, mask)(x)) <= 1e-5

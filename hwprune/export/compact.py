@@ -18,8 +18,15 @@ from torch import fx, nn
 
 from hwprune.export.attention import pruned_shifted_window_attention
 from hwprune.graph_mapper.ops import module_resizer
-from hwprune.graph_mapper.rewrites import AttentionRewrite, KwargsRewrite, ShapeRewrite, SplitRewrite
+from hwprune.graph_mapper.rewrites import (
+    AttentionRewrite,
+    KwargsRewrite,
+    LayerNormRewrite,
+    ShapeRewrite,
+    SplitRewrite,
+)
 from hwprune.graph_mapper.types import GROUPED_IN, ChannelGraph, Site
+from hwprune.layers import zero_padded_layer_norm
 from hwprune.prune.masks import ChannelMask
 
 
@@ -154,7 +161,13 @@ def replace_tensor(root: nn.Module, names: list[str], old: torch.Tensor, new: to
     for name in names:
         owner_name, _, attr = name.rpartition(".")
         owner = root.get_submodule(owner_name)
-        (owner._parameters if isinstance(old, nn.Parameter) else owner._buffers)[attr] = new
+        kept, stale = (
+            (owner._parameters, owner._buffers)
+            if isinstance(old, nn.Parameter)
+            else (owner._buffers, owner._parameters)
+        )
+        stale.pop(attr, None)  # a GraphModule copy registers a tensor placeholder of a parameter as a buffer
+        kept[attr] = new
 
 
 def shrink(t: torch.Tensor, entries: list[tuple[Site, np.ndarray]]) -> torch.Tensor:
@@ -211,6 +224,8 @@ def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) ->
             new_sizes = kept_split_sizes(kept(record.labels, keep), record.sizes)
             node.op, node.target = "call_function", torch.split
             node.args, node.kwargs = (node.args[0], new_sizes), {"dim": record.dim}
+        elif isinstance(record, LayerNormRewrite):
+            _zero_padded_layer_norm(node, int(kept(record.labels, keep).sum()), record.labels.size)
         elif isinstance(record, KwargsRewrite):  # values fixed at mapping time (e.g. an attention scale)
             node.kwargs = {**node.kwargs, **record.kwargs}
         elif isinstance(record, AttentionRewrite):  # window attention: explicit head widths, original scale
@@ -230,6 +245,17 @@ def _rewrite_nodes(gm: fx.GraphModule, graph: ChannelGraph, keep: np.ndarray) ->
                 start, stop, _ = s.indices(k.size)
                 idx[pos] = slice(int(k[:start].sum()), int(k[:stop].sum()), s.step)
             node.args = (node.args[0], tuple(idx) if isinstance(node.args[1], tuple) else idx[0])
+
+
+def _zero_padded_layer_norm(node: fx.Node, size: int, width: int) -> None:
+    """``F.layer_norm`` over ``size`` kept of ``width`` channels: the zero-padded norm, exact (hwprune.layers)."""
+    args = list(node.args)
+    if len(args) > 1:
+        args[1] = (size,)
+    else:
+        node.kwargs = {**node.kwargs, "normalized_shape": (size,)}
+    node.target, node.args = zero_padded_layer_norm, tuple(args)
+    node.kwargs = {"width": width, **node.kwargs}  # a norm compacted before keeps its original width
 
 
 def _rewrite_sizes(node: fx.Node, k: np.ndarray) -> None:

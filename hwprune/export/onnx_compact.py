@@ -35,7 +35,7 @@ from hwprune.graph_mapper.onnx_mapper import (
     running_statistics,
 )
 from hwprune.graph_mapper.onnx_ops import DEFAULT_DOMAINS, SIZE_INPUT, node_resizer, set_attr
-from hwprune.graph_mapper.rewrites import ShapeRewrite, SplitRewrite
+from hwprune.graph_mapper.rewrites import LayerNormRewrite, ShapeRewrite, SplitRewrite
 from hwprune.graph_mapper.types import ChannelGraph, Site
 from hwprune.prune.masks import ChannelMask
 
@@ -140,8 +140,11 @@ def _set_input(model: onnx.ModelProto, node: onnx.NodeProto, i: int, value: np.n
 
 def _rewrite_nodes(model: onnx.ModelProto, graph: ChannelGraph, keep: np.ndarray) -> None:
     nodes = {n.name: n for n in model.graph.node}
+    norms = {name: r for name, r in graph.rewrites.items() if isinstance(r, LayerNormRewrite)}
     for name, record in graph.rewrites.items():
         node = nodes[name]
+        if name in norms:
+            continue
         if isinstance(record, ShapeRewrite):
             _rewrite_sizes(model, node, kept(record.labels, keep))
         elif isinstance(record, SplitRewrite):
@@ -151,6 +154,53 @@ def _rewrite_nodes(model: onnx.ModelProto, graph: ChannelGraph, keep: np.ndarray
             _rewrite_gather(model, node, kept(roots, keep))
         else:
             _rewrite_slice(model, node, [(pos, kept(roots, keep)) for pos, roots in record.slices])
+    for name, record in norms.items():  # last: each rebuilds the node list (earlier node references go stale)
+        _zero_pad_layer_norm(model, name, kept(record.labels, keep), record.rank)
+
+
+def _zero_pad_layer_norm(model: onnx.ModelProto, name: str, k: np.ndarray, rank: int) -> None:
+    """LayerNormalization over ``h`` kept of ``n`` channels, exact: Pad (zeros to ``n``), the norm, Slice (``h``).
+
+    Its statistics are then those of the masked model's input, whose removed channels are zero; the scale and
+    bias are padded with ones and zeros (those outputs are sliced away). Keeps the fused norm kernel.
+    """
+    h, n = int(k.sum()), k.size
+    if h == n:
+        return
+    node = next(m for m in model.graph.node if m.name == name)
+    names = {t.name for t in model.graph.initializer}
+
+    def constant(suffix: str, value: np.ndarray) -> str:
+        name = f"{node.name}_{suffix}"
+        while name in names:
+            name += "_"
+        names.add(name)
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+        return name
+
+    for i, fill in ((1, 1.0), (2, 0.0)):
+        if len(node.input) > i and node.input[i]:
+            kept_values = _const(model, node.input[i])
+            _set_input(model, node, i, np.concatenate([kept_values, np.full(n - h, fill, kept_values.dtype)]))
+    pads = np.zeros(2 * rank, dtype=np.int64)
+    pads[2 * rank - 1] = n - h  # at the end of the last axis
+    x, out = node.input[0], node.output[0]
+    padded, normed = f"{node.name}_zero_padded", f"{node.name}_over_width"
+    pad = onnx.helper.make_node("Pad", [x, constant("pads", pads)], [padded], name=f"{node.name}_pad")
+    cut = onnx.helper.make_node(
+        "Slice",
+        [normed, constant("start", np.array([0])), constant("stop", np.array([h])), constant("axis", np.array([-1]))],
+        [out],
+        name=f"{node.name}_kept",
+    )
+    norm = onnx.NodeProto()
+    norm.CopyFrom(node)
+    norm.input[0], norm.output[0] = padded, normed
+    order = list(model.graph.node)
+    at = next(i for i, m in enumerate(order) if m.name == name)
+    order[at : at + 1] = [pad, norm, cut]
+    del model.graph.node[:]
+    model.graph.node.extend(order)
 
 
 def _rewrite_sizes(model: onnx.ModelProto, node: onnx.NodeProto, k: np.ndarray) -> None:

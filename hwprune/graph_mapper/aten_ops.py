@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import fx
+from torch import fx, nn
 
 from hwprune.graph_mapper import attention_ops
 from hwprune.graph_mapper import label_rules as rules
@@ -26,6 +26,7 @@ from hwprune.graph_mapper.atoms import Frozen
 from hwprune.graph_mapper.export_mapper import ExportContext, placeholder_label
 from hwprune.graph_mapper.ops import COMPOSITE_RESIZERS
 from hwprune.graph_mapper.types import PARAM
+from hwprune.layers import ZeroPaddedLayerNorm
 from hwprune.registry import Registry
 
 aten = torch.ops.aten
@@ -160,9 +161,19 @@ def layer_norm(ctx: ExportContext, node: fx.Node):
     if _arg(node, 2, "weight") is None:  # no tensor would carry the new channel count
         return ctx.unknown(node, f"layer_norm {node.name} without affine parameters")
     label, vec = _norm(ctx, node, -1, {"weight": 2, "bias": 3}, "layer norm")
-    if vec is not None:
+    if vec is not None and not _own_layer_norm(ctx, node):
         ctx.atoms.mark_inexact(vec, f"layer_norm {node.name} normalises across channels")
     return label
+
+
+def _own_layer_norm(ctx: ExportContext, node: fx.Node) -> bool:
+    """The op is an ``nn.LayerNorm``'s own forward on its own weight: compaction makes it exact (ops.layer_norm)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return False
+    fqn, kind = list(stack.values())[-1]
+    kind = fx_ops.qualified_name(kind) if isinstance(kind, type) else kind
+    return kind == fx_ops.qualified_name(nn.LayerNorm) and ctx.tensor_name(_arg(node, 2, "weight")) == f"{fqn}.weight"
 
 
 @ATEN_OPS.register(aten.group_norm)
@@ -273,10 +284,12 @@ UNARY = (
     aten.clone, aten.contiguous, aten.alias, aten.detach, aten.detach_, aten.lift_fresh_copy, aten._to_copy, aten.to,
     aten.type_as, aten.neg, aten.exp, aten.abs, aten.sqrt, aten.rsqrt, aten.square, aten.clamp, aten.clamp_,
     aten.clamp_min, aten.clamp_max, aten.erf, aten.log, aten.reciprocal, aten.pow, aten.cos, aten.sin,
+    aten.logical_not, aten.bitwise_not,
 )  # fmt: skip
 BINARY = (
     aten.add, aten.add_, aten.sub, aten.sub_, aten.mul, aten.mul_, aten.div, aten.div_, aten.maximum, aten.minimum,
-    aten.rsub,
+    aten.rsub, aten.lt, aten.le, aten.gt, aten.ge, aten.eq, aten.ne, aten.logical_and, aten.logical_or,
+    aten.bitwise_and, aten.bitwise_or,
 )  # fmt: skip
 RESHAPES = (
     aten.flatten, aten.squeeze, aten.squeeze_, aten.unsqueeze,
@@ -291,6 +304,7 @@ SPATIAL = (
 TWINS: dict[Handler, tuple] = {
     fx_ops.unary: UNARY,
     fx_ops.binary: BINARY,
+    fx_ops.where: (aten.where,),
     fx_ops.reshape: RESHAPES,
     _view: (aten.view, aten.reshape, aten._unsafe_view),
     fx_ops.spatial: SPATIAL,
@@ -362,7 +376,7 @@ CASTS = (aten.to, aten._to_copy, aten.alias, aten.clone, aten.contiguous)
 RMS_NORMS = tuple(
     f"transformers.models.{module}.modeling_{module}.{prefix}RMSNorm"
     for module, prefix in (("llama", "Llama"), ("qwen2", "Qwen2"), ("mistral", "Mistral"))
-)
+) + ("transformers.models.t5.modeling_t5.T5LayerNorm",)
 
 
 @MODULE_REGIONS.register(*RMS_NORMS)
@@ -372,14 +386,28 @@ def rms_norm(ctx: ExportContext, region: Region) -> bool:
     The mean runs over channels, yet removing channels whose input is zero (what the masked model feeds it)
     is exact if the compacted norm divides by the original width: its compaction step scales ``eps`` and the
     weight so that the standard formula over the kept channels equals it (:func:`_resize_rms_norm`).
+    """
+    return _channel_norm(ctx, region, ("weight",))
+
+
+@MODULE_REGIONS.register(fx_ops.qualified_name(ZeroPaddedLayerNorm))
+def zero_padded_layer_norm(ctx: ExportContext, region: Region) -> bool:
+    """A compacted LayerNorm (:mod:`hwprune.layers`) pruned again: it already divides by its original width."""
+    return _channel_norm(ctx, region, ("weight", "bias"))
+
+
+def _channel_norm(ctx: ExportContext, region: Region, params: tuple[str, ...]) -> bool:
+    """A norm over the last axis that stays exact when zero channels go: its ``params`` follow the channels.
+
     Declines (mapped op by op: the mean freezes the channels) unless the region reads one activation and its
-    own weight, and only the output or casts of the input leave it.
+    own parameters, and only the output or casts of the input leave it.
     """
     inside = {n.name for n in region.nodes}
-    weight = f"{region.module}.weight"
+    own = {f"{region.module}.{p}" for p in params}
     outer = {a for n in region.nodes for a in n.all_input_nodes if a.name not in inside}
     activations = [a for a in outer if ctx.tensor_name(a) is None]
-    if len(activations) != 1 or {ctx.tensor_name(a) for a in outer if ctx.tensor_name(a)} != {weight}:
+    used = {ctx.tensor_name(a) for a in outer if ctx.tensor_name(a)}
+    if len(activations) != 1 or not used or not used <= own:
         return False
     x = activations[0]
     views = {x.name}
@@ -389,10 +417,11 @@ def rms_norm(ctx: ExportContext, region: Region) -> bool:
     escaping = [n for n in region.nodes if any(u.name not in inside for u in n.users)]
     if any(n.name not in views for n in escaping[:-1]) or not escaping:
         return False
-    vec = ctx.channel_labels(region.nodes[-1], x, dim=-1, size=ctx.shape(x)[-1], what=f"RMSNorm {region.module}")
+    vec = ctx.channel_labels(region.nodes[-1], x, dim=-1, size=ctx.shape(x)[-1], what=f"norm {region.module}")
     label = ctx.label(x)
     if vec is not None:
-        ctx.site(weight, 0, vec, PARAM, region.nodes[-1])
+        for name in sorted(used):
+            ctx.site(name, 0, vec, PARAM, region.nodes[-1])
     for n in region.nodes:
         ctx.labels[n.name] = label if n.name in views or n is escaping[-1] else None
     return True

@@ -163,6 +163,9 @@ def scaled_dot_product_attention(ctx: MapContext, node: fx.Node):
         return Frozen(f"attention {node.name} contracts channels with fixed ones")
     if not _tie_whole_heads(ctx, node, lq, lk, lv):
         return Frozen(f"attention {node.name} mixes whole heads with head dimensions")
+    mask = node.args[3] if len(node.args) > 3 else node.kwargs.get("attn_mask")
+    if isinstance(mask, fx.Node) and not _tie_mask_heads(ctx, node, mask, lq):
+        return Frozen(f"attention {node.name}: its mask has per-head values the heads cannot follow")
     if labelled(lq) and node.kwargs.get("scale") is None and len(node.args) < 7:
         ctx.record_rewrite(node, KwargsRewrite({"scale": 1.0 / math.sqrt(ctx.shape(q)[-1])}))
     return right_align(lv, len(ctx.shape(node)))
@@ -188,6 +191,24 @@ def _tie_whole_heads(ctx: MapContext, node: fx.Node, lq, lk, lv) -> bool:
     return rules.tie_contraction(ctx.atoms, heads[0], heads[1], what) and rules.tie_contraction(
         ctx.atoms, heads[0], heads[2], what
     )
+
+
+def _tie_mask_heads(ctx: MapContext, node: fx.Node, mask: fx.Node, lq: np.ndarray) -> bool:
+    """A mask (or additive bias, T5's relative positions) with one slice per head loses the heads the query loses.
+
+    Its head axis is tied to the query heads; a per-head mask whose heads carry no channels (computed from
+    constants) freezes the heads, and one whose channels vary along the token axes is frozen.
+    """
+    shape = ctx.shape(mask)
+    if shape is None or len(shape) < 3 or shape[-3] == 1:
+        return True  # one mask for every head
+    label = ctx.label(mask)
+    lm = right_align(label, len(shape)) if isinstance(label, np.ndarray) else fixed_label(len(shape))
+    what = f"attention {node.name} mask"
+    if lm.shape[-1] > 1 or lm.shape[-2] > 1:
+        ctx.atoms.freeze(np.concatenate([lm.reshape(-1), lq.reshape(-1)]), f"{what} varies along the token axes")
+        return False
+    return rules.tie_contraction(ctx.atoms, lq[..., 0, 0], lm[..., 0, 0], what)
 
 
 def _swin_attention(ctx: MapContext, node: fx.Node):

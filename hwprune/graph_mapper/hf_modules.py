@@ -43,3 +43,10 @@ def _resize_gpt2_attention(m: nn.Module, shrunk) -> None:
     width = m.c_attn.weight.shape[1] // 3
     m.split_size = m.embed_dim = width
     m.num_heads = width // m.head_dim
+
+
+@COMPOSITE_RESIZERS.register("transformers.models.t5.modeling_t5.T5Attention")
+def _resize_t5_attention(m: nn.Module, shrunk) -> None:
+    """Whole heads removed: the head count and width its code reads (``n_heads``, ``inner_dim``) follow q."""
+    m.inner_dim = m.q.weight.shape[0]
+    m.n_heads = m.inner_dim // m.key_value_proj_dim

@@ -9,6 +9,7 @@ rewrite records that compaction reads.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -72,6 +73,8 @@ class LabelRecorder:
             self.atoms.union(seen.atoms, atoms)
             if seen.role == PARAM and role != PARAM:  # met as an operand first, then by the op that uses it
                 self.sites[index] = RawSite(tensor, axis, seen.atoms, role, node.name, kind, conv_groups, macs)
+            elif macs > seen.macs:  # a tied table met first as an embedding (no MACs), then as the output head
+                self.sites[index] = dataclasses.replace(seen, macs=macs)
             return
         self._site_index[(tensor, axis)] = len(self.sites)
         self.sites.append(RawSite(tensor, axis, atoms, role, node.name, kind, conv_groups, macs))

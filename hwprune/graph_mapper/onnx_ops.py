@@ -29,7 +29,7 @@ from hwprune.graph_mapper.atoms import (
     right_align,
     varying_dims,
 )
-from hwprune.graph_mapper.rewrites import resized_by
+from hwprune.graph_mapper.rewrites import LayerNormRewrite, resized_by
 from hwprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -238,14 +238,20 @@ def batch_norm(ctx: OnnxContext, node: onnx.NodeProto):
 
 @ONNX_OPS.register("LayerNormalization")
 def layer_norm(ctx: OnnxContext, node: onnx.NodeProto):
-    """LayerNorm over the last axis: prunable but inexact (it normalises across the channels)."""
+    """LayerNorm over the last axis: exact once compacted.
+
+    Compaction pads its input back to the original width with zeros (what the masked model feeds it) and
+    slices the kept channels out of its output.
+    """
     nd = len(ctx.shape(node.input[0]))
     if int(attr(node, "axis", -1)) % nd != nd - 1:
         return ctx.unknown(node, f"LayerNormalization {node.name} over several axes")
+    if any(node.output[1:]):  # its mean and inverse deviation are read: they would be the padded norm's
+        return ctx.unknown(node, f"LayerNormalization {node.name} with its statistics as outputs")
     vec = _per_channel(ctx, node, -1, (1, 2), "layer norm")
     if isinstance(vec, Frozen):
         return vec
-    ctx.atoms.mark_inexact(vec, f"LayerNormalization {node.name} normalises across channels")
+    ctx.record_rewrite(node, LayerNormRewrite(vec, nd))
     return ctx.label(node.input[0])
 
 

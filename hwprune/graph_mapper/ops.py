@@ -20,8 +20,9 @@ from torch import fx, nn
 
 from hwprune.graph_mapper import label_rules as rules
 from hwprune.graph_mapper.atoms import Frozen, compact, labelled, right_align, varying_dims
-from hwprune.graph_mapper.rewrites import resized_by
+from hwprune.graph_mapper.rewrites import LayerNormRewrite, resized_by
 from hwprune.graph_mapper.types import PARAM
+from hwprune.layers import ZeroPaddedLayerNorm, zero_padded_layer_norm
 from hwprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -224,13 +225,27 @@ def group_norm(ctx: MapContext, node: fx.Node):
     return ctx.label(node.args[0])
 
 
-def _resize_layer_norm(m: nn.LayerNorm, shrunk) -> None:
+def _resize_layer_norm(m: nn.LayerNorm, shrunk) -> nn.LayerNorm | None:
+    """A plain LayerNorm becomes a :class:`ZeroPaddedLayerNorm` over its original width (exact).
+
+    A subclass with code of its own (torchvision's LayerNorm2d, opted in as inexact) only changes its size.
+    """
+    width = m.normalized_shape[0]
     m.normalized_shape = (m.weight.shape[0],)
+    if type(m) is nn.LayerNorm and m.weight.shape[0] != width:
+        return ZeroPaddedLayerNorm.from_layer_norm(m, width)
+    return None
 
 
-@OPS.register(nn.LayerNorm)
+def exact_layer_norm(m: nn.Module) -> bool:
+    """Norms whose compaction divides by the original width (see :mod:`hwprune.layers`)."""
+    return type(m) in (nn.LayerNorm, ZeroPaddedLayerNorm)
+
+
+@OPS.register(nn.LayerNorm, ZeroPaddedLayerNorm)
 @resized_by(_resize_layer_norm)
 def layer_norm(ctx: MapContext, node: fx.Node):
+    """Exact for nn.LayerNorm itself (compacted into a :class:`ZeroPaddedLayerNorm`); a subclass is inexact."""
     m = ctx.module(node)
     if len(m.normalized_shape) != 1:
         return ctx.unknown(node, f"LayerNorm {node.target} over several axes")
@@ -239,7 +254,8 @@ def layer_norm(ctx: MapContext, node: fx.Node):
     out = _per_channel(ctx, node, -1, ("weight", "bias"), "layer norm")
     if isinstance(out, Frozen):
         return out
-    ctx.atoms.mark_inexact(out[1], f"LayerNorm {node.target} normalises across channels")
+    if not exact_layer_norm(m):
+        ctx.atoms.mark_inexact(out[1], f"LayerNorm {node.target} normalises across channels")
     return out[0]
 
 
@@ -360,11 +376,22 @@ BINARY = (
     "div",
     "div_",
 )
+COMPARISONS = tuple(  # per element, bool out: the channels pass (masks and position buckets built from them)
+    f for name in ("lt", "le", "gt", "ge", "eq", "ne") for f in (getattr(operator, name), getattr(torch, name), name)
+)
 
 
-@OPS.register(*BINARY)
+@OPS.register(*BINARY, *COMPARISONS)
 def binary(ctx: MapContext, node: fx.Node):
     return align(ctx, node, list(node.args[:2]))
+
+
+@OPS.register(torch.where)
+def where(ctx: MapContext, node: fx.Node):
+    """``where(condition, a, b)``: elementwise over three broadcast operands (the one-argument form is not)."""
+    if len(node.args) < 3:
+        return ctx.unknown(node, f"where {node.name} without values (it returns indices)")
+    return align(ctx, node, list(node.args[:3]))
 
 
 def align(ctx: MapContext, node: fx.Node, args: list) -> np.ndarray | Frozen:
@@ -726,16 +753,19 @@ def _functional_norm(ctx: MapContext, node: fx.Node, dim: int, params: dict[str,
     return vec
 
 
-@OPS.register(F.layer_norm)
+@OPS.register(F.layer_norm, zero_padded_layer_norm)
 def functional_layer_norm(ctx: MapContext, node: fx.Node):
-    """F.layer_norm(x, shape, weight, bias) as torchvision's LayerNorm2d calls it."""
+    """F.layer_norm(x, shape, weight, bias) as torchvision's LayerNorm2d calls it: exact.
+
+    Compaction calls :func:`hwprune.layers.zero_padded_layer_norm` with the original width instead.
+    """
     shape = _arg(node, 1, "normalized_shape")
     if len(shape) != 1:
         return ctx.unknown(node, f"layer_norm {node.name} over several axes")
     vec = _functional_norm(ctx, node, -1, {"weight": 2, "bias": 3}, "layer norm")
     if vec is None:
         return Frozen(f"layer norm {node.name} sees frozen channels")
-    ctx.atoms.mark_inexact(vec, f"layer_norm {node.name} normalises across channels")
+    ctx.record_rewrite(node, LayerNormRewrite(vec, len(ctx.shape(node.args[0]))))  # exact: zero-padded
     return ctx.label(node.args[0])
 
 

@@ -29,6 +29,24 @@ class ShapeRewrite:
 
 
 @dataclass(frozen=True)
+class LayerNormRewrite:
+    """A layer norm over channel axis ``labels`` of a ``rank``-dim input, exact once compacted.
+
+    The compacted norm normalises over the original width, the removed channels counted as zeros
+    (:mod:`hwprune.layers`).
+    """
+
+    labels: np.ndarray
+    rank: int
+
+    def with_roots(self, to_roots: ToRoots) -> LayerNormRewrite:
+        return replace(self, labels=to_roots(self.labels))
+
+    def root_arrays(self) -> list[np.ndarray]:
+        return [self.labels]
+
+
+@dataclass(frozen=True)
 class SplitRewrite:
     """A split/chunk along ``dim`` whose piece ``sizes`` shrink with the kept channels of ``labels``."""
 

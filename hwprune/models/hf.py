@@ -5,7 +5,8 @@ family has it), so that mapping, compaction and ONNX export run in seconds; ``co
 JSON file or a local model directory's ``config.json`` (the user's real sizes). Decoders are built without
 a key/value cache (``use_cache=False``): a forward pass then returns tensors only, which torch.export
 captures and the equivalence check compares. Text models take token ids ``[batch, tokens]``
-(:func:`hf_example`), vision ones images.
+(:func:`hf_example`), vision ones images; an encoder-decoder (T5) is wrapped in :class:`Seq2SeqLM` so that
+it too takes one tensor.
 """
 
 from __future__ import annotations
@@ -30,16 +31,20 @@ class Family:
     config_class: str
     config: dict[str, Any] = field(default_factory=dict)
     vision: bool = False
+    seq2seq: bool = False  # an encoder-decoder, wrapped in :class:`Seq2SeqLM` (one input tensor)
 
 
 _DECODER = {"vocab_size": 512, "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2}
 _GQA = {**_DECODER, "num_attention_heads": 8, "num_key_value_heads": 2}  # 4 query heads per key/value head
+_T5 = {"vocab_size": 512, "d_model": 128, "d_kv": 32, "d_ff": 256, "num_layers": 2, "num_heads": 4,
+       "decoder_start_token_id": 0, "pad_token_id": 0}  # fmt: skip
 FAMILIES: dict[str, Family] = {
     "llama": Family("LlamaForCausalLM", "LlamaConfig", _GQA),
     "qwen2": Family("Qwen2ForCausalLM", "Qwen2Config", _GQA),
     "mistral": Family("MistralForCausalLM", "MistralConfig", {**_GQA, "num_key_value_heads": 4}),
     "gpt2": Family("GPT2LMHeadModel", "GPT2Config", {"vocab_size": 512, "n_embd": 128, "n_layer": 2, "n_head": 4}),
     "bert": Family("BertModel", "BertConfig", {**_DECODER, "num_attention_heads": 4}),
+    "t5": Family("T5ForConditionalGeneration", "T5Config", _T5, seq2seq=True),
     "vit": Family(
         "ViTForImageClassification",
         "ViTConfig",
@@ -97,13 +102,34 @@ def load_config(name: str, config: str | Path | dict | None = None):
     return cfg
 
 
+class Seq2SeqLM(nn.Module):
+    """An encoder-decoder language model (T5) as a module of one input: token ids in, logits out.
+
+    The decoder reads the same ids shifted right by one (teacher forcing, as in training with ``labels``), so
+    one forward pass runs the encoder and the decoder at the example's length: what the mapper captures, the
+    pruned export ships and the latency measures. ``model`` is the ``transformers`` model itself; it is what
+    :func:`save_pruned` saves.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, decoder_input_ids=self.model._shift_right(input_ids)).logits
+
+
 def hf_model(name: str, config: str | Path | dict | None = None, seed: int | None = None) -> nn.Module:
-    """A ``transformers`` model of family ``name`` with random weights, in eval mode."""
+    """A ``transformers`` model of family ``name`` with random weights, in eval mode (encoder-decoders wrapped)."""
     cfg = load_config(name, config)
     if seed is not None:
         torch.manual_seed(seed)
     model = getattr(transformers_module(), family(name).model_class)(cfg)
-    return model.eval()
+    return (Seq2SeqLM(model) if family(name).seq2seq else model).eval()
 
 
 def hf_example(model: nn.Module, batch: int = 1, tokens: int = DEFAULT_TOKENS, seed: int = 0) -> torch.Tensor:
@@ -128,6 +154,7 @@ def output_tensor(output) -> torch.Tensor:
 
 
 SHAPES_KEY = "hwprune_pruned_shapes"
+WRAPPED_KEY = "hwprune_seq2seq"  # saved from a Seq2SeqLM: load_pruned wraps it again
 
 
 def save_pruned(model: nn.Module, folder: str | Path) -> Path:
@@ -138,7 +165,8 @@ def save_pruned(model: nn.Module, folder: str | Path) -> Path:
     weights as usual, and the config also records every tensor whose shape differs from what the config
     builds (``hwprune_pruned_shapes``). ``from_pretrained`` alone would refuse those shapes.
     """
-    folder = Path(folder)
+    folder, wrapped = Path(folder), isinstance(model, Seq2SeqLM)
+    model = model.model if wrapped else model
     with torch.device("meta"):
         fresh = type(model)(model.config)
     built = {n: tuple(t.shape) for n, t in fresh.state_dict().items()}
@@ -147,16 +175,18 @@ def save_pruned(model: nn.Module, folder: str | Path) -> Path:
     eps = {m.variance_epsilon for m in model.modules() if hasattr(m, "variance_epsilon")}
     if len(eps) > 1:
         raise HwpruneError(f"RMSNorm layers of {type(model).__name__} have different eps {sorted(eps)}: save_pruned "
-                           "can record only one (config.rms_norm_eps)")  # fmt: skip
-    saved = {SHAPES_KEY: shapes}
-    if eps and hasattr(model.config, "rms_norm_eps"):
-        saved["rms_norm_eps"] = eps.pop()
+                           "can record only one (config.rms_norm_eps or layer_norm_epsilon)")  # fmt: skip
+    saved = {SHAPES_KEY: shapes, WRAPPED_KEY: wrapped}
+    eps_key = next((k for k in ("rms_norm_eps", "layer_norm_epsilon") if hasattr(model.config, k)), None)
+    if eps and eps_key:  # the config field the family builds its RMSNorms from
+        saved[eps_key] = eps.pop()
     before = {k: getattr(model.config, k) for k in saved if hasattr(model.config, k)}
     model.config.update(saved)
     try:
         model.save_pretrained(folder)
     finally:
-        delattr(model.config, SHAPES_KEY)
+        for key in (SHAPES_KEY, WRAPPED_KEY):
+            delattr(model.config, key)
         model.config.update(before)
     return folder
 
@@ -172,7 +202,10 @@ def load_pruned(folder: str | Path) -> nn.Module:
     shapes = getattr(config, SHAPES_KEY, None)
     if shapes is None:
         raise HwpruneError(f"{folder} was not saved by hwprune.models.hf.save_pruned: load it with from_pretrained")
+    wrapped = getattr(config, WRAPPED_KEY, False)
     delattr(config, SHAPES_KEY)
+    if hasattr(config, WRAPPED_KEY):
+        delattr(config, WRAPPED_KEY)
     config._attn_implementation = "sdpa"
     model = getattr(tf, config.architectures[0])(config)
     tensors = named_tensors(model)
@@ -190,4 +223,4 @@ def load_pruned(folder: str | Path) -> nn.Module:
     if absent or unexpected:
         raise HwpruneError(f"{folder}: weights do not match the saved shapes (missing {absent[:3]}, "
                            f"unexpected {unexpected[:3]})")  # fmt: skip
-    return model.eval()
+    return (Seq2SeqLM(model) if wrapped else model).eval()
