@@ -171,13 +171,20 @@ def model_name(name: str) -> None:
     model_spec(name)
 
 
-def dataset_name(name: str | None) -> None:
-    """A registered dataset (None passes)."""
+def dataset_name(name: str | None, text: bool = False) -> None:
+    """A registered dataset (None passes); a text one only where ``text`` (a language model's importances).
+
+    Training, evaluation, gating and prune-at-init fit classifiers to labelled images: token ids have no labels.
+    """
     if name is None:
         return
-    from hwprune.data import dataset_info
+    from hwprune.data import dataset_kind
 
-    dataset_info(name)
+    if dataset_kind(name) == "text" and not text:
+        raise HwpruneError(
+            f"dataset {name!r} is token ids that calibrate a language model's importances (mask, export, prune); "
+            "this command needs labelled images: digits works offline"
+        )
 
 
 # ----------------------------------------------------------------------------- paths

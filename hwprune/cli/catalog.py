@@ -22,11 +22,11 @@ def cmd_models(args) -> None:
 
 
 def cmd_datasets(args) -> None:
-    from hwprune.data import dataset_info, list_datasets
+    from hwprune.data import list_datasets
+    from hwprune.data.registry import describe_dataset
 
     for name in list_datasets():
-        info = dataset_info(name)
-        print(f"{name:14s} classes={info.num_classes} channels={info.channels} size={info.native_size}")
+        print(f"{name:14s} {describe_dataset(name)}")
 
 
 def cmd_flops(args) -> None:

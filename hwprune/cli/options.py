@@ -82,8 +82,18 @@ def mask_options(p: argparse.ArgumentParser, ratio: float = 0.5) -> None:
 def data_options(p: argparse.ArgumentParser) -> None:
     from hwprune import workflow
 
-    p.add_argument("--data", default=None, help="dataset for gradient-based importances (digits works offline)")
-    p.add_argument("--data-dir", default=None, help="folder of file-based datasets (see `hwprune datasets`)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset for data-driven importances (see `hwprune datasets`): digits (images) and text (token ids "
+        "for hf: language models, CPython's help text) work offline",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of file-based datasets; with --data text, your *.txt files (and a Hugging Face tokenizer "
+        "saved there, else byte-level ids)",
+    )
     p.add_argument(
         "--imp-samples",
         type=int,
@@ -99,7 +109,8 @@ def build_job(args):
     if getattr(args, "data", None) and args.num_classes is None:  # the classifier must match its data
         from hwprune.data import dataset_info
 
-        args.num_classes = dataset_info(args.data).num_classes
+        if not _is_text(args.data):  # token ids have no classes: a language model keeps its vocabulary
+            args.num_classes = dataset_info(args.data).num_classes
 
     return workflow.ModelInput.build(
         args.model,
@@ -174,13 +185,54 @@ def check_importance(args, name: str) -> None:
     from hwprune.prune.importance import CHANNEL_IMPORTANCES
 
     data = getattr(args, "data", None)
-    checks.dataset_name(data)
+    checks.dataset_name(data, text=True)
+    check_data_fits_model(args, data)
     if getattr(args, "data_dir", None) is not None:
         checks.input_folder(args.data_dir, "--data-dir")
+        if data is not None and _is_text(data):
+            from hwprune.data.text import text_files
+
+            text_files(Path(args.data_dir).expanduser())
     if hasattr(args, "imp_samples"):
         checks.whole(args.imp_samples, "--imp-samples", 1, "training examples the importance averages over")
     if data is None and CHANNEL_IMPORTANCES.get(name).needs_data:
-        raise HwpruneError(f"importance {name!r} needs data: pass --data digits (offline) or a dataset in --data-dir")
+        raise HwpruneError(
+            f"importance {name!r} needs data: pass --data digits (images) or --data text "
+            "(language models), both offline, or a dataset in --data-dir"
+        )
+
+
+def _is_text(data: str) -> bool:
+    from hwprune.data import dataset_kind
+
+    return dataset_kind(data) == "text"
+
+
+def takes_tokens(model: str) -> bool:
+    """Whether zoo name ``model`` is a language model (an ``hf:`` text family), whose input is token ids."""
+    if not model.startswith("hf:"):
+        return False
+    from hwprune.models.hf import family
+
+    return not family(model.partition(":")[2]).vision
+
+
+def check_data_fits_model(args, data: str | None) -> None:
+    """Text data for a language model, images for the others (an ONNX file's importances read no data)."""
+    model = getattr(args, "model", None)
+    if data is None or model is None or getattr(args, "onnx", None) is not None:
+        return
+    text, tokens = _is_text(data), takes_tokens(model)
+    if text and not tokens:
+        raise HwpruneError(
+            f"--data {data} is token ids for a language model (--model hf:llama, ...), but {model} takes images: "
+            "use an image dataset (digits works offline)"
+        )
+    if tokens and not text:
+        raise HwpruneError(
+            f"{model} is a language model and --data {data} holds images: use --data text (offline; --data-dir "
+            "for your own .txt files)"
+        )
 
 
 def check_mask_options(args) -> None:

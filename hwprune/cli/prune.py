@@ -123,6 +123,12 @@ def _check_prune(args) -> None:
     check_importance(args, args.importance)
     if args.finetune_epochs and args.data is None:
         raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
+    if args.finetune_epochs:
+        from hwprune.data import dataset_kind
+        from hwprune.data.text import NO_TRAINING
+
+        if dataset_kind(args.data) == "text":
+            raise HwpruneError(NO_TRAINING)
     checks.whole(args.bn_samples, "--bn-samples", 0, "training examples for BatchNorm re-estimation; 0: none")
     if not args.distill >= 0 or not args.distill_temperature > 0:
         raise HwpruneError("--distill is a weight >= 0 and --distill-temperature a temperature > 0")
@@ -191,7 +197,9 @@ def _prune_arguments(p: argparse.ArgumentParser) -> None:
         help="channel importance (default l1); gradient-based ones need --data",
     )
     data_options(p)
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune the pruned model on --data (0: no)")
+    p.add_argument(
+        "--finetune-epochs", type=int, default=0, help="fine-tune the pruned model on --data, images only (0: no)"
+    )
     p.add_argument(
         "--bn-samples",
         type=int,

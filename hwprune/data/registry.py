@@ -3,6 +3,11 @@
 A builder is called as ``builder(split, data_dir, image_size, channels, **opts)`` and returns a
 ``torch.utils.data.Dataset`` of ``(image, label)`` pairs with float images ``[C, H, W]`` and int64
 labels. Options a builder does not take are rejected in one line before it is called.
+
+A dataset of kind ``"text"`` holds token ids for a language model instead: ``(ids, ids)`` pairs, the same
+int64 tensor ``[tokens]`` twice (the loss shifts it for next-token prediction); its builder takes the
+sequence length and the model's vocabulary size as options, and ``image_size``/``channels`` stay None.
+The kind lets a command refuse an image dataset for a language model, and the reverse, in one line.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from hwprune.errors import HwpruneError
 from hwprune.registry import Registry
 
 SPLITS = ("train", "test")
+KINDS = ("image", "text")
 
 
 class DatasetInfo(NamedTuple):
@@ -31,32 +37,36 @@ class DatasetInfo(NamedTuple):
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A registered builder and its :class:`DatasetInfo`."""
+    """A registered builder, its :class:`DatasetInfo` and what its items are (``kind``, one of :data:`KINDS`)."""
 
     builder: Callable[..., Dataset]
     info: DatasetInfo
+    kind: str = "image"
 
 
 DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
 def register_dataset(
-    name: str, num_classes: int | None, channels: int, native_size: int
+    name: str, num_classes: int | None, channels: int, native_size: int, kind: str = "image"
 ) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
     """Register a dataset builder under ``name`` (a second registration of a name is an error).
 
     Args:
         name: Registry name.
-        num_classes: Number of classes, or None when it depends on the data on disk.
-        channels: Native image channels.
-        native_size: Native square image side.
+        num_classes: Number of classes, or None when it depends on the data on disk (or, for text, on the model).
+        channels: Native image channels (1 for text).
+        native_size: Native square image side, or the default sequence length of a text dataset.
+        kind: ``"image"`` (``(image, label)`` items) or ``"text"`` (``(ids, ids)`` items).
 
     Returns:
         A decorator that registers the builder and returns it unchanged.
     """
+    if kind not in KINDS:
+        raise ValueError(f"dataset kind must be one of {KINDS}, got {kind!r}")
 
     def decorate(builder: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        DATASETS.add(name, DatasetEntry(builder, DatasetInfo(num_classes, channels, native_size)))
+        DATASETS.add(name, DatasetEntry(builder, DatasetInfo(num_classes, channels, native_size), kind))
         return builder
 
     return decorate
@@ -74,6 +84,26 @@ def dataset_info(name: str) -> DatasetInfo:
         UnknownNameError: If ``name`` is not registered.
     """
     return DATASETS.get(name).info
+
+
+def dataset_kind(name: str) -> str:
+    """Return ``"image"`` or ``"text"``: what the items of dataset ``name`` are.
+
+    Raises:
+        UnknownNameError: If ``name`` is not registered.
+    """
+    return DATASETS.get(name).kind
+
+
+def describe_dataset(name: str) -> str:
+    """One line on dataset ``name`` for `hwprune datasets`: its facts, and for text the builder's summary."""
+    entry = DATASETS.get(name)
+    info = entry.info
+    if entry.kind == "text":
+        doc = (entry.builder.__doc__ or "").strip()
+        summary = doc.splitlines()[0].rstrip(".") if doc else "token ids"
+        return f"text for language models, {info.native_size} tokens unless --input-size: {summary}"
+    return f"classes={info.num_classes} channels={info.channels} size={info.native_size}"
 
 
 def get_dataset(
@@ -95,7 +125,8 @@ def get_dataset(
         **opts: Dataset-specific options (for example ``length`` and ``seed`` for synthetic).
 
     Returns:
-        A dataset of ``(float image [C, H, W], int64 label)`` pairs.
+        A dataset of ``(float image [C, H, W], int64 label)`` pairs, or of ``(int64 ids [tokens], the same ids)``
+        for a text dataset (:func:`dataset_kind`).
 
     Raises:
         UnknownNameError: If ``name`` is not registered.

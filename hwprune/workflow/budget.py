@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 from tqdm import tqdm
 
@@ -98,6 +99,26 @@ def _check_input(job, backend: str, tune) -> None:
         raise HwpruneError("an ONNX file has no PyTorch module to fine-tune: drop --finetune-epochs (or prune --model)")
 
 
+def _language_batches(job, data) -> bool:
+    """Whether ``data`` is a language model's ``(ids, ids)`` batches: the text dataset, or the user's own.
+
+    Those calibrate the importances only: there is no classifier to evaluate or fine-tune. The user's
+    batches are recognised as :func:`hwprune.prune.gradients.batch_loss` does (integer targets shaped like
+    the integer inputs), peeking at the first one only when the model takes token ids.
+    """
+    if isinstance(data, str):
+        from hwprune.data import dataset_kind
+
+        return dataset_kind(data) == "text"
+    if data is None or not isinstance(job, ModelInput) or job.example.is_floating_point():
+        return False
+    first = next(iter(data), None)
+    if not isinstance(first, (tuple, list)) or len(first) != 2:
+        return False
+    x, y = first
+    return isinstance(y, torch.Tensor) and not y.is_floating_point() and y.shape == getattr(x, "shape", None)
+
+
 def prune_to_budget(
     job: ModelInput | OnnxInput,
     target_kind: str,
@@ -133,8 +154,10 @@ def prune_to_budget(
     ``data`` is a dataset name or the user's own iterable of (x, y) batches; ``finetune`` (default
     ``finetune_epochs``) is a number of epochs of the built-in trainer on it, or the user's ``fn(model)``.
     With ``data``, BatchNorm statistics are re-estimated on ``bn_samples`` examples (0: not) and the dense and
-    pruned top-1 before and after recovery go to the results row. ``distill`` > 0 distills the built-in
-    fine-tuning from the dense model (weight of the soft-target term, at ``distill_temperature``). Every latency
+    pruned top-1 before and after recovery go to the results row; a language model's ``(ids, ids)`` batches
+    (``data="text"`` or your own) only calibrate the importances: no accuracy, no fine-tuning. ``distill`` > 0
+    distills the built-in fine-tuning from the dense model (weight of the soft-target term, at
+    ``distill_temperature``). Every latency
     ratio is the mean over ``sessions`` fresh session pairs (:class:`hwprune.latency.LatencyRatio`). ``normalise``
     says how the solver compares importance across groups (``hwprune.prune.budget.NORMALISATIONS``).
     """
@@ -147,6 +170,11 @@ def prune_to_budget(
     )
     if isinstance(tune, int) and tune and data is None:
         raise HwpruneError("--finetune-epochs needs --data (digits works offline)")
+    text = _language_batches(job, data)
+    if text and (callable(tune) or tune):
+        from hwprune.data.text import NO_TRAINING
+
+        raise HwpruneError(NO_TRAINING)
     if distill and not (isinstance(tune, int) and tune):
         raise HwpruneError("--distill weights the built-in fine-tuning: give --finetune-epochs (and --data)")
     _check_input(job, backend, tune)
@@ -246,7 +274,7 @@ def prune_to_budget(
         measured, ci95, other_load = loop_ratio, 0.0, None
         status = "met" if measured <= target + 1e-9 else "missed"
     accuracy = {}
-    if data is not None and isinstance(job, ModelInput):
+    if data is not None and isinstance(job, ModelInput) and not text:
         accuracy = recover_and_reexport(job, outcome, data, data_dir, tune, bn_samples, distill, distill_temperature)
     outcome.record.target_kind = target_kind
     outcome.record.target_value = target

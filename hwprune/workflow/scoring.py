@@ -40,19 +40,36 @@ def importance_scores(
     if not scorer.needs_data:
         return scorer(job.model, graph, None, **opts)
     if data is None:
-        raise HwpruneError(f"importance {name!r} needs data: pass --data digits (offline) or a dataset in --data-dir")
+        raise HwpruneError(
+            f"importance {name!r} needs data: pass --data digits (images) or --data text "
+            "(language models), both offline, or a dataset in --data-dir"
+        )
     if not isinstance(data, str):  # the user's own loader (or any iterable of (x, y) batches)
         return scorer(job.model, graph, first_samples(data, samples))
-    return scorer(job.model, graph, importance_batches(job.example, data, data_dir, samples, seed))
+    from hwprune.data.text import model_vocab_size
+
+    batches = importance_batches(job.example, data, data_dir, samples, seed, model_vocab_size(job.model))
+    return scorer(job.model, graph, batches)
 
 
-def importance_batches(example: torch.Tensor, data: str, data_dir: str | None, samples: int, seed: int = 0) -> list:
-    """The first ``samples`` shuffled training examples of ``data``, as (x, y) mini-batches."""
+def importance_batches(
+    example: torch.Tensor,
+    data: str,
+    data_dir: str | None,
+    samples: int,
+    seed: int = 0,
+    vocab_size: int | None = None,
+) -> list:
+    """The first ``samples`` shuffled training examples of ``data``, as (x, y) mini-batches.
+
+    A text dataset gives sequences of the example's token count with ids below ``vocab_size`` (the model's).
+    """
     from hwprune.data import split_loader
 
     if samples < 1:
         raise HwpruneError(f"--imp-samples is a number of examples, at least 1 (got {samples})")
-    loader = split_loader(data, "train", example, min(IMPORTANCE_BATCH, samples), True, seed, data_dir)
+    batch = min(IMPORTANCE_BATCH, samples)
+    loader = split_loader(data, "train", example, batch, True, seed, data_dir, vocab_size=vocab_size)
     return first_samples(loader, samples)
 
 
