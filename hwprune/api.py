@@ -109,7 +109,7 @@ class PruneResult:
 
         A pruned ONNX file is written again from its source, checked again against the masked file.
         """
-        from hwprune.export.pipeline import export_verified
+        from hwprune.export.pipeline import export_checked
         from hwprune.files import check_writable
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -118,8 +118,17 @@ class PruneResult:
             from hwprune.export.onnx_compact import prune_onnx_file
 
             return prune_onnx_file(self.source, self.mask, path, graph=self.graph)
-        used, diff = export_verified(self.model, self.example, path, exporter)
-        return dataclasses.replace(self.export, onnx_path=str(path), onnx_max_rel_diff=diff, exporter=used)
+        check = export_checked(self.model, self.example, path, exporter)
+        return dataclasses.replace(
+            self.export,
+            onnx_path=str(path),
+            onnx_max_rel_diff=check.diff,
+            exporter=check.exporter,
+            onnx_input_shape=check.input_shape,
+            onnx_second_shape=check.second_shape,
+            onnx_second_max_rel_diff=check.second_diff,
+            notes=self.export.notes + [n for n in check.notes if n not in self.export.notes],
+        )
 
     def __str__(self) -> str:
         return self.report.table()

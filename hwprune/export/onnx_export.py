@@ -22,51 +22,108 @@ EXPORTERS = ("dynamo", "torchscript")
 DEFAULT_EXPORTER = EXPORTERS[0]
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, exporter: str = DEFAULT_EXPORTER) -> str:
+TOKEN_AXES = {0: "batch", 1: "tokens"}  # the axes of token ids [batch, tokens] that an export may leave dynamic
+
+
+def token_ids(example) -> bool:
+    """Whether ``example`` is token ids ``[batch, tokens]`` (a 2-D integer tensor), exported with dynamic axes."""
+    return (
+        isinstance(example, torch.Tensor)
+        and example.dim() == 2
+        and not example.dtype.is_floating_point
+        and not example.dtype.is_complex
+        and example.dtype != torch.bool
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    exporter: str = DEFAULT_EXPORTER,
+    *,
+    dynamic: bool = True,
+    notes: list[str] | None = None,
+) -> str:
     """Write ``model`` traced at ``example`` to ``path``; returns the exporter that succeeded.
 
     The dynamo exporter is torch's default; if it fails on a model the TorchScript exporter is
     tried, and the one used is reported so a result can always be traced back. A model whose weights come near
     protobuf's 2 GB limit is written with its weights in ``<path>.data`` (:mod:`hwprune.export.large_onnx`).
+
+    Token ids (:func:`token_ids`) are exported with their batch and token axes dynamic (``dynamic``), so that
+    one file serves every sequence length: ``dynamic_shapes`` for dynamo (which fixes an axis the model's code
+    specialises, such as batch 1), ``dynamic_axes`` for TorchScript; first both axes, then the token axis
+    alone, then a static export, with the same exporter before the other is tried. A dynamic axis that could
+    not be captured never fails an export: why is appended to ``notes``. What the file declares is read from it
+    (:func:`input_shape`), not assumed. Any other input (images) is exported static, at ``example``'s shape.
     """
     if exporter not in EXPORTERS:
         raise HwpruneError(f"unknown ONNX exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
     # the dynamo exporter logs a warning per torchvision op it registers; they are not about this model
     logging.getLogger("torch.onnx._internal.exporter._schemas").setLevel(logging.ERROR)
     order = [exporter] + [e for e in EXPORTERS if e != exporter]
+    axes_tried = [TOKEN_AXES, {1: TOKEN_AXES[1]}, {}] if dynamic and token_ids(example) else [{}]
     weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     large = weight_bytes > large_onnx.EXPORT_LIMIT
     errors = []
     model.eval()
     for name in order:
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                if name == "dynamo":
-                    torch.onnx.export(
-                        model,
-                        (example,),
-                        str(path),
-                        dynamo=True,
-                        external_data=large,  # one file, or the weights in <path>.data beside it
-                        input_names=["input"],
-                        output_names=["output"],
-                        verbose=False,
-                    )
+        dynamic_errors = []
+        for axes in axes_tried:
+            try:
+                with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                    warnings.simplefilter("ignore")
+                    _export(model, example, path, name, axes, large)
+            except Exception as exc:  # the exporters raise many types; keep the first line of each
+                if axes:
+                    dynamic_errors.append(first_line(exc))
                 else:
-                    torch.onnx.export(
-                        model,
-                        (example,),
-                        str(path),
-                        dynamo=False,
-                        input_names=["input"],
-                        output_names=["output"],
-                        opset_version=17,
-                    )
+                    errors.append(f"{name}: {first_line(exc)}")
+                continue
+            if dynamic_errors and not axes and notes is not None:
+                notes.append(
+                    f"the {name} exporter could not make the token axis dynamic ({dynamic_errors[-1]}): the ONNX "
+                    f"file runs at {example.shape[1]} tokens only"
+                )
             return name
-        except Exception as exc:  # the exporters raise many types; keep the first line of each
-            errors.append(f"{name}: {first_line(exc)}")
     raise HwpruneError(f"ONNX export failed ({'; '.join(errors)})")
+
+
+def _export(model: nn.Module, example: torch.Tensor, path, exporter: str, axes: dict[int, str], large: bool) -> None:
+    """One export attempt with ``exporter``, ``axes`` of the input dynamic (by name)."""
+    if exporter == "dynamo":
+        from torch.export import Dim
+
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=True,
+            external_data=large,  # one file, or the weights in <path>.data beside it
+            input_names=["input"],
+            output_names=["output"],
+            # positional (a tuple): the forward's own argument name (input_ids) is not "input"
+            dynamic_shapes=({axis: Dim(name) for axis, name in axes.items()},) if axes else None,
+            verbose=False,
+        )
+    else:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": axes} if axes else None,
+            opset_version=17,
+        )
+
+
+def input_shape(path_or_session) -> list[int | str | None]:
+    """The shape the ONNX file's (first) input declares: a number per static axis, a name (or None) per dynamic one."""
+    session = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
+    return list(session.get_inputs()[0].shape)
 
 
 def check_onnx(path: str | Path) -> None:

@@ -14,7 +14,7 @@ from torch import fx, nn
 
 from hwprune.errors import EquivalenceError, HwpruneError, VerificationError, first_line
 from hwprune.export.compact import compact_model, masked_model
-from hwprune.export.onnx_export import check_onnx, export_onnx, run_onnx
+from hwprune.export.onnx_export import check_onnx, export_onnx, input_shape, ort_session, run_onnx, token_ids
 from hwprune.export.verify import (
     DEFAULT_TOLERANCE,
     calibrate_for_check,
@@ -49,6 +49,9 @@ class ExportReport:
     random_max_rel_diff: float | None = None  # the same compaction of a randomised copy vs its masked model
     onnx_random_max_rel_diff: float | None = None  # the same export of the randomised compacted model
     check_seed: int | None = None  # seed of the randomised copy (None: checked on the user's weights only)
+    onnx_input_shape: list | None = None  # what the file's input declares: a name for each dynamic axis
+    onnx_second_shape: list[int] | None = None  # the second input it was checked at (None: its axes are static)
+    onnx_second_max_rel_diff: float | None = None  # ONNX vs compacted model at that second input
 
     def table(self) -> str:
         def row(name, before, after):
@@ -79,6 +82,12 @@ class ExportReport:
             if self.onnx_random_max_rel_diff is not None:
                 line += f"; the same export on {randomised}: {self.onnx_random_max_rel_diff:.2e}"
             lines.append(line)
+            if self.onnx_second_shape is not None:
+                lines.append(
+                    f"ONNX input {_shape(self.onnx_input_shape)} (named axes dynamic): also checked in onnxruntime "
+                    f"at input {_shape(self.onnx_second_shape)}, max relative difference "
+                    f"{self.onnx_second_max_rel_diff:.2e}"
+                )
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -300,15 +309,101 @@ def compact_and_verify(
     return proof.compacted, proof.diff
 
 
-def _onnx_diff(
-    module: nn.Module, example: torch.Tensor, path: Path, what: str, tolerance: float
-) -> tuple[float, str | None]:
-    """ONNX file at ``path`` vs ``module`` in onnxruntime: the difference and why it is vacuous (or None)."""
+def _shape(shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def second_input(example: torch.Tensor, shape: list) -> torch.Tensor | None:
+    """The second input at which a token-ids file with dynamic axes is checked; None for any other file.
+
+    ``shape`` is what the file's input declares (:func:`~hwprune.export.onnx_export.input_shape`). Where the
+    token axis is dynamic, the first half of the example's tokens (valid ids at another length; two tokens
+    from one); where the batch axis is, one more row (the same ids reversed). A length or batch size the
+    exporter baked into an op (a reshape, a mask) then shows as a difference or an error.
+    """
+    if not token_ids(example) or len(shape) != 2:
+        return None
+    batch_dynamic, tokens_dynamic = (not isinstance(d, int) for d in shape)
+    x = example
+    if tokens_dynamic:
+        x = x[:, : x.shape[1] // 2] if x.shape[1] >= 2 else x.repeat(1, 2)
+    if batch_dynamic:
+        x = torch.cat([x, x.flip(1)])
+    return x if x is not example else None
+
+
+@dataclass
+class OnnxCheck:
+    """An ONNX file compared in onnxruntime with the module it came from (:func:`compare_onnx`).
+
+    ``diff`` at the example (``reference`` is the module's output there); for token ids whose file declares
+    dynamic axes (``input_shape``), ``second_diff`` at :func:`second_input` (``second_shape``; ``inf`` with
+    ``second_error`` when the file or the module does not run there). ``exporter`` wrote the file; ``notes``
+    say why a file of token ids is static.
+    """
+
+    diff: float
+    reference: object
+    input_shape: list
+    second_shape: list[int] | None = None
+    second_diff: float | None = None
+    second_error: str | None = None
+    exporter: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def second_failure(self, tolerance: float, weights: str) -> str | None:
+        """Why the file's dynamic axes cannot ship (it differs at the second input), or None when they can."""
+        if self.second_diff is None or self.second_diff <= tolerance:
+            return None
+        what = (
+            f"does not run ({self.second_error})"
+            if self.second_error
+            else f"differs from the model by {self.second_diff:.2e}"
+        )
+        return (
+            f"the {self.exporter or 'ONNX'} export with input {_shape(self.input_shape)} {what} at input "
+            f"{_shape(self.second_shape)} on {weights} (relative, tolerance {tolerance:.0e}): exported again static"
+        )
+
+
+def compare_onnx(module: nn.Module, example: torch.Tensor, path: str | Path) -> OnnxCheck:
+    """Compare the ONNX file at ``path`` with ``module`` in onnxruntime, at ``example`` and at a second input.
+
+    The second input (:func:`second_input`) exists where the file declares dynamic axes for token ids; a
+    static file has no second comparison (``second_diff`` None), which is not a failure: it says what the
+    file is. Judging the differences is the caller's.
+    """
+    session = ort_session(path)
     with torch.no_grad():
         reference = module(example)
-    _require_finite_reference(reference, what)
-    diff = max_rel_diff(run_onnx(path, example), reference)
-    return diff, vacuity(reference, tolerance)
+    check = OnnxCheck(max_rel_diff(run_onnx(session, example), reference), reference, input_shape(session))
+    second = second_input(example, check.input_shape)
+    if second is not None:
+        check.second_shape = list(second.shape)
+        try:
+            with torch.no_grad():
+                check.second_diff = max_rel_diff(run_onnx(session, second), module(second))
+        except Exception as exc:  # onnxruntime or the module refuses the other shape: the axis is not truly dynamic
+            check.second_diff, check.second_error = float("inf"), first_line(exc)
+    return check
+
+
+def _export_compared(
+    module: nn.Module, example: torch.Tensor, path: Path, exporter: str, *, dynamic: bool
+) -> OnnxCheck:
+    """Export ``module`` (token ids with dynamic axes when ``dynamic``), check the file, compare it at both inputs."""
+    notes: list[str] = []
+    used = export_onnx(module, example, path, exporter, dynamic=dynamic, notes=notes)
+    check_onnx(path)
+    check = compare_onnx(module, example, path)
+    check.exporter = used
+    shape = check.input_shape
+    if token_ids(example) and (len(shape) != 2 or isinstance(shape[1], int)):  # say why it runs at one length only
+        why = "exported static" if not dynamic else "torch.export specialised the token axis to the example"
+        check.notes = notes or [
+            f"the ONNX file's input is {_shape(check.input_shape)} ({why}): it runs at {example.shape[1]} tokens only"
+        ]
+    return check
 
 
 def export_pruned(
@@ -342,34 +437,43 @@ def export_pruned(
             "inexact groups pruned (a weight-free op mixes their channels): the compacted model "
             "is not expected to equal the masked model; ONNX is still checked against it"
         )
-    onnx_diff, onnx_random_diff, used = None, None, None
+    onnx_diff, onnx_random_diff, used, shipped = None, None, None, None
     name = graph.model_name
     if onnx_path is not None:
         with staged(onnx_path) as tmp:
-            used = export_onnx(compacted, example, tmp, exporter)
-            check_onnx(tmp)
-            onnx_diff, vacuous = _onnx_diff(
-                compacted, example, tmp, f"compacted {name}'s output on your weights", tolerance
-            )
-            if not onnx_diff <= tolerance:
-                raise EquivalenceError(
-                    f"ONNX export of {name} differs from the compacted model in onnxruntime by "
-                    f"{onnx_diff:.2e} (relative, tolerance {tolerance:.0e}); nothing was written",
-                    onnx_diff,
+            for dynamic in (True, False):  # dynamic axes (token ids) unless they do not hold at a second input
+                shipped = _export_compared(compacted, example, tmp, exporter, dynamic=dynamic)
+                used, onnx_diff = shipped.exporter, shipped.diff
+                _require_finite_reference(shipped.reference, f"compacted {name}'s output on your weights")
+                if not onnx_diff <= tolerance:
+                    raise EquivalenceError(
+                        f"ONNX export of {name} differs from the compacted model in onnxruntime by "
+                        f"{onnx_diff:.2e} (relative, tolerance {tolerance:.0e}); nothing was written",
+                        onnx_diff,
+                    )
+                vacuous = vacuity(shipped.reference, tolerance)
+                random_check = None
+                if proof.random_compacted is None:
+                    if vacuous:
+                        raise VerificationError(
+                            f"cannot verify the ONNX export of {name}: the compacted model's output on your weights "
+                            f"is {vacuous}, so no comparison against it can fail; nothing was written"
+                        )
+                else:
+                    random_check = _check_export_path(proof, example, shipped, name, tolerance, seed)
+                    onnx_random_diff = random_check.diff
+                failure = shipped.second_failure(tolerance, "your weights") or (
+                    random_check and random_check.second_failure(tolerance, f"randomised weights (seed {seed})")
                 )
-            if proof.random_compacted is None:
-                if vacuous:
-                    raise VerificationError(
-                        f"cannot verify the ONNX export of {name}: the compacted model's output on your weights is "
-                        f"{vacuous}, so no comparison against it can fail; nothing was written"
-                    )
-            else:
-                onnx_random_diff = _check_export_path(proof, example, used, name, tolerance, seed)
-                if vacuous:
-                    notes.append(
-                        f"the compacted model's output on your weights is {vacuous}, so the onnxruntime comparison "
-                        "of the shipped file could not fail; the export path is proved on randomised weights"
-                    )
+                if not failure:
+                    break
+                notes.append(failure)
+            notes += shipped.notes
+            if vacuous and proof.random_compacted is not None:
+                notes.append(
+                    f"the compacted model's output on your weights is {vacuous}, so the onnxruntime comparison "
+                    "of the shipped file could not fail; the export path is proved on randomised weights"
+                )
     report = ExportReport(
         model=name,
         onnx_path=str(onnx_path) if onnx_path else None,
@@ -386,51 +490,76 @@ def export_pruned(
         random_max_rel_diff=proof.random_diff,
         onnx_random_max_rel_diff=onnx_random_diff,
         check_seed=proof.seed,
+        onnx_input_shape=shipped.input_shape if shipped else None,
+        onnx_second_shape=shipped.second_shape if shipped else None,
+        onnx_second_max_rel_diff=shipped.second_diff if shipped else None,
     )
     return compacted, report
 
 
 def _check_export_path(
-    proof: CompactionProof, example: torch.Tensor, exporter: str, name: str, tolerance: float, seed: int
-) -> float:
-    """Export the randomised compacted model with ``exporter`` to a temporary file, compare in onnxruntime."""
+    proof: CompactionProof, example: torch.Tensor, shipped: OnnxCheck, name: str, tolerance: float, seed: int
+) -> OnnxCheck:
+    """Export the randomised compacted model as the shipped file was (exporter, axes), compare in onnxruntime.
+
+    The file is temporary; a mismatch at the second input is the caller's to judge (it exports again static).
+    """
+    exporter = shipped.exporter
     with tempfile.TemporaryDirectory(prefix="hwprune-check-") as tmp:
         path = Path(tmp) / "randomised.onnx"
-        used = export_onnx(proof.random_compacted, example, path, exporter)
-        if used != exporter:
+        check = _export_compared(
+            proof.random_compacted, example, path, exporter, dynamic=shipped.second_shape is not None
+        )
+        if check.exporter != exporter:
             raise VerificationError(
                 f"the {exporter} exporter exported {name} but failed on its randomised copy (seed {seed}); the "
                 "export path could not be verified: try the other exporter"
             )
-        diff, vacuous = _onnx_diff(
-            proof.random_compacted, example, path, f"compacted {name}'s output on randomised weights", tolerance
-        )
+    what = f"compacted {name}'s output on randomised weights"
+    _require_finite_reference(check.reference, what)
+    diff = check.diff
     if not diff <= tolerance:
         raise EquivalenceError(
             f"ONNX export of {name} differs from the compacted model in onnxruntime by {diff:.2e} on randomised "
             f"weights (seed {seed}; relative, tolerance {tolerance:.0e}); nothing was written",
             diff,
         )
+    vacuous = vacuity(check.reference, tolerance)
     if vacuous:
         raise VerificationError(
             f"cannot verify the ONNX export of {name}: the compacted model's output is {vacuous} even on randomised "
             f"weights (seed {seed}), so no comparison against it can fail; nothing was written"
         )
-    return diff
+    return check
+
+
+def export_checked(
+    module: nn.Module, example: torch.Tensor, path: str | Path, exporter: str, tolerance: float = DEFAULT_TOLERANCE
+) -> OnnxCheck:
+    """Export ``module`` to ``path`` and check it in onnxruntime against the module; nothing written on failure.
+
+    For a module already proved (a compacted model, fine-tuned or not) whose ONNX file must be rewritten.
+    Token ids are exported with dynamic axes and checked at a second input too (:func:`second_input`); a file
+    whose dynamic axes do not hold there is exported again static, with a note saying why.
+    """
+    path = Path(path)
+    fallback: list[str] = []
+    with staged(path) as tmp:
+        for dynamic in (True, False):
+            check = _export_compared(module.eval(), example, tmp, exporter, dynamic=dynamic)
+            if not check.diff <= tolerance:
+                raise HwpruneError(
+                    f"ONNX export differs from the model by {check.diff:.2e}; nothing was written to {path}"
+                )
+            failure = check.second_failure(tolerance, "the model's weights")
+            if not failure:
+                break
+            fallback.append(failure)
+    check.notes[:0] = fallback
+    return check
 
 
 def export_verified(module: nn.Module, example: torch.Tensor, path: str | Path, exporter: str) -> tuple[str, float]:
-    """Export ``module`` to ``path`` and check it in onnxruntime against the module; nothing written on failure.
-
-    Returns the exporter used and the relative difference. For a module already proved (a compacted
-    model, fine-tuned or not) whose ONNX file must be rewritten.
-    """
-    path = Path(path)
-    with staged(path) as tmp:
-        used = export_onnx(module, example, tmp, exporter)
-        check_onnx(tmp)
-        with torch.no_grad():
-            diff = max_rel_diff(run_onnx(tmp, example), module.eval()(example))
-        if not diff <= DEFAULT_TOLERANCE:
-            raise HwpruneError(f"ONNX export differs from the model by {diff:.2e}; nothing was written to {path}")
-    return used, diff
+    """:func:`export_checked`, returning the exporter used and the relative difference at the example."""
+    check = export_checked(module, example, path, exporter)
+    return check.exporter, check.diff
