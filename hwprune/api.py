@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,11 +55,17 @@ def _job(model: nn.Module, example_inputs, name: str | None) -> ModelInput:
     return ModelInput(name or type(model).__name__, model.eval(), _example(example_inputs))
 
 
-def _input(model_or_onnx: nn.Module | str | Path, example_inputs, name: str | None) -> ModelInput | OnnxInput:
+def _input(
+    model_or_onnx: nn.Module | str | Path, example_inputs, name: str | None, front_end: str = "auto"
+) -> ModelInput | OnnxInput:
     """A module with its example input, or an ONNX file (at the example's shape when one is given)."""
-    if not isinstance(model_or_onnx, (str, Path)):
-        return _job(model_or_onnx, example_inputs, name)
     from hwprune import checks
+
+    checks.front_end(front_end)
+    if not isinstance(model_or_onnx, (str, Path)):
+        return replace(_job(model_or_onnx, example_inputs, name), front_end=front_end)
+    if front_end != "auto":
+        raise HwpruneError(f"front_end={front_end!r} is for a PyTorch module; an ONNX file maps through its own graph")
 
     path = Path(model_or_onnx)
     shape = None if example_inputs is None else tuple(_example(example_inputs).shape)
@@ -67,13 +73,16 @@ def _input(model_or_onnx: nn.Module | str | Path, example_inputs, name: str | No
     return OnnxInput.build(path, shape)
 
 
-def map(model: nn.Module | str | Path, example_inputs=None, name: str | None = None) -> ChannelGraph:  # noqa: A001
+def map(  # noqa: A001
+    model: nn.Module | str | Path, example_inputs=None, name: str | None = None, front_end: str = "auto"
+) -> ChannelGraph:
     """The channel groups of ``model``: which tensors must lose the same channels, what is frozen and why.
 
     ``model`` is a module (with its example input) or an ONNX file's path. ``print(graph.summary())`` or
-    ``graph.explain()`` shows the groups.
+    ``graph.explain()`` shows the groups. ``front_end`` captures a module with ``"fx"`` (symbolic tracing),
+    ``"export"`` (torch.export: the compacted model is your own module) or ``"auto"`` (fx, else export).
     """
-    return _input(model, example_inputs, name).graph()
+    return _input(model, example_inputs, name, front_end).graph()
 
 
 @dataclass
@@ -159,6 +168,7 @@ def prune(
     name: str | None = None,
     progress: bool = True,
     normalise: str = "cost",
+    front_end: str = "auto",
 ) -> PruneResult:
     """Prune ``model`` to one budget, a ratio of the dense model: ``latency``, ``flops`` or ``params``.
 
@@ -177,6 +187,7 @@ def prune(
     ``out`` keeps mask.json, the LUT and the verified ONNX file; without it they live in a temporary folder.
     ``model`` may be an ONNX file's path (``example_inputs`` then optional: it fixes the input shape); it is
     pruned, timed and shipped as ONNX on an onnxruntime backend, with weight-based importances.
+    ``front_end`` is how a module is captured (see :func:`map`).
     """
     budgets = {k: v for k, v in (("latency", latency), ("flops", flops), ("params", params)) if v is not None}
     if len(budgets) != 1:
@@ -184,7 +195,7 @@ def prune(
     [(kind, target)] = budgets.items()
     if isinstance(finetune, int) and finetune and data is None:
         raise HwpruneError("finetune=<epochs> trains on data=: pass your DataLoader (or give finetune=your_fn)")
-    job = _input(model, example_inputs, name)
+    job = _input(model, example_inputs, name, front_end)
     with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
         folder = Path(out) if out is not None else Path(tmp)
         report = prune_to_budget(

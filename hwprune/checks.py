@@ -116,6 +116,14 @@ def input_shape(text: str | None, name: str = "--input-shape") -> tuple[int, ...
     return shape
 
 
+FRONT_ENDS = ("auto", "fx", "export")  # how a PyTorch model is captured (hwprune.graph_mapper.front_end)
+
+
+def front_end(name: str) -> None:
+    if name not in FRONT_ENDS:
+        raise HwpruneError(f"unknown front-end {name!r}: use one of {', '.join(FRONT_ENDS)}")
+
+
 def model_input(
     input_size: Any = None, batch: Any = 1, num_classes: Any = None, in_channels: Any = None, seed: Any = 0
 ) -> None:

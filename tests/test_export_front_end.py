@@ -231,3 +231,37 @@ def test_export_mapping_leaves_the_model_as_it_was():
     assert model.training and not model.body.training and model.stem.training
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), before[k].numpy(), err_msg=k)
+
+
+# ----------------------------------------------------------------------------- choosing the front-end
+
+
+def test_the_front_end_is_chosen_through_the_api_and_the_cli(capsys):
+    """``front_end=`` / ``--front-end``: fx maps a GraphModule, export the user's own module, the same groups."""
+    import hwprune
+    from hwprune.cli import main
+
+    model, x = zoo_case("torchvision:resnet18", 32)
+    by_fx, by_export = hwprune.map(model, x, front_end="fx"), hwprune.map(model, x, front_end="export")
+    assert isinstance(by_fx.gm, fx.GraphModule) and by_export.gm is model
+    assert groups_by_slices(by_fx) == groups_by_slices(by_export)
+    with pytest.raises(HwpruneError, match="unknown front-end 'jit'"):
+        hwprune.map(model, x, front_end="jit")
+    summaries = []
+    for front_end in ("fx", "export"):
+        assert main(["map", "--model", "resnet18", "--input-size", "32", "--front-end", front_end]) == 0
+        summaries.append(capsys.readouterr().out.splitlines()[0].split(", built in")[0])
+    assert summaries[0] == summaries[1] and "prunable" in summaries[0]
+
+
+def test_the_front_end_option_is_refused_for_an_onnx_file(tmp_path):
+    import hwprune
+    from hwprune.export.onnx_export import export_onnx
+    from tests.test_cli import assert_one_line_error, run_cli
+
+    model, x = zoo_case("hwprune:lenet5", 28)
+    path = tmp_path / "lenet.onnx"
+    export_onnx(model, x, path)
+    with pytest.raises(HwpruneError, match="front_end='fx' is for a PyTorch module"):
+        hwprune.map(path, front_end="fx")
+    assert_one_line_error(run_cli("map", "--onnx", path, "--front-end", "export"), "--front-end is for --model")

@@ -18,7 +18,15 @@ def model_options(p: argparse.ArgumentParser, default_model: str | None = None, 
         default=None if or_onnx else default_model,
         help=("(required) " if default_model is None else f"(default {default_model}) ")
         + "zoo name (see `hwprune models`); prefix torchvision:/timm:/seed: to disambiguate; hf:<family> "
-        "(llama, qwen2, mistral, gpt2, bert, vit) for a Hugging Face model built from a config",
+        "(llama, qwen2, mistral, gpt2, bert, t5, vit) for a Hugging Face model built from a config",
+    )
+    g.add_argument(
+        "--front-end",
+        default="auto",
+        choices=checks.FRONT_ENDS,
+        help="how the PyTorch model is captured: fx (symbolic tracing; sizes written in the code are rewritten), "
+        "export (torch.export: any capturable program; the compacted model is your own module, sliced) or auto "
+        "(default: fx, torch.export where fx cannot trace)",
     )
     g.add_argument(
         "--hf-config",
@@ -121,6 +129,7 @@ def build_job(args):
         args.seed,
         args.weights,
         getattr(args, "hf_config", None),
+        getattr(args, "front_end", "auto"),
     )
 
 
@@ -172,6 +181,8 @@ def check_source(args) -> None:
         raise HwpruneError("--input-size/--in-channels are for --model; with --onnx give --input-shape (1,3,32,32)")
     if args.weights is not None:
         raise HwpruneError("--weights is for --model: an ONNX file carries its own weights")
+    if getattr(args, "front_end", "auto") != "auto":
+        raise HwpruneError("--front-end is for --model: an ONNX file maps through its own graph")
     if hasattr(args, "method"):
         from hwprune.graph_mapper.onnx_mapper import check_onnx_importance
 

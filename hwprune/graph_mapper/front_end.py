@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hwprune import checks
 from hwprune.errors import HwpruneError
 from hwprune.graph_mapper.export_mapper import build_channel_graph_export
 from hwprune.graph_mapper.fx_mapper import TraceError, build_channel_graph_fx
 from hwprune.graph_mapper.types import ChannelGraph
 
-FRONT_ENDS = ("auto", "fx", "export")
+FRONT_ENDS = checks.FRONT_ENDS
 
 
 def build_channel_graph(
@@ -38,8 +39,7 @@ def build_channel_graph(
         return build_channel_graph_fx(model, example_input, name)
     if front_end == "export":
         return build_channel_graph_export(model, example_input, name)
-    if front_end != "auto":
-        raise HwpruneError(f"unknown front-end {front_end!r}: use one of {', '.join(FRONT_ENDS)}")
+    checks.front_end(front_end)
     try:
         return build_channel_graph_fx(model, example_input, name)
     except TraceError as traced:

@@ -20,6 +20,7 @@ class ModelInput:
     name: str
     model: nn.Module
     example: torch.Tensor
+    front_end: str = "auto"  # how the model is captured: fx, export (torch.export) or auto (fx, else export)
 
     @classmethod
     def build(
@@ -32,6 +33,7 @@ class ModelInput:
         seed: int = 0,
         weights: str | None = None,
         hf_config: str | None = None,
+        front_end: str = "auto",
     ) -> ModelInput:
         """Build zoo model ``name`` (random weights, or ``weights``: a file or a torchvision weight name).
 
@@ -41,8 +43,9 @@ class ModelInput:
         from hwprune.models import get_model, model_spec
 
         checks.model_input(input_size, batch, num_classes, in_channels, seed)
+        checks.front_end(front_end)
         if name.startswith("hf:"):
-            return cls._hf(name, input_size, batch, seed, weights, hf_config)
+            return cls._hf(name, input_size, batch, seed, weights, hf_config, front_end)
         if hf_config is not None:
             raise HwpruneError("--hf-config is for --model hf:<family>")
         spec = model_spec(name)
@@ -56,10 +59,10 @@ class ModelInput:
 
             load_weights(model, weights, name)
         example = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
-        return cls(name, model, example)
+        return cls(name, model, example, front_end)
 
     @classmethod
-    def _hf(cls, name, tokens, batch, seed, weights, hf_config) -> ModelInput:
+    def _hf(cls, name, tokens, batch, seed, weights, hf_config, front_end) -> ModelInput:
         from hwprune.models.hf import DEFAULT_TOKENS, hf_example, hf_model
 
         model = hf_model(name.partition(":")[2], hf_config, seed=seed)
@@ -67,10 +70,10 @@ class ModelInput:
             from hwprune.models.weights import load_weights
 
             load_weights(model, weights, name)
-        return cls(name, model, hf_example(model, batch, tokens or DEFAULT_TOKENS, seed))
+        return cls(name, model, hf_example(model, batch, tokens or DEFAULT_TOKENS, seed), front_end)
 
     def graph(self) -> ChannelGraph:
-        return build_channel_graph(self.model, self.example, self.name)
+        return build_channel_graph(self.model, self.example, self.name, self.front_end)
 
 
 @dataclass
