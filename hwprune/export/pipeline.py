@@ -444,14 +444,7 @@ def export_pruned(
             for dynamic in (True, False):  # dynamic axes (token ids) unless they do not hold at a second input
                 shipped = _export_compared(compacted, example, tmp, exporter, dynamic=dynamic)
                 used, onnx_diff = shipped.exporter, shipped.diff
-                _require_finite_reference(shipped.reference, f"compacted {name}'s output on your weights")
-                if not onnx_diff <= tolerance:
-                    raise EquivalenceError(
-                        f"ONNX export of {name} differs from the compacted model in onnxruntime by "
-                        f"{onnx_diff:.2e} (relative, tolerance {tolerance:.0e}); nothing was written",
-                        onnx_diff,
-                    )
-                vacuous = vacuity(shipped.reference, tolerance)
+                vacuous = _onnx_matched(shipped, name, tolerance, "your weights")
                 random_check = None
                 if proof.random_compacted is None:
                     if vacuous:
@@ -497,6 +490,18 @@ def export_pruned(
     return compacted, report
 
 
+def _onnx_matched(check: OnnxCheck, name: str, tolerance: float, weights: str) -> str | None:
+    """Raise unless the ONNX file matched the compacted model at the example; say if that could not fail."""
+    _require_finite_reference(check.reference, f"compacted {name}'s output on {weights}")
+    if not check.diff <= tolerance:
+        raise EquivalenceError(
+            f"ONNX export of {name} differs from the compacted model in onnxruntime by {check.diff:.2e} on "
+            f"{weights} (relative, tolerance {tolerance:.0e}); nothing was written",
+            check.diff,
+        )
+    return vacuity(check.reference, tolerance)
+
+
 def _check_export_path(
     proof: CompactionProof, example: torch.Tensor, shipped: OnnxCheck, name: str, tolerance: float, seed: int
 ) -> OnnxCheck:
@@ -515,16 +520,7 @@ def _check_export_path(
                 f"the {exporter} exporter exported {name} but failed on its randomised copy (seed {seed}); the "
                 "export path could not be verified: try the other exporter"
             )
-    what = f"compacted {name}'s output on randomised weights"
-    _require_finite_reference(check.reference, what)
-    diff = check.diff
-    if not diff <= tolerance:
-        raise EquivalenceError(
-            f"ONNX export of {name} differs from the compacted model in onnxruntime by {diff:.2e} on randomised "
-            f"weights (seed {seed}; relative, tolerance {tolerance:.0e}); nothing was written",
-            diff,
-        )
-    vacuous = vacuity(check.reference, tolerance)
+    vacuous = _onnx_matched(check, name, tolerance, f"randomised weights (seed {seed})")
     if vacuous:
         raise VerificationError(
             f"cannot verify the ONNX export of {name}: the compacted model's output is {vacuous} even on randomised "
