@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 from dataclasses import dataclass, field
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,13 @@ def save_pruned(model: nn.Module, folder: str | Path) -> Path:
     before = {k: getattr(model.config, k) for k in saved if hasattr(model.config, k)}
     model.config.update(saved)
     try:
-        model.save_pretrained(folder)
+        # the model's own tensor names: transformers 5 renames some (ViT) to an older layout when saving
+        native = (
+            {"save_original_format": False}
+            if "save_original_format" in signature(model.save_pretrained).parameters
+            else {}
+        )
+        model.save_pretrained(folder, **native)
     finally:
         for key in (SHAPES_KEY, WRAPPED_KEY):
             delattr(model.config, key)
