@@ -168,12 +168,17 @@ def layer_norm(ctx: ExportContext, node: fx.Node):
 
 def _own_layer_norm(ctx: ExportContext, node: fx.Node) -> bool:
     """The op is an ``nn.LayerNorm``'s own forward on its own weight: compaction makes it exact (ops.layer_norm)."""
+    fqn, kind = _innermost_module(node)
+    return kind == fx_ops.qualified_name(nn.LayerNorm) and ctx.tensor_name(_arg(node, 2, "weight")) == f"{fqn}.weight"
+
+
+def _innermost_module(node: fx.Node) -> tuple[str | None, str | None]:
+    """The attribute path and class name of the module whose forward ran ``node`` (None, None at top level)."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
-        return False
+        return None, None
     fqn, kind = list(stack.values())[-1]
-    kind = fx_ops.qualified_name(kind) if isinstance(kind, type) else kind
-    return kind == fx_ops.qualified_name(nn.LayerNorm) and ctx.tensor_name(_arg(node, 2, "weight")) == f"{fqn}.weight"
+    return fqn, fx_ops.qualified_name(kind) if isinstance(kind, type) else kind  # torch versions record either
 
 
 @ATEN_OPS.register(aten.group_norm)
@@ -351,10 +356,7 @@ def module_regions(ctx: ExportContext, gm: fx.GraphModule) -> dict[str, Region]:
     regions: dict[str, Region] = {}
     current: Region | None = None
     for node in gm.graph.nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        fqn, kind = list(stack.values())[-1] if stack else (None, None)
-        if isinstance(kind, type):  # a class where torch records one instead of its name
-            kind = fx_ops.qualified_name(kind)
+        fqn, kind = _innermost_module(node)
         if kind is None or MODULE_REGIONS.find(kind) is None:
             current = None
             continue

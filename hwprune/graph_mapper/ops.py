@@ -237,26 +237,20 @@ def _resize_layer_norm(m: nn.LayerNorm, shrunk) -> nn.LayerNorm | None:
     return None
 
 
-def exact_layer_norm(m: nn.Module) -> bool:
-    """Norms whose compaction divides by the original width (see :mod:`hwprune.layers`)."""
-    return type(m) in (nn.LayerNorm, ZeroPaddedLayerNorm)
-
-
 @OPS.register(nn.LayerNorm, ZeroPaddedLayerNorm)
 @resized_by(_resize_layer_norm)
 def layer_norm(ctx: MapContext, node: fx.Node):
-    """Exact for nn.LayerNorm itself (compacted into a :class:`ZeroPaddedLayerNorm`); a subclass is inexact."""
+    """Exact: compacted into a :class:`ZeroPaddedLayerNorm`.
+
+    Registered for these two classes only: a subclass with code of its own is traced through to its call.
+    """
     m = ctx.module(node)
     if len(m.normalized_shape) != 1:
         return ctx.unknown(node, f"LayerNorm {node.target} over several axes")
     if m.weight is None:  # no tensor would carry the new channel count to its normalized_shape
         return ctx.unknown(node, f"LayerNorm {node.target} without affine parameters")
     out = _per_channel(ctx, node, -1, ("weight", "bias"), "layer norm")
-    if isinstance(out, Frozen):
-        return out
-    if not exact_layer_norm(m):
-        ctx.atoms.mark_inexact(out[1], f"LayerNorm {node.target} normalises across channels")
-    return out[0]
+    return out if isinstance(out, Frozen) else out[0]
 
 
 def _resize_prelu(m: nn.PReLU, shrunk) -> None:
