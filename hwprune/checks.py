@@ -550,11 +550,12 @@ LUT_META_TYPED = {
     "input_shape": lambda f, v, n: f.shape(v, n),
     "backend": lambda f, v, n: f.string(v, n),
     "threads": lambda f, v, n: f.whole(v, n, 1),
-    "points": lambda f, v, n: [f.number(p, f"{n}[{i}]", 0.0, 1.0, True) for i, p in enumerate(f.list(v, n, True))],
+    "points": lambda f, v, n: [f.number(p, f"{n}[{i}]", 0.0, 1.0, True) for i, p in enumerate(f.list(v, n))],
     "repeats": lambda f, v, n: f.whole(v, n, 1),
     "round_to": lambda f, v, n: f.whole(v, n, 1),
     "passes": lambda f, v, n: f.whole(v, n, 1),
     "exporter": lambda f, v, n: f.string(v, n),
+    "per_op": lambda f, v, n: f.choice(v, n, (True, False)),
     "device": lambda f, v, n: f.string(v, n),
     "versions": lambda f, v, n: f.mapping(v, n),
 }
@@ -576,6 +577,17 @@ CALIBRATION_FIELDS = {
     "baseline_ms": lambda f, v, n: f.number(v, n, 0.0, None, True),
     "latency_ms": lambda f, v, n: f.number(v, n),
 }
+OP_MS = lambda f, v, n: [f.number(ms, f"{n}.{t}", 0.0) for t, ms in f.mapping(v, n).items()]  # noqa: E731
+
+
+def _calibration(f: Fields, c: Any, field: str) -> None:
+    """One calibration record: the fields of CALIBRATION_FIELDS, optionally per-op times ``op_ms``."""
+    missing = [k for k in CALIBRATION_FIELDS if k not in c]
+    if missing:
+        raise f.fail(field, f"lacks the field {missing[0]!r}")
+    _typed(f, c, CALIBRATION_FIELDS, field)
+    if "op_ms" in c:
+        OP_MS(f, c["op_ms"], f"{field}.op_ms")
 
 
 def _typed(f: Fields, data: dict, checks: dict, field: str) -> None:
@@ -599,10 +611,10 @@ def lut_document(data: Any, path: Any = "") -> None:
     """Check a parsed LUT file (hwprune.lut/1).
 
     Schema: ``format``; ``meta`` with ``model``, ``fingerprint``, ``input_shape``, ``backend`` and
-    ``threads`` (other settings typed when present); ``points``, a non-empty list of edge points
-    (group, name, size, kept, point, baseline_ms, latency_ms, iqr_ms, macs_before, macs_after,
-    passes; finite numbers); optional ``calibration``, a list of {index, shares, baseline_ms,
-    latency_ms}. Nothing else.
+    ``threads`` (other settings typed when present); ``points``, a list of edge points (group, name,
+    size, kept, point, baseline_ms, latency_ms, iqr_ms, macs_before, macs_after, passes; finite
+    numbers); optional ``calibration``, a list of {index, shares, baseline_ms, latency_ms, and
+    optionally op_ms: weight -> ms}. At least one measurement in all. Nothing else.
     """
     from hwprune.latency.lut import LUT_FORMAT
 
@@ -612,13 +624,14 @@ def lut_document(data: Any, path: Any = "") -> None:
     meta = f.mapping(data["meta"], "meta")
     f.keys(meta, "meta", LUT_META_REQUIRED, meta.keys())
     _typed(f, meta, LUT_META_TYPED, "meta")
-    for i, p in enumerate(f.list(data["points"], "points", nonempty=True)):
+    calibration = f.list(data.get("calibration", []), "calibration")
+    for i, p in enumerate(f.list(data["points"], "points", nonempty=not calibration)):
         _edge_point(f, p, f"points[{i}]")
-    for i, c in enumerate(f.list(data.get("calibration", []), "calibration")):
+    for i, c in enumerate(calibration):
         field = f"calibration[{i}]"
         c = f.mapping(c, field)
-        f.keys(c, field, list(CALIBRATION_FIELDS))
-        _typed(f, c, CALIBRATION_FIELDS, field)
+        f.keys(c, field, list(CALIBRATION_FIELDS), ["op_ms"])
+        _calibration(f, c, field)
 
 
 JOURNAL_FIX = "delete that line to measure it again, or delete the journal to start over"
@@ -634,6 +647,7 @@ JOURNAL_HEADER = {
     "round_to": LUT_META_TYPED["round_to"],
     "passes": LUT_META_TYPED["passes"],
     "exporter": LUT_META_TYPED["exporter"],
+    "per_op": lambda f, v, n: f.choice(v, n, (True, False)),
 }
 
 
@@ -653,10 +667,7 @@ def journal_record(record: Any, path: Any, line: int, header: bool = False) -> d
         if "pass" in rec:
             f.whole(rec["pass"], "the edge record.pass", 0)
     elif kind == "calibration":
-        missing = [k for k in CALIBRATION_FIELDS if k not in rec]
-        if missing:
-            raise f.fail("the calibration record", f"lacks the field {missing[0]!r}")
-        _typed(f, rec, CALIBRATION_FIELDS, "the calibration record")
+        _calibration(f, rec, "the calibration record")
     else:
         raise f.fail("the record", f"has kind {kind!r}, not 'edge' or 'calibration'")
     return rec

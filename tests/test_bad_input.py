@@ -317,7 +317,7 @@ def fake_timing(monkeypatch):
 
     calls = SimpleNamespace(n=0, stop_after=None)
 
-    def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter):
+    def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter, candidate=None):
         if calls.stop_after is not None and calls.n >= calls.stop_after:
             raise KeyboardInterrupt
         calls.n += 1

@@ -135,10 +135,11 @@ def check_onnx(path: str | Path) -> None:
         raise HwpruneError(f"onnx.checker rejects {path}: {str(exc).splitlines()[0]}") from exc
 
 
-def ort_session(path, intra_threads: int = 1, inter_threads: int = 1):
+def ort_session(path, intra_threads: int = 1, inter_threads: int = 1, profile_prefix: str | None = None):
     """An onnxruntime CPU session with explicit thread counts (never the machine-wide default).
 
     ``path`` is an ONNX file or an in-memory ``onnx.ModelProto`` (a candidate compacted from an ONNX file).
+    ``profile_prefix``: profile every run (per-node times) into a JSON file starting with it.
     """
     import onnxruntime as ort
 
@@ -149,6 +150,9 @@ def ort_session(path, intra_threads: int = 1, inter_threads: int = 1):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     with session_source(path) as source:
         return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
 

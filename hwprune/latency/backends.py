@@ -27,6 +27,7 @@ from hwprune.latency.measurement import (
     robust_stats,
     time_interleaved,
 )
+from hwprune.latency.op_timing import OpTimes, ort_op_times, torch_op_times
 from hwprune.registry import Registry
 
 
@@ -54,6 +55,7 @@ class LatencyBackend:
     name: str = ""
     round_to: int = 16  # channel-count alignment for latency budgets (benchmarks/results/alignment.md)
     times_onnx: bool = False  # times ONNX files (candidates, the shipped file), not PyTorch modules
+    reports_op_times: bool = False  # implements op_times (per-op timings for the latency model)
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run on this machine (None: it can)."""
@@ -62,6 +64,10 @@ class LatencyBackend:
     def prepare(self, model, example: torch.Tensor, threads: int = 1, **opts) -> Runner:
         """A runner for one inference of ``model`` on ``example``; options meant for other backends are ignored."""
         raise NotImplementedError
+
+    def op_times(self, model, example: torch.Tensor, threads: int = 1, runs: int = 5, **opts) -> OpTimes:
+        """Each conv/linear op's median time in ``runs`` runs of ``model``, by weight (``reports_op_times``)."""
+        raise HwpruneError(f"latency backend {self.name!r} cannot report per-op timings")
 
 
 BACKENDS: Registry[LatencyBackend] = Registry("latency backend")
@@ -100,6 +106,11 @@ class TorchCpu(LatencyBackend):
     """PyTorch eager on the host CPU, ``threads`` intra-op threads."""
 
     name = "torch-cpu"
+    reports_op_times = True
+
+    def op_times(self, model: nn.Module, example: torch.Tensor, threads: int = 1, runs: int = 5, **_) -> OpTimes:
+        torch.set_num_threads(threads)
+        return torch_op_times(model.eval(), example, runs)
 
     def prepare(self, model: nn.Module, example: torch.Tensor, threads: int = 1, **_) -> Runner:
         torch.set_num_threads(threads)
@@ -121,6 +132,17 @@ class OrtCpu(LatencyBackend):
 
     name = "ort-cpu"
     times_onnx = True
+    reports_op_times = True
+
+    def op_times(self, model, example: torch.Tensor, threads: int = 1, runs: int = 5, exporter: str = "dynamo", **_):
+        if not isinstance(model, nn.Module):
+            return ort_op_times(model, example, threads, runs)
+        from hwprune.export.onnx_export import export_onnx
+
+        with tempfile.TemporaryDirectory(prefix="hwprune-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model, example, path, exporter)
+            return ort_op_times(path, example, threads, runs)
 
     def unavailable(self) -> str | None:
         return None if importlib.util.find_spec("onnxruntime") else "onnxruntime is not installed"

@@ -50,7 +50,7 @@ class EdgePoint:
 class LUT:
     meta: dict
     points: list[EdgePoint] = field(default_factory=list)
-    calibration: list[dict] = field(default_factory=list)  # random whole-network masks: shares, timings
+    calibration: list[dict] = field(default_factory=list)  # random whole-network masks: shares, timings, op_ms
 
     KEYS = ("model", "fingerprint", "input_shape", "backend", "threads")
 
@@ -77,9 +77,10 @@ class LUT:
 
     @property
     def baseline_ms(self) -> float:
+        """The dense model's median latency over the measurements (edge points, else calibration masks)."""
         import statistics
 
-        return statistics.median(p.baseline_ms for p in self.points)
+        return statistics.median([p.baseline_ms for p in self.points] or [c["baseline_ms"] for c in self.calibration])
 
     def save(self, path: str | Path) -> None:
         """JSON (complete) plus a CSV twin of the points next to it."""

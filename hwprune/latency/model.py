@@ -13,6 +13,13 @@ k x k conv, linear), fitted first; the ridge's strength is the one that best pre
 calibration mask left out of the fit. The calibration masks matter: ResNet-50 on ONNX Runtime runs
 6 % faster shrunk all over than its single-group points add up to (likely cache effects).
 
+With per-op timings (``profile-edges --per-op``: each calibration record holds every op's own time,
+reported by the backend), the per-op terms are fitted from them directly: op o took
+``c_o + b_o * MACs_o(mask) / MACs`` ms in each profiled run (non-negative least squares over the
+records), so theta_o = k * b_o / baseline, where ``fixed`` and one scale ``k`` (profiled vs unprofiled
+time, and time outside conv/linear ops, which grows with them) are fitted to the whole-network ratios.
+Every mask then informs every op, and masks interact only through each op's own widths.
+
 Why not the measured per-group curves added up: each point carries ~1 % timing noise, and summing
 25-37 of them for one mask added that noise up; on the same measurements the fitted model was
 within 5 % for more held-out masks on every model tried (see the latency issue's notes).
@@ -23,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import nnls
 
+from hwprune.errors import HwpruneError
 from hwprune.graph_mapper.cost import CostModel
 from hwprune.graph_mapper.types import ChannelGraph
 from hwprune.latency.lut import LUT
@@ -69,8 +77,15 @@ class LatencyModel:
         x_pts = np.array([self._features(s) for s, _ in points])
         x_cal = np.array([self._features(s) for s, _ in calibration]).reshape(len(calibration), len(self.ops))
         y_pts, y_cal = np.array([r for _, r in points]), np.array([r for _, r in calibration])
-        self.ridge, self.loo_errors_pct = self._choose_ridge(x_pts, y_pts, x_cal, y_cal, ridge)
-        self.fixed, self.theta = self._fit(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], self.ridge)
+        self.per_op = bool(lut.calibration) and all("op_ms" in c for c in lut.calibration)
+        if self.per_op:
+            op_ms = np.array([[c["op_ms"].get(t, np.nan) for t in self.ops] for c in lut.calibration])
+            self.ridge = None
+            self.loo_errors_pct = self._loo_errors_per_op(x_pts, y_pts, x_cal, y_cal, op_ms)
+            self.fixed, self.theta = self._fit_per_op(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], x_cal, op_ms)
+        else:
+            self.ridge, self.loo_errors_pct = self._choose_ridge(x_pts, y_pts, x_cal, y_cal, ridge)
+            self.fixed, self.theta = self._fit(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], self.ridge)
 
     def _features(self, shares: dict[int, float]) -> np.ndarray:
         """Per op: its MACs under ``shares`` as a share of the dense network's MACs."""
@@ -84,6 +99,43 @@ class LatencyModel:
         a = np.vstack([np.c_[np.ones(len(ratios)), features], np.c_[np.zeros(len(weight)), np.diag(weight)]])
         solution = nnls(a, np.r_[ratios, weight * prior])[0]
         return float(solution[0]), solution[1:]
+
+    def _op_slopes(self, x_cal: np.ndarray, op_ms: np.ndarray) -> np.ndarray:
+        """Per op, ms per unit of its MACs share: ``op_ms = c + b * x`` fitted over the records (b >= 0).
+
+        An op no record timed, or whose width never changed, takes the median slope of its class
+        (of all ops when its class has none).
+        """
+        slopes = np.full(len(self.ops), np.nan)
+        for i in range(len(self.ops)):
+            seen = ~np.isnan(op_ms[:, i])
+            x, t = x_cal[seen, i], op_ms[seen, i]
+            if seen.sum() >= 2 and np.ptp(x) > 1e-3 * self.share[i]:
+                slopes[i] = nnls(np.c_[np.ones(len(x)), x], t)[0][1]
+        known = ~np.isnan(slopes)
+        if not known.any():
+            raise HwpruneError("the LUT's per-op timings name none of this model's ops: profile it again")
+        for i in np.flatnonzero(~known):
+            same = known & (self._member[:, self._member[i].argmax()] > 0)
+            slopes[i] = np.median(slopes[same if same.any() else known])
+        return slopes
+
+    def _fit_per_op(self, features, ratios, x_cal, op_ms) -> tuple[float, np.ndarray]:
+        """``ratio = fixed + k * sum_o b_o x_o`` by least squares, with the per-op slopes b from the timings."""
+        slopes = self._op_slopes(x_cal, op_ms)
+        (fixed, k), *_ = np.linalg.lstsq(np.c_[np.ones(len(ratios)), features @ slopes], ratios, rcond=None)
+        return float(fixed), k * slopes
+
+    def _loo_errors_per_op(self, x_pts, y_pts, x_cal, y_cal, op_ms) -> np.ndarray:
+        """Relative error (%) on each calibration mask of a per-op fit that left it (and its timings) out."""
+        errors = []
+        for k in range(len(y_cal)):
+            rest = np.arange(len(y_cal)) != k
+            fixed, theta = self._fit_per_op(
+                np.vstack([x_pts, x_cal[rest]]), np.r_[y_pts, y_cal[rest]], x_cal[rest], op_ms[rest]
+            )
+            errors.append(((fixed + theta @ x_cal[k]) / y_cal[k] - 1.0) * 100.0)
+        return np.asarray(errors)
 
     def _loo_errors(self, x_pts, y_pts, x_cal, y_cal, ridge: float) -> np.ndarray:
         """Relative error (%) on each calibration mask of a fit that left it out."""
@@ -114,7 +166,8 @@ class LatencyModel:
             return "latency model: no calibration masks, so no held-out check (profile with --calibration-masks)"
         return (
             f"latency model: on {e.size} calibration masks, each left out of its fit, error median "
-            f"{np.median(e):.1f} %, max {e.max():.1f} %, {np.mean(e <= 5) * 100:.0f} % within 5 % (ridge {self.ridge})"
+            f"{np.median(e):.1f} %, max {e.max():.1f} %, {np.mean(e <= 5) * 100:.0f} % within 5 % "
+            + ("(per-op timings)" if self.per_op else f"(ridge {self.ridge})")
         )
 
     def predict(self, shares: dict[int, float]) -> float:

@@ -53,6 +53,17 @@ def random_mask(graph: ChannelGraph, rng: np.random.Generator, min_keep: float =
     return mask
 
 
+def check_per_op(backend: str, calibration_masks: int) -> None:
+    """Refuse ``--per-op`` on a backend that cannot time ops, or with too few masks to fit op costs from."""
+    if not BACKENDS.get(backend).reports_op_times:
+        reporting = ", ".join(n for n in BACKENDS.names() if BACKENDS.get(n).reports_op_times)
+        raise HwpruneError(f"--per-op: backend {backend!r} cannot report per-op timings (these can: {reporting})")
+    if calibration_masks < 2:
+        raise HwpruneError(
+            f"--per-op learns from random masks: give --calibration-masks 2 or more (got {calibration_masks})"
+        )
+
+
 def _header(graph, example, backend, threads, points, repeats, round_to, passes) -> dict:
     return {
         "kind": "header",
@@ -186,6 +197,7 @@ def profile_edges(
     calibration_masks: int = 16,
     seed: int = 0,
     passes: int = 1,
+    per_op: bool = False,
 ) -> LUT:
     """Measure every profiled group at each kept fraction in ``points`` against the dense model.
 
@@ -193,13 +205,22 @@ def profile_edges(
     point keeps the median saving: a host's speed drifts over minutes, which repeats within one
     measurement cannot average out. Then ``calibration_masks`` random masks (every group shrunk at
     once) are measured: the latency model learns from them how groups interact.
+
+    ``per_op``: the dense model and each calibration mask are also profiled op by op by the backend
+    (:mod:`hwprune.latency.op_timing`), so every mask teaches the model each op's cost at once; ``points``
+    may then be empty (no single-group points: a ResNet-50 profile in seconds, not minutes).
     """
     if passes < 1:
         raise HwpruneError(f"--passes is a whole number of passes over the groups, at least 1 (got {passes})")
-    if not points or any(not 0.0 < p < 1.0 for p in points):
+    if (not points and not per_op) or any(not 0.0 < p < 1.0 for p in points):
         raise HwpruneError(f"--points are kept fractions strictly between 0 and 1 (got {list(points)})")
+    engine = BACKENDS.get(backend)
+    if per_op:
+        check_per_op(backend, calibration_masks)
     header = _header(graph, example, backend, threads, points, repeats, round_to, passes)
     header["exporter"] = exporter  # the LUT is valid for files from this exporter only (see DEFAULT_EXPORTER)
+    if per_op:  # recorded only when set: journals from before the option stay valid
+        header["per_op"] = True
     journal = Path(journal) if journal else None
     records = _read_journal(journal, header) if journal else []
     done = [r for r in records if r["kind"] == "edge"]
@@ -219,9 +240,11 @@ def profile_edges(
             _append(fh, header)
     try:
         with tempfile.TemporaryDirectory(prefix="hwprune-profile-") as tmp:
-            baseline = baseline_for(graph, example, backend, Path(tmp), exporter)
+            candidates = Candidates(graph, example, backend, Path(tmp), exporter, groups)
             rng = np.random.default_rng(seed)
             masks = [random_mask(graph, rng, round_to=round_to) for _ in range(calibration_masks)]
+            if per_op:  # the dense model's own op times: every op's full-width point
+                masks.insert(0, ChannelMask.full(graph))
             remaining = masks[len(calibration) :]
             # one bar over edges and calibration masks: the whole profile, never silent for minutes
             total, desc = len(todo) + len(remaining), f"profiling {graph.model_name} on {backend}"
@@ -231,7 +254,15 @@ def profile_edges(
                     mask = ChannelMask.full(graph)
                     mask.keep[group.id] = top_k_mask(group, scores[group.id], kept)
                     base, cand, latency_ms = time_mask(
-                        graph, mask, baseline, backend, example, threads, repeats, exporter
+                        graph,
+                        mask,
+                        candidates.baseline,
+                        backend,
+                        example,
+                        threads,
+                        repeats,
+                        exporter,
+                        candidates.of(mask),
                     )
                     macs_after, _ = costs.cost({group.id: kept / group.size})
                     record = {
@@ -256,8 +287,9 @@ def profile_edges(
                     bar.update()
                 bar.set_postfix_str("calibration masks")
                 for i, mask in enumerate(remaining, start=len(calibration)):
+                    candidate = candidates.of(mask)
                     base, cand, latency_ms = time_mask(
-                        graph, mask, baseline, backend, example, threads, repeats, exporter
+                        graph, mask, candidates.baseline, backend, example, threads, repeats, exporter, candidate
                     )
                     record = {
                         "kind": "calibration",
@@ -268,6 +300,9 @@ def profile_edges(
                         "device": base.device,
                         "versions": base.versions,
                     }
+                    if per_op:
+                        ops = engine.op_times(candidate, example, threads=threads, runs=max(5, repeats // 4))
+                        record["op_ms"] = {t: ms for t, ms in ops.per_weight_ms.items() if t in costs.tensors}
                     calibration.append(record)
                     if fh:
                         _append(fh, record)
@@ -279,7 +314,8 @@ def profile_edges(
     last = (done + calibration)[-1] if done or calibration else {}
     meta["versions"], meta["device"] = last.get("versions", {}), last.get("device", "")
     pts = _median_over_passes([r for r in done if r.get("pass", 0) < passes])
-    return LUT(meta, pts, [{k: r[k] for k in ("index", "shares", "baseline_ms", "latency_ms")} for r in calibration])
+    kept = ("index", "shares", "baseline_ms", "latency_ms", "op_ms")
+    return LUT(meta, pts, [{k: r[k] for k in kept if k in r} for r in calibration])
 
 
 def _median_over_passes(records: list[dict]) -> list[EdgePoint]:
@@ -298,15 +334,15 @@ def _median_over_passes(records: list[dict]) -> list[EdgePoint]:
     return out
 
 
-def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter):
-    """Time the compacted model of ``mask`` interleaved with ``baseline``.
+def time_mask(graph, mask, baseline, backend, example, threads, repeats, exporter, candidate=None):
+    """Time the compacted model of ``mask`` (or ``candidate``, made for it already) interleaved with ``baseline``.
 
     Returns both Measurements and the candidate's latency as the baseline median minus the median of
     round-by-round differences (drift shared by both within a round cancels).
     """
-    base, cand = measure(
-        backend, [baseline, timing_candidate(graph, mask)], example, threads=threads, repeats=repeats, exporter=exporter
-    )
+    if candidate is None:
+        candidate = timing_candidate(graph, mask)
+    base, cand = measure(backend, [baseline, candidate], example, threads=threads, repeats=repeats, exporter=exporter)
     return base, cand, base.median_ms - paired_delta_ms(base, cand)
 
 
@@ -320,6 +356,36 @@ def timing_candidate(graph: ChannelGraph, mask: ChannelMask):
 
         return compact_onnx(graph, mask)
     return compact_model(graph, mask)
+
+
+class Candidates:
+    """What a profile times: the dense baseline once, and per mask the compacted model as the backend runs it.
+
+    For a PyTorch model on a backend that times ONNX, candidates are cut from the baseline's own exported
+    file (:mod:`hwprune.latency.exported_candidates`) instead of exporting each; ``note`` says why not when
+    that is impossible. Validation does not use this: it times the very files a user would ship.
+    """
+
+    def __init__(self, graph: ChannelGraph, example, backend: str, tmp: Path, exporter: str, groups) -> None:
+        from hwprune.latency.exported_candidates import translation_for
+
+        self.graph = graph
+        self.baseline = baseline_for(graph, example, backend, tmp, exporter)
+        self.translation, self.note = None, ""
+        if isinstance(self.baseline, Path) and groups:
+            found = translation_for(graph, self.baseline, groups)
+            if isinstance(found, str):
+                self.note = f"every candidate is exported ({found})"
+                print(f"hwprune: note: {self.note}", file=sys.stderr)
+            else:
+                self.translation = found
+
+    def of(self, mask: ChannelMask):
+        if self.translation is None:
+            return timing_candidate(self.graph, mask)
+        from hwprune.export.onnx_compact import compact_onnx
+
+        return compact_onnx(self.translation.onnx_graph, self.translation.onnx_mask(mask))
 
 
 def baseline_for(graph: ChannelGraph, example, backend: str, tmp: Path, exporter: str = DEFAULT_EXPORTER):
