@@ -556,6 +556,7 @@ LUT_META_TYPED = {
     "passes": lambda f, v, n: f.whole(v, n, 1),
     "exporter": lambda f, v, n: f.string(v, n),
     "per_op": lambda f, v, n: f.choice(v, n, (True, False)),
+    "kernel_table": lambda f, v, n: f.choice(v, n, (True, False)),
     "device": lambda f, v, n: f.string(v, n),
     "versions": lambda f, v, n: f.mapping(v, n),
 }
@@ -620,7 +621,7 @@ def lut_document(data: Any, path: Any = "") -> None:
 
     f = Fields("LUT", path, LUT_FIX)
     data = format_field(data, LUT_FORMAT, "LUT", path, LUT_FIX)
-    f.keys(data, "", ["format", "meta", "points"], ["calibration"])
+    f.keys(data, "", ["format", "meta", "points"], ["calibration", "kernels"])
     meta = f.mapping(data["meta"], "meta")
     f.keys(meta, "meta", LUT_META_REQUIRED, meta.keys())
     _typed(f, meta, LUT_META_TYPED, "meta")
@@ -632,6 +633,22 @@ def lut_document(data: Any, path: Any = "") -> None:
         c = f.mapping(c, field)
         f.keys(c, field, list(CALIBRATION_FIELDS), ["op_ms"])
         _calibration(f, c, field)
+    for weight, axes in f.mapping(data.get("kernels", {}), "kernels").items():
+        for i, entry in enumerate(f.list(axes, f"kernels.{weight}", nonempty=True)):
+            _kernel_axis(f, entry, f"kernels.{weight}[{i}]")
+
+
+def _kernel_axis(f: Fields, entry: Any, field: str) -> None:
+    """One axis of a kernel table: ``axis``, ascending whole ``counts`` and as many positive ``ms``."""
+    entry = f.mapping(entry, field)
+    f.keys(entry, field, ["axis", "counts", "ms"])
+    f.whole(entry["axis"], f"{field}.axis", 0)
+    counts = [
+        f.whole(c, f"{field}.counts[{i}]", 1) for i, c in enumerate(f.list(entry["counts"], f"{field}.counts", True))
+    ]
+    ms = [f.number(v, f"{field}.ms[{i}]", 0.0, None, True) for i, v in enumerate(f.list(entry["ms"], f"{field}.ms"))]
+    if len(ms) != len(counts) or counts != sorted(set(counts)):
+        raise f.fail(field, "needs strictly ascending counts and one time per count")
 
 
 JOURNAL_FIX = "delete that line to measure it again, or delete the journal to start over"
@@ -648,6 +665,7 @@ JOURNAL_HEADER = {
     "passes": LUT_META_TYPED["passes"],
     "exporter": LUT_META_TYPED["exporter"],
     "per_op": lambda f, v, n: f.choice(v, n, (True, False)),
+    "kernel_table": lambda f, v, n: f.choice(v, n, (True, False)),
 }
 
 

@@ -67,7 +67,7 @@ def chain():
     """Five convs and a head in a row: six ops whose costs five groups move independently."""
     torch.manual_seed(0)
     widths = [3, 16, 24, 32, 24, 16]
-    layers = [m for a, b in zip(widths, widths[1:]) for m in (nn.Conv2d(a, b, 3, padding=1), nn.ReLU())]
+    layers = [m for a, b in zip(widths, widths[1:], strict=False) for m in (nn.Conv2d(a, b, 3, padding=1), nn.ReLU())]
     model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     x = torch.randn(1, 3, 8, 8)
     return build_channel_graph(model, x, "chain")
@@ -184,7 +184,9 @@ def test_ort_profile_attribution_follows_fusions_to_the_right_weight():
     per_run, durations, rest = attribute_ort_profile(events, model)
     assert per_run == [{"wb": 0.01, "wa": 0.03}, {"wb": 0.012, "wa": 0.028}]
     assert durations == [0.1, 0.08] and rest == [0.005, 0.004]
-    assert [ort_node_key(n) for n in ("fused node_linear_kernel_time", "node_MatMul_1/MatMulAddFusion_kernel_time")] == [
+    assert [
+        ort_node_key(n) for n in ("fused node_linear_kernel_time", "node_MatMul_1/MatMulAddFusion_kernel_time")
+    ] == [
         "node_linear",
         "node_MatMul_1",
     ]
@@ -238,7 +240,9 @@ def test_translation_refused_when_a_group_has_no_counterpart(setup, tmp_path):
     path = tmp_path / "dense.onnx"
     export_onnx(compact_model(graph, random_mask(graph, np.random.default_rng(5), min_keep=1.0)), x, path)
     renamed = onnx.load(path)  # the tensors of expand's output group under other names
-    new = {i.name: f"val_{k}" for k, i in enumerate(renamed.graph.initializer) if i.name.startswith(("expand.", "head."))}
+    new = {
+        i.name: f"val_{k}" for k, i in enumerate(renamed.graph.initializer) if i.name.startswith(("expand.", "head."))
+    }
     for init in renamed.graph.initializer:
         init.name = new.get(init.name, init.name)
     for node in renamed.graph.node:
@@ -287,12 +291,88 @@ def test_per_op_refused_where_the_backend_cannot_time_ops(setup, monkeypatch):
 def test_cli_per_op_profile_then_validate(tmp_path, capsys):
     lut = tmp_path / "lut.json"
     base = ["--model", "lenet5", "--threads", "1", "--repeats", "3"]
-    assert main(["profile-edges", *base, "--per-op", "--calibration-masks", "3", "--round-to", "2", "--out", str(lut)]) == 0
+    assert (
+        main(["profile-edges", *base, "--per-op", "--calibration-masks", "3", "--round-to", "2", "--out", str(lut)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "(per-op timings)" in out and "4 calibration masks" in out
     data = json.loads(lut.read_text())
     assert data["points"] == [] and all("op_ms" in c for c in data["calibration"])
     assert main(["latency", "validate", *base, "--lut", str(lut), "--masks", "2"]) == 0
     assert "latency model on 2 random masks" in capsys.readouterr().out
-    assert main(["profile-edges", *base, "--per-op", "--calibration-masks", "1", "--out", str(tmp_path / "x.json")]) == 2
+    assert (
+        main(["profile-edges", *base, "--per-op", "--calibration-masks", "1", "--out", str(tmp_path / "x.json")]) == 2
+    )
     assert "--calibration-masks 2 or more" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+# ----------------------------------------------------------------------------- kernel tables (jagged backends)
+
+
+def test_kernel_table_sweeps_each_shrinking_axis_on_the_grid(setup):
+    from hwprune.latency.kernel_table import axis_counts, measure_kernel_table
+
+    model, x, graph = setup
+    dense = compact_model(graph, random_mask(graph, np.random.default_rng(0), min_keep=1.0))
+    table = measure_kernel_table(graph, dense, x, step=4, repeats=2, progress=False)
+    assert set(table) == op_weights(graph)
+    assert [e["axis"] for e in table["stem.weight"]] == [0]  # its input (3 image channels) cannot shrink
+    assert [e["axis"] for e in table["dw.weight"]] == [0]  # depthwise: one axis, in = out
+    assert sorted(e["axis"] for e in table["head.weight"]) == [1]  # the class axis is the output
+    assert sorted(e["axis"] for e in table["expand.weight"]) == [0, 1]
+    for entries in table.values():
+        for e in entries:
+            assert e["counts"][-1] in (16, 32) and all(c % 4 == 0 for c in e["counts"]) and min(e["ms"]) > 0
+    assert axis_counts(2048, 16)[:3] == [48, 96, 144] and axis_counts(2048, 16)[-1] == 2048  # wide: coarser
+    assert axis_counts(40, 16) == [16, 32, 40]
+
+
+def test_latency_model_follows_a_jagged_kernel_table(chain):
+    """A conv whose table says 16 output channels cost more than 24: the model predicts the slow count as slower
+    than the dense one (a MAC model cannot), and the solver's single-group change agrees with two predictions;
+    the same LUT without the table is smooth again (negative control)."""
+    graph = chain
+    cm = CostModel(graph)
+    conv = "2.weight"  # the conv 16 -> 24
+    [out_group] = [
+        gids[0] for axis, (gids, _) in zip(cm.tensors[conv]["axis"], cm.tensors[conv]["axes"], strict=True) if axis == 0
+    ]
+    jagged = {conv: [{"axis": 0, "counts": [8, 16, 24], "ms": [1.0, 3.0, 2.0]}]}
+    records = [
+        {"index": i, "shares": {str(out_group): share}, "baseline_ms": 10.0, "latency_ms": 10.0 - 2.0 * (1 - share)}
+        for i, share in enumerate([1.0, 0.5, 2 / 3, 1 / 3])
+    ]
+    with_table = LatencyModel(LUT({"fingerprint": graph.fingerprint()}, [], records, jagged), graph)
+    smooth = LatencyModel(LUT({"fingerprint": graph.fingerprint()}, [], records), graph)
+    slow = {out_group: 16 / 24}
+    assert with_table.kernels.ratio(conv, slow) == pytest.approx(1.5)
+    assert with_table.kernels.ratio(conv, {out_group: 12 / 24}) == pytest.approx(1.0)  # interpolated in 8..16
+    i = with_table.ops.index(conv)
+    assert with_table._features(slow)[i] > with_table._features({})[i]
+    assert smooth._features(slow)[i] == pytest.approx(smooth._features({})[i] * 16 / 24)
+    change = with_table.predict_change({}, out_group, 16 / 24)
+    assert change == pytest.approx(with_table.predict(slow) - with_table.predict({}), abs=1e-12)
+
+
+@pytest.mark.onnx
+def test_cli_kernel_table_on_torch_cpu_and_refused_elsewhere(tmp_path, capsys):
+    lut = tmp_path / "lut.json"
+    base = ["--model", "lenet5", "--threads", "1", "--repeats", "3", "--calibration-masks", "3", "--round-to", "2"]
+    assert (
+        main(["profile-edges", *base, "--backend", "torch-cpu", "--per-op", "--kernel-table", "--out", str(lut)]) == 0
+    )
+    loaded = LUT.load(lut)
+    assert loaded.kernels and loaded.meta["kernel_table"] is True
+    model = LatencyModel(loaded, build_channel_graph(*_lenet()))
+    assert set(loaded.kernels) <= set(model.ops) and all(t in model.kernels for t in loaded.kernels)
+    capsys.readouterr()
+    assert main(["profile-edges", *base, "--kernel-table", "--out", str(tmp_path / "x.json")]) == 2
+    assert "cannot time ops alone" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+def _lenet():
+    from hwprune.models import get_model
+
+    torch.manual_seed(0)
+    return get_model("lenet5").eval(), torch.randn(1, 1, 28, 28), "lenet5"

@@ -38,6 +38,7 @@ def cmd_profile_edges(args) -> None:
             passes=args.passes,
             calibration_masks=args.calibration_masks,
             per_op=args.per_op,
+            kernel_table=args.kernel_table,
         )
         set_stage(f"writing {args.out}")
         lut.save(args.out)
@@ -90,6 +91,10 @@ def _check_profile_edges(args) -> None:
         from hwprune.latency.profiler import check_per_op
 
         check_per_op(args.backend, args.calibration_masks)
+    if args.kernel_table:
+        from hwprune.latency.profiler import check_kernel_table
+
+        check_kernel_table(args.backend)
     checks.timing(args.threads, args.repeats)
     checks.whole(args.round_to, "--round-to", 1)
     checks.whole(args.passes, "--passes", 1)
@@ -145,6 +150,12 @@ def _profile_edges_arguments(p: argparse.ArgumentParser) -> None:
         help="also time every conv/linear op in the dense model and each calibration mask (the backend's own "
         "per-node profile: ort-cpu, torch-cpu); the latency model then fits each op's cost from those, and no "
         "single-group points are needed unless --points is given (ResNet-50 in ~30 s instead of minutes)",
+    )
+    p.add_argument(
+        "--kernel-table",
+        action="store_true",
+        help="also time each conv/linear op alone at every channel count of the --round-to grid (torch-cpu), so "
+        "the latency model knows counts that are slow on this backend (oneDNN picks kernels by shape)",
     )
 
 

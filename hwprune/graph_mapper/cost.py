@@ -22,7 +22,8 @@ class CostModel:
     graph: ChannelGraph
 
     def __post_init__(self) -> None:
-        self.tensors: dict[str, dict] = defaultdict(lambda: {"macs": 0, "numel": 0, "axes": []})
+        # "axes": per channel site, (group ids, share of the axis each holds); "axis": which tensor axis it is
+        self.tensors: dict[str, dict] = defaultdict(lambda: {"macs": 0, "numel": 0, "axes": [], "axis": []})
         group_of_root = {}
         for g in self.graph.groups:
             for r in g.roots:
@@ -34,6 +35,7 @@ class CostModel:
             gids = np.array([group_of_root.get(int(r), -1) for r in site.roots])
             uniq, counts = np.unique(gids, return_counts=True)  # group of each position (-1: fixed)
             entry["axes"].append((uniq.tolist(), counts / counts.sum()))
+            entry["axis"].append(site.axis)
         params = self.graph.parameters()
         for name in [n for n in self.tensors if n not in params]:  # buffers (running stats) are no params
             self.tensors[name]["numel"] = 0

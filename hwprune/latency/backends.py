@@ -56,6 +56,7 @@ class LatencyBackend:
     round_to: int = 16  # channel-count alignment for latency budgets (benchmarks/results/alignment.md)
     times_onnx: bool = False  # times ONNX files (candidates, the shipped file), not PyTorch modules
     reports_op_times: bool = False  # implements op_times (per-op timings for the latency model)
+    times_ops_alone: bool = False  # its ops can be timed alone as PyTorch modules (kernel tables)
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run on this machine (None: it can)."""
@@ -107,6 +108,7 @@ class TorchCpu(LatencyBackend):
 
     name = "torch-cpu"
     reports_op_times = True
+    times_ops_alone = True
 
     def op_times(self, model: nn.Module, example: torch.Tensor, threads: int = 1, runs: int = 5, **_) -> OpTimes:
         torch.set_num_threads(threads)

@@ -51,6 +51,7 @@ class LUT:
     meta: dict
     points: list[EdgePoint] = field(default_factory=list)
     calibration: list[dict] = field(default_factory=list)  # random whole-network masks: shares, timings, op_ms
+    kernels: dict = field(default_factory=dict)  # kernel table: weight -> per axis {axis, counts, ms} (kernel_table.py)
 
     KEYS = ("model", "fingerprint", "input_shape", "backend", "threads")
 
@@ -90,6 +91,7 @@ class LUT:
             "meta": self.meta,
             "points": [asdict(p) for p in self.points],
             "calibration": self.calibration,
+            **({"kernels": self.kernels} if self.kernels else {}),
         }
         write_atomically(path, json.dumps(data, indent=1).encode())
         buf = io.StringIO()
@@ -108,4 +110,4 @@ class LUT:
         data = read_format_json(path, LUT_FORMAT, "LUT", ": create it with hwprune profile-edges")
         lut_document(data, path)
         meta = dict(data["meta"], path=str(path))
-        return cls(meta, [EdgePoint(**p) for p in data["points"]], data.get("calibration", []))
+        return cls(meta, [EdgePoint(**p) for p in data["points"]], data.get("calibration", []), data.get("kernels", {}))

@@ -20,6 +20,10 @@ records), so theta_o = k * b_o / baseline, where ``fixed`` and one scale ``k`` (
 time, and time outside conv/linear ops, which grows with them) are fitted to the whole-network ratios.
 Every mask then informs every op, and masks interact only through each op's own widths.
 
+A kernel table (``profile-edges --kernel-table``: each op timed alone over the channel counts of the
+alignment grid) replaces an op's MAC fraction by its measured time ratio, for backends whose time is
+jagged in channel count (:mod:`hwprune.latency.kernel_table`).
+
 Why not the measured per-group curves added up: each point carries ~1 % timing noise, and summing
 25-37 of them for one mask added that noise up; on the same measurements the fitted model was
 within 5 % for more held-out masks on every model tried (see the latency issue's notes).
@@ -33,6 +37,7 @@ from scipy.optimize import nnls
 from hwprune.errors import HwpruneError
 from hwprune.graph_mapper.cost import CostModel
 from hwprune.graph_mapper.types import ChannelGraph
+from hwprune.latency.kernel_table import KernelRatios
 from hwprune.latency.lut import LUT
 
 DEFAULT_RIDGE = 0.3  # the best on held-out masks of resnet18/50 and mobilenet_v2 (ort-cpu)
@@ -63,6 +68,7 @@ class LatencyModel:
         lut.check(fingerprint=graph.fingerprint())
         self.baseline_ms = lut.baseline_ms
         self.costs = CostModel(graph)
+        self.kernels = KernelRatios(lut.kernels, self.costs)
         self.ops = [t for t, e in self.costs.tensors.items() if e["macs"] > 0]
         self._index = {t: i for i, t in enumerate(self.ops)}
         self.share = np.array([self.costs.tensors[t]["macs"] for t in self.ops]) / self.costs.total_macs
@@ -87,9 +93,15 @@ class LatencyModel:
             self.ridge, self.loo_errors_pct = self._choose_ridge(x_pts, y_pts, x_cal, y_cal, ridge)
             self.fixed, self.theta = self._fit(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], self.ridge)
 
+    def _fraction(self, tensor: str, shares: dict[int, float]) -> float:
+        """How much of its dense cost an op keeps: its kernel table's time ratio, else its MAC fraction."""
+        if tensor in self.kernels:
+            return self.kernels.ratio(tensor, shares)
+        return self.costs.fraction(tensor, shares)
+
     def _features(self, shares: dict[int, float]) -> np.ndarray:
-        """Per op: its MACs under ``shares`` as a share of the dense network's MACs."""
-        return self.share * np.array([self.costs.fraction(t, shares) for t in self.ops])
+        """Per op: its MACs share of the dense network's, times the share of its cost it keeps under ``shares``."""
+        return self.share * np.array([self._fraction(t, shares) for t in self.ops])
 
     def _fit(self, features: np.ndarray, ratios: np.ndarray, ridge: float) -> tuple[float, np.ndarray]:
         """Non-negative least squares, each op's deviation from its class's time per MAC penalised."""
@@ -176,9 +188,12 @@ class LatencyModel:
 
     def predict_change(self, shares: dict[int, float], gid: int, new_share: float) -> float:
         """Predicted latency change (ms, negative = faster) when group ``gid`` moves to ``new_share``."""
+        after = {**shares, gid: new_share}
         change = 0.0
-        for tensor, delta in self.costs.fraction_changes(shares, gid, new_share):
+        for tensor in self.costs.tensors_of(gid):
             i = self._index.get(tensor)
             if i is not None:
-                change += self.theta[i] * self.share[i] * delta
+                change += (
+                    self.theta[i] * self.share[i] * (self._fraction(tensor, after) - self._fraction(tensor, shares))
+                )
         return self.baseline_ms * change

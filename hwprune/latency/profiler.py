@@ -64,6 +64,15 @@ def check_per_op(backend: str, calibration_masks: int) -> None:
         )
 
 
+def check_kernel_table(backend: str, from_onnx: bool = False) -> None:
+    """Refuse ``--kernel-table`` where ops cannot be timed alone (the backend, or a model given as ONNX)."""
+    if not BACKENDS.get(backend).times_ops_alone:
+        alone = ", ".join(n for n in BACKENDS.names() if BACKENDS.get(n).times_ops_alone)
+        raise HwpruneError(f"--kernel-table: backend {backend!r} cannot time ops alone (these can: {alone})")
+    if from_onnx:
+        raise HwpruneError("--kernel-table times PyTorch ops alone; a model given as an ONNX file has none")
+
+
 def _header(graph, example, backend, threads, points, repeats, round_to, passes) -> dict:
     return {
         "kind": "header",
@@ -198,6 +207,7 @@ def profile_edges(
     seed: int = 0,
     passes: int = 1,
     per_op: bool = False,
+    kernel_table: bool = False,
 ) -> LUT:
     """Measure every profiled group at each kept fraction in ``points`` against the dense model.
 
@@ -209,6 +219,10 @@ def profile_edges(
     ``per_op``: the dense model and each calibration mask are also profiled op by op by the backend
     (:mod:`hwprune.latency.op_timing`), so every mask teaches the model each op's cost at once; ``points``
     may then be empty (no single-group points: a ResNet-50 profile in seconds, not minutes).
+
+    ``kernel_table``: each conv/linear op is also timed alone over the channel counts of the
+    ``round_to`` grid (:mod:`hwprune.latency.kernel_table`; backends whose ``times_ops_alone`` is set),
+    for backends whose latency is jagged in channel count.
     """
     if passes < 1:
         raise HwpruneError(f"--passes is a whole number of passes over the groups, at least 1 (got {passes})")
@@ -217,10 +231,14 @@ def profile_edges(
     engine = BACKENDS.get(backend)
     if per_op:
         check_per_op(backend, calibration_masks)
+    if kernel_table:
+        check_kernel_table(backend, graph.from_onnx)
     header = _header(graph, example, backend, threads, points, repeats, round_to, passes)
     header["exporter"] = exporter  # the LUT is valid for files from this exporter only (see DEFAULT_EXPORTER)
     if per_op:  # recorded only when set: journals from before the option stay valid
         header["per_op"] = True
+    if kernel_table:
+        header["kernel_table"] = True
     journal = Path(journal) if journal else None
     records = _read_journal(journal, header) if journal else []
     done = [r for r in records if r["kind"] == "edge"]
@@ -315,7 +333,13 @@ def profile_edges(
     meta["versions"], meta["device"] = last.get("versions", {}), last.get("device", "")
     pts = _median_over_passes([r for r in done if r.get("pass", 0) < passes])
     kept = ("index", "shares", "baseline_ms", "latency_ms", "op_ms")
-    return LUT(meta, pts, [{k: r[k] for k in kept if k in r} for r in calibration])
+    kernels = {}
+    if kernel_table:  # quick (each op alone), so measured afresh on resume rather than journaled
+        from hwprune.latency.kernel_table import measure_kernel_table
+
+        dense = compact_model(graph, ChannelMask.full(graph))
+        kernels = measure_kernel_table(graph, dense, example, round_to, threads, progress=progress)
+    return LUT(meta, pts, [{k: r[k] for k in kept if k in r} for r in calibration], kernels)
 
 
 def _median_over_passes(records: list[dict]) -> list[EdgePoint]:
@@ -409,10 +433,3 @@ def baseline_for(graph: ChannelGraph, example, backend: str, tmp: Path, exporter
         export_onnx(dense, example, path, exporter)
         return path
     return dense
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (no scipy needed)."""
-    ra = np.argsort(np.argsort(a))
-    rb = np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
