@@ -235,7 +235,9 @@ def test_candidates_cut_from_the_dense_export_remove_the_same_channels(setup, tm
 
 
 @pytest.mark.onnx
-def test_translation_refused_when_a_group_has_no_counterpart(setup, tmp_path):
+def test_translation_resolves_renamed_weights_by_value_and_refuses_unknown_ones(setup, tmp_path):
+    """Exporters rename some weights (a Linear lowered to MatMul becomes ``val_N``): resolved by value, the same
+    channels still go; a weight that matches nothing leaves its group without a counterpart (refused)."""
     model, x, graph = setup
     path = tmp_path / "dense.onnx"
     export_onnx(compact_model(graph, random_mask(graph, np.random.default_rng(5), min_keep=1.0)), x, path)
@@ -248,8 +250,18 @@ def test_translation_refused_when_a_group_has_no_counterpart(setup, tmp_path):
     for node in renamed.graph.node:
         node.input[:] = [new.get(i, i) for i in node.input]
     onnx.save(renamed, path)
+    translation = translation_for(graph, path, profiled_groups(graph))
+    mask = random_mask(graph, np.random.default_rng(1), min_keep=0.3)
+    [got] = run_onnx(compact_onnx(translation.onnx_graph, translation.onnx_mask(mask)), x)
+    np.testing.assert_allclose(got, compact_model(graph, mask)(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    for init in renamed.graph.initializer:  # now the renamed weights match no parameter either
+        if init.name in new.values():
+            values = onnx.numpy_helper.to_array(init)
+            init.CopyFrom(onnx.numpy_helper.from_array(values + np.random.default_rng(0).normal(size=values.shape)
+                                                       .astype(values.dtype), init.name))  # fmt: skip
+    onnx.save(renamed, path)
     reason = translation_for(graph, path, profiled_groups(graph))
-    assert isinstance(reason, str) and "no counterpart" in reason
+    assert isinstance(reason, str) and "has no counterpart" in reason
 
 
 # ----------------------------------------------------------------------------- the profile, end to end

@@ -53,31 +53,39 @@ class MaskTranslation:
 
 
 def translation_for(graph: ChannelGraph, onnx_path: str | Path, groups: list[ChannelGroup]) -> MaskTranslation | str:
-    """The translation of ``groups``' masks into ``onnx_path``'s graph, or the reason there is none."""
+    """The translation of ``groups``' masks into ``onnx_path``'s graph, or the reason there is none.
+
+    Groups are paired as the front-ends' cross-check pairs them (:func:`hwprune.graph_mapper.crosscheck.match_groups`:
+    weights resolved by name, else by value, e.g. a Linear the exporter wrote transposed); each profiled group
+    needs a partner of its own and a weight slice both sides share.
+    """
+    from hwprune.graph_mapper.crosscheck import match_groups
     from hwprune.graph_mapper.onnx_mapper import build_onnx_channel_graph
 
     try:
         onnx_graph = build_onnx_channel_graph(onnx_path, graph.model_name)
     except HwpruneError as exc:
         return f"the exported file could not be mapped ({exc})"
-    profiled = {g.id for g in groups}
-    owner = {key: g.id for g in graph.groups for key in _slices(g)}
-    pairs, matched = [], set()
-    for og in onnx_graph.prunable_groups:
-        slices = _slices(og)
-        owners = {owner[key] for key in slices if key in owner}
-        if len(owners) > 1:
-            return f"the exported file merges groups {sorted(owners)} into one"
-        if not og.exact or not owners or not owners <= profiled:
-            continue
-        key = next(key for key in slices if key in owner)
-        gid, onnx_slice = owner[key], slices[key]
-        torch_slice = _slices(graph.group(gid))[key]
-        if len(torch_slice.index) != len(onnx_slice.index) or torch_slice.inner != onnx_slice.inner:
-            return f"group {graph.group(gid).name!r} spans {key[0]} differently in the exported file"
-        pairs.append((og.id, gid, torch_slice, onnx_slice))
-        matched.add(gid)
-    missing = [g.name for g in groups if g.id not in matched]
-    if missing:
-        return f"{len(missing)} profiled group(s) have no counterpart in the exported file (first: {missing[0]!r})"
+    match = match_groups(graph, onnx_graph)
+    partner = dict(match.pairs)
+    pairs = []
+    for group in groups:
+        oid = partner.get(group.id)
+        shared = None if oid is None else _shared_slice(group, onnx_graph.group(oid), match.resolved)
+        if shared is None:
+            return f"profiled group {group.name!r} has no counterpart in the exported file"
+        pairs.append((oid, group.id, *shared))
     return MaskTranslation(graph, onnx_graph, pairs)
+
+
+def _shared_slice(group: ChannelGroup, onnx_group: ChannelGroup, resolved: dict) -> tuple | None:
+    """(the group's slice, the ONNX group's slice) on one weight axis both hold, or None."""
+    torch_slices = _slices(group)
+    for onnx_slice in onnx_group.slices:
+        if onnx_slice.tensor not in resolved:
+            continue
+        name, transposed = resolved[onnx_slice.tensor]
+        torch_slice = torch_slices.get((name, 1 - onnx_slice.axis if transposed else onnx_slice.axis))
+        if torch_slice is not None and len(torch_slice.index) == len(onnx_slice.index):
+            return torch_slice, onnx_slice
+    return None
