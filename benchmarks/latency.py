@@ -35,7 +35,7 @@ from hwprune.export.compact import compact_model
 from hwprune.export.onnx_export import DEFAULT_EXPORTER
 from hwprune.graph_mapper import build_channel_graph
 from hwprune.graph_mapper.cost import kept_shares
-from hwprune.latency.backends import measure
+from hwprune.latency.backends import BACKENDS, measure
 from hwprune.latency.measurement import SESSIONS
 from hwprune.latency.model import LatencyModel
 from hwprune.latency.profiler import profile_edges, profiled_groups, random_mask
@@ -85,8 +85,8 @@ def write(rows, name, note, keep_others=False):
     print(frame.to_markdown(index=False), flush=True)
 
 
-def per_op_profile(model, graph, x, backend, threads, seed=0):
-    """A per-op profile (no single-group points) and its wall time in seconds."""
+def per_op_profile(model, graph, x, backend, threads, seed=0, kernel_table=False):
+    """A per-op profile (no single-group points; a kernel table too if asked) and its wall time in seconds."""
     start = time.perf_counter()
     lut = profile_edges(
         model,
@@ -101,6 +101,7 @@ def per_op_profile(model, graph, x, backend, threads, seed=0):
         calibration_masks=PER_OP_MASKS,
         seed=seed,
         per_op=True,
+        kernel_table=kernel_table,
     )
     return lut, time.perf_counter() - start
 
@@ -138,7 +139,8 @@ def profile_cost_rows(model, graph, x, name, backend, threads):
 
 def latency_model_row(model, graph, x, name, backend, threads, n_masks):
     """A per-op profile, then ``n_masks`` random masks timed as shipped (exported each) against its predictions."""
-    lut, wall = per_op_profile(model, graph, x, backend, threads)
+    kernel_table = BACKENDS.get(backend).times_ops_alone  # torch-cpu: jagged in channel count
+    lut, wall = per_op_profile(model, graph, x, backend, threads, kernel_table=kernel_table)
     val = validate(model, graph, x, lut, backend, n_masks=n_masks, threads=threads, repeats=20, progress=False)
     errors = val.errors_pct
     return dict(
@@ -148,7 +150,9 @@ def latency_model_row(model, graph, x, name, backend, threads, n_masks):
         max_abs_err_pct=round(float(np.abs(errors).max()), 2),
         mean_err_pct=round(float(errors.mean()), 2),
         profile_s=round(wall, 1),
-        profile=f"per-op, dense + {PER_OP_MASKS} masks x {PER_OP_REPEATS} repeats",
+        profile=f"per-op, dense + {PER_OP_MASKS} masks x {PER_OP_REPEATS} repeats"
+        + (", kernel table" if kernel_table else ""),
+        held_out=LatencyModel(lut, graph).fit_summary().split(": ", 1)[1],
     )
 
 

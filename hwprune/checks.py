@@ -582,13 +582,15 @@ OP_MS = lambda f, v, n: [f.number(ms, f"{n}.{t}", 0.0) for t, ms in f.mapping(v,
 
 
 def _calibration(f: Fields, c: Any, field: str) -> None:
-    """One calibration record: the fields of CALIBRATION_FIELDS, optionally per-op times ``op_ms``."""
+    """One calibration record: CALIBRATION_FIELDS, optionally ``op_ms`` (per op) and ``rest_ms`` (outside them)."""
     missing = [k for k in CALIBRATION_FIELDS if k not in c]
     if missing:
         raise f.fail(field, f"lacks the field {missing[0]!r}")
     _typed(f, c, CALIBRATION_FIELDS, field)
     if "op_ms" in c:
         OP_MS(f, c["op_ms"], f"{field}.op_ms")
+    if "rest_ms" in c:
+        f.number(c["rest_ms"], f"{field}.rest_ms", 0.0)
 
 
 def _typed(f: Fields, data: dict, checks: dict, field: str) -> None:
@@ -631,7 +633,7 @@ def lut_document(data: Any, path: Any = "") -> None:
     for i, c in enumerate(calibration):
         field = f"calibration[{i}]"
         c = f.mapping(c, field)
-        f.keys(c, field, list(CALIBRATION_FIELDS), ["op_ms"])
+        f.keys(c, field, list(CALIBRATION_FIELDS), ["op_ms", "rest_ms"])
         _calibration(f, c, field)
     for weight, axes in f.mapping(data.get("kernels", {}), "kernels").items():
         for i, entry in enumerate(f.list(axes, f"kernels.{weight}", nonempty=True)):

@@ -124,6 +124,49 @@ def test_per_op_signal_recovers_a_known_per_op_cost_exactly(chain):
     assert worst_error(LatencyModel(lut(True, shuffled=True), graph)) > 1e-3
 
 
+def test_time_outside_the_ops_is_learned_from_the_channels_they_write(chain):
+    """Eager PyTorch runs norms and activations apart from the convs: their time (``rest_ms``) grows with the
+    channels each op writes times its output size. Given it, predictions are exact again; the same LUT
+    without ``rest_ms`` (negative control) misses, since that time does not scale like the convs' MACs."""
+    graph = chain
+    cm = CostModel(graph)
+    ops = sorted(op_weights(graph))
+    params = graph.parameters()
+    out_size = {t: cm.tensors[t]["macs"] / np.prod(params[t].shape[1:]) for t in ops}
+    rng = np.random.default_rng(3)
+    per_mac = dict(zip(ops, rng.uniform(1e-6, 9e-6, len(ops)), strict=True))
+
+    def op_ms(shares):
+        return {t: 0.02 + per_mac[t] * cm.tensors[t]["macs"] * cm.fraction(t, shares) for t in ops}
+
+    def rest_ms(shares):  # 2e-5 ms per output element written
+        return 0.1 + 2e-5 * sum(out_size[t] * cm.axis_fraction(t, 0, shares) for t in ops)
+
+    def latency_of(shares):
+        return 0.3 + sum(op_ms(shares).values()) + rest_ms(shares)
+
+    def lut(with_rest):
+        masks = [{}] + [kept_shares(graph, random_mask(graph, rng)) for _ in range(4)]
+        records = [
+            {"index": i, "shares": {str(k): v for k, v in sh.items()}, "baseline_ms": latency_of({}),
+             "latency_ms": latency_of(sh), "op_ms": op_ms(sh), **({"rest_ms": rest_ms(sh)} if with_rest else {})}
+            for i, sh in enumerate(masks)
+        ]  # fmt: skip
+        return LUT({"fingerprint": graph.fingerprint()}, [], records)
+
+    tests = [kept_shares(graph, random_mask(graph, np.random.default_rng(8))) for _ in range(20)]
+    model = LatencyModel(lut(True), graph)
+    assert model.activation and len(model.theta) == 2 * len(ops)
+    for shares in tests:
+        assert model.predict(shares) == pytest.approx(latency_of(shares), rel=1e-9)
+    g = profiled_groups(graph)[1].id
+    change = model.predict_change(tests[0], g, 0.5)
+    assert change == pytest.approx(model.predict({**tests[0], g: 0.5}) - model.predict(tests[0]), abs=1e-12)
+    without = LatencyModel(lut(False), graph)
+    assert not without.activation
+    assert max(abs(without.predict(s) / latency_of(s) - 1) for s in tests) > 1e-3
+
+
 def test_op_that_no_record_timed_takes_its_class_slope(setup):
     _, _, graph = setup
     ops = sorted(op_weights(graph))

@@ -58,6 +58,14 @@ class CostModel:
             frac *= float(np.dot(weights, [shares.get(g, 1.0) for g in gids]))
         return frac
 
+    def axis_fraction(self, name: str, axis: int, shares: dict[int, float]) -> float:
+        """Kept share of tensor ``name``'s ``axis`` (1 when no channel site lies on it)."""
+        entry = self.tensors[name]
+        for site_axis, (gids, weights) in zip(entry["axis"], entry["axes"], strict=True):
+            if site_axis == axis:
+                return float(np.dot(weights, [shares.get(g, 1.0) for g in gids]))
+        return 1.0
+
     def change(self, shares: dict[int, float], gid: int, new_share: float) -> tuple[float, float]:
         """(MACs, params) change when group ``gid`` moves to ``new_share``: only its tensors are visited."""
         dm = dp = 0.0

@@ -61,6 +61,21 @@ def op_classes(graph: ChannelGraph) -> dict[str, str]:
     return out
 
 
+def _output_activation_shares(graph: ChannelGraph, costs: CostModel, ops: list[str]) -> np.ndarray:
+    """Per op, the elements of its output as a share of all ops' outputs: what norms and activations after it touch.
+
+    An output's elements are the op's MACs over its weight's elements per output row (C_out x H x W for a conv).
+    """
+    params = graph.parameters()
+    sizes = []
+    for t in ops:
+        shape = tuple(params[t].shape) if t in params else ()
+        per_row = float(np.prod(shape[1:])) if len(shape) > 1 else 1.0
+        sizes.append(costs.tensors[t]["macs"] / per_row)
+    sizes = np.asarray(sizes)
+    return sizes / sizes.sum() if sizes.sum() else sizes
+
+
 class LatencyModel:
     """Predicted latency (ms) of kept shares per group, from a LUT and the graph it was measured on."""
 
@@ -75,20 +90,26 @@ class LatencyModel:
         kinds = op_classes(graph)
         classes = [kinds[t] for t in self.ops]
         self._member = np.array([[c == n for n in sorted(set(classes))] for c in classes], dtype=float)
+        self.per_op = bool(lut.calibration) and all("op_ms" in c for c in lut.calibration)
+        # time outside conv/linear ops (norms, activations, adds: eager PyTorch runs them apart) follows the
+        # channels the ops write: one term per op, its output activation's share times its kept output share
+        self.activation = self.per_op and all("rest_ms" in c for c in lut.calibration)
+        self.act_share = _output_activation_shares(graph, self.costs, self.ops)
         points = [({p.group: p.kept / p.size}, p.latency_ms / p.baseline_ms) for p in lut.points]
         points += [({}, 1.0)] * 3  # the dense model: weighted as a LUT group's three points
         calibration = [
             ({int(g): v for g, v in c["shares"].items()}, c["latency_ms"] / c["baseline_ms"]) for c in lut.calibration
         ]
         x_pts = np.array([self._features(s) for s, _ in points])
-        x_cal = np.array([self._features(s) for s, _ in calibration]).reshape(len(calibration), len(self.ops))
+        x_cal = np.array([self._features(s) for s, _ in calibration]).reshape(len(calibration), x_pts.shape[1])
         y_pts, y_cal = np.array([r for _, r in points]), np.array([r for _, r in calibration])
-        self.per_op = bool(lut.calibration) and all("op_ms" in c for c in lut.calibration)
         if self.per_op:
             op_ms = np.array([[c["op_ms"].get(t, np.nan) for t in self.ops] for c in lut.calibration])
+            rest_ms = np.array([c.get("rest_ms", np.nan) for c in lut.calibration])
+            timings = np.c_[op_ms, rest_ms]
             self.ridge = None
-            self.loo_errors_pct = self._loo_errors_per_op(x_pts, y_pts, x_cal, y_cal, op_ms)
-            self.fixed, self.theta = self._fit_per_op(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], x_cal, op_ms)
+            self.loo_errors_pct = self._loo_errors_per_op(x_pts, y_pts, x_cal, y_cal, timings)
+            self.fixed, self.theta = self._fit_per_op(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], x_cal, timings)
         else:
             self.ridge, self.loo_errors_pct = self._choose_ridge(x_pts, y_pts, x_cal, y_cal, ridge)
             self.fixed, self.theta = self._fit(np.vstack([x_pts, x_cal]), np.r_[y_pts, y_cal], self.ridge)
@@ -99,9 +120,18 @@ class LatencyModel:
             return self.kernels.ratio(tensor, shares)
         return self.costs.fraction(tensor, shares)
 
+    def _op_terms(self, tensor: str, shares: dict[int, float]) -> tuple[float, float]:
+        """(kept share of the op's cost, kept share of its output channels) under ``shares``."""
+        return self._fraction(tensor, shares), self.costs.axis_fraction(tensor, 0, shares)
+
     def _features(self, shares: dict[int, float]) -> np.ndarray:
-        """Per op: its MACs share of the dense network's, times the share of its cost it keeps under ``shares``."""
-        return self.share * np.array([self._fraction(t, shares) for t in self.ops])
+        """Per op: its MACs share times the share of its cost it keeps under ``shares``.
+
+        With the activation term, then per op: its output activation's share times its kept output share.
+        """
+        terms = np.array([self._op_terms(t, shares) for t in self.ops]).reshape(len(self.ops), 2)
+        macs = self.share * terms[:, 0]
+        return np.r_[macs, self.act_share * terms[:, 1]] if self.activation else macs
 
     def _fit(self, features: np.ndarray, ratios: np.ndarray, ridge: float) -> tuple[float, np.ndarray]:
         """Non-negative least squares, each op's deviation from its class's time per MAC penalised."""
@@ -132,19 +162,28 @@ class LatencyModel:
             slopes[i] = np.median(slopes[same if same.any() else known])
         return slopes
 
-    def _fit_per_op(self, features, ratios, x_cal, op_ms) -> tuple[float, np.ndarray]:
-        """``ratio = fixed + k * sum_o b_o x_o`` by least squares, with the per-op slopes b from the timings."""
-        slopes = self._op_slopes(x_cal, op_ms)
-        (fixed, k), *_ = np.linalg.lstsq(np.c_[np.ones(len(ratios)), features @ slopes], ratios, rcond=None)
-        return float(fixed), k * slopes
+    def _fit_per_op(self, features, ratios, x_cal, timings) -> tuple[float, np.ndarray]:
+        """``ratio = fixed + k * (sum_o b_o x_o + u * sum_o a_o)`` by least squares.
 
-    def _loo_errors_per_op(self, x_pts, y_pts, x_cal, y_cal, op_ms) -> np.ndarray:
+        The per-op slopes b come from the op timings; the activation slope u from the time outside the
+        ops (``rest_ms = c + u * sum_o a_o``, NNLS).
+        """
+        n = len(self.ops)
+        weights = self._op_slopes(x_cal[:, :n], timings[:, :n])
+        if self.activation:
+            act = x_cal[:, n:].sum(1)
+            u = nnls(np.c_[np.ones(len(act)), act], timings[:, n])[0][1] if np.ptp(act) > 0 else 0.0
+            weights = np.r_[weights, np.full(n, u)]
+        (fixed, k), *_ = np.linalg.lstsq(np.c_[np.ones(len(ratios)), features @ weights], ratios, rcond=None)
+        return float(fixed), k * weights
+
+    def _loo_errors_per_op(self, x_pts, y_pts, x_cal, y_cal, timings) -> np.ndarray:
         """Relative error (%) on each calibration mask of a per-op fit that left it (and its timings) out."""
         errors = []
         for k in range(len(y_cal)):
             rest = np.arange(len(y_cal)) != k
             fixed, theta = self._fit_per_op(
-                np.vstack([x_pts, x_cal[rest]]), np.r_[y_pts, y_cal[rest]], x_cal[rest], op_ms[rest]
+                np.vstack([x_pts, x_cal[rest]]), np.r_[y_pts, y_cal[rest]], x_cal[rest], timings[rest]
             )
             errors.append(((fixed + theta @ x_cal[k]) / y_cal[k] - 1.0) * 100.0)
         return np.asarray(errors)
@@ -189,11 +228,12 @@ class LatencyModel:
     def predict_change(self, shares: dict[int, float], gid: int, new_share: float) -> float:
         """Predicted latency change (ms, negative = faster) when group ``gid`` moves to ``new_share``."""
         after = {**shares, gid: new_share}
-        change = 0.0
+        n, change = len(self.ops), 0.0
         for tensor in self.costs.tensors_of(gid):
             i = self._index.get(tensor)
             if i is not None:
-                change += (
-                    self.theta[i] * self.share[i] * (self._fraction(tensor, after) - self._fraction(tensor, shares))
-                )
+                (cost0, out0), (cost1, out1) = self._op_terms(tensor, shares), self._op_terms(tensor, after)
+                change += self.theta[i] * self.share[i] * (cost1 - cost0)
+                if self.activation:
+                    change += self.theta[n + i] * self.act_share[i] * (out1 - out0)
         return self.baseline_ms * change

@@ -321,6 +321,7 @@ def profile_edges(
                     if per_op:
                         ops = engine.op_times(candidate, example, threads=threads, runs=max(5, repeats // 4))
                         record["op_ms"] = {t: ms for t, ms in ops.per_weight_ms.items() if t in costs.tensors}
+                        record["rest_ms"] = ops.unattributed_ms
                     calibration.append(record)
                     if fh:
                         _append(fh, record)
@@ -332,7 +333,7 @@ def profile_edges(
     last = (done + calibration)[-1] if done or calibration else {}
     meta["versions"], meta["device"] = last.get("versions", {}), last.get("device", "")
     pts = _median_over_passes([r for r in done if r.get("pass", 0) < passes])
-    kept = ("index", "shares", "baseline_ms", "latency_ms", "op_ms")
+    kept = ("index", "shares", "baseline_ms", "latency_ms", "op_ms", "rest_ms")
     kernels = {}
     if kernel_table:  # quick (each op alone), so measured afresh on resume rather than journaled
         from hwprune.latency.kernel_table import measure_kernel_table
