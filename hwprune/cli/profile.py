@@ -58,6 +58,8 @@ def _profile_journal(args) -> Path:
 
 
 def cmd_latency(args) -> None:
+    if args.action == "align":
+        return _align(args)
     from hwprune.latency.lut import LUT
     from hwprune.latency.validate import validate
 
@@ -79,6 +81,20 @@ def cmd_latency(args) -> None:
         f"latency model on {args.masks} random masks ({args.backend}, {args.threads} thread(s)): "
         f"{summary['within_5pct']:.0%} within +-5 %, {summary['within_10pct']:.0%} within +-10 %, "
         f"median |error| {summary['median_abs_err_pct']:.1f} %"
+    )
+
+
+def _align(args) -> None:
+    from hwprune.latency.alignment import alignment_step, backend_timer, probe_times, step_slowdowns
+
+    set_stage(f"probing channel alignment on {args.backend}")
+    times = probe_times(backend_timer(args.backend, args.threads, args.repeats))
+    for step, slowdown in step_slowdowns(times).items():
+        print(f"  counts in multiples of {step:2d}: {(slowdown - 1) * 100:+5.1f} % time per MAC vs multiples of 32")
+    step = alignment_step(times)
+    print(
+        f"{args.backend} ({args.threads} thread(s)): channel counts in multiples of {step} run as fast as coarser "
+        f"steps (within 5 %): use --round-to {step}"
     )
 
 
@@ -108,9 +124,13 @@ def _check_profile_edges(args) -> None:
 def _check_latency(args) -> None:
     from hwprune.latency.lut import LUT
 
-    check_model(args)
     checks.backend(args.backend)
     checks.timing(args.threads, args.repeats)
+    if args.action == "align":
+        return
+    if args.lut is None:
+        raise HwpruneError("`hwprune latency validate` needs --lut (on the command line or in --config)")
+    check_model(args)
     checks.whole(args.masks, "--masks", 1)
     checks.input_file(args.lut, "--lut", "LUT", ": create it with hwprune profile-edges")
     LUT.load(args.lut).check(backend=args.backend, threads=args.threads)
@@ -175,9 +195,9 @@ register(
 def _latency_arguments(p: argparse.ArgumentParser) -> None:
     from hwprune.latency.backends import DEFAULT_BACKEND
 
-    p.add_argument("action", choices=["validate"])
+    p.add_argument("action", choices=["validate", "align"])
     model_options(p, "resnet18")
-    p.add_argument("--lut", type=Path, default=None, help="(required) LUT from `hwprune profile-edges`")
+    p.add_argument("--lut", type=Path, default=None, help="(validate: required) LUT from `hwprune profile-edges`")
     p.add_argument("--backend", default=DEFAULT_BACKEND, help=f"latency backend (default {DEFAULT_BACKEND})")
     p.add_argument("--threads", type=int, default=1, help="backend threads (default 1)")
     p.add_argument("--masks", type=int, default=30, help="random masks to measure (default 30)")
@@ -188,10 +208,11 @@ register(
     Command(
         "latency",
         "Latency tools. `latency validate`: measure N random masks (aligned like the LUT) against the dense "
-        "model and report how well the LUT's latency model predicts them.",
+        "model and report how well the LUT's latency model predicts them. `latency align`: time a probe "
+        "convolution at every channel count from 64 to 128 on --backend and report the smallest --round-to "
+        "step that runs as fast as coarser ones.",
         _latency_arguments,
         cmd_latency,
         _check_latency,
-        ("lut",),
     )
 )
